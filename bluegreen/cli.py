@@ -1,0 +1,66 @@
+"""`bluegreen ...`: the same actions as the fab tasks, plus the long-running services.
+
+`python -m bluegreen deploy ...` is what the webhook worker runs for each job, so a crashed
+deploy never takes the service down with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bluegreen.runner import execute
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bluegreen", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, *, mutating: bool = True) -> None:
+        p.add_argument("--config", default="", help="bluegreen.toml (default: ./bluegreen.toml)")
+        p.add_argument("--set", dest="overrides", action="append", default=[],
+                       metavar="KEY=VALUE", help="override a config value (repeatable)")
+        if mutating:
+            p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+            p.add_argument("--who", default="", help="name recorded in the lock and history")
+
+    p = sub.add_parser("deploy", help="ship a build to the idle slot and switch to it")
+    common(p)
+    p.add_argument("--artifact", default="")
+    p.add_argument("--version", default="")
+    p = sub.add_parser("switch", help="flip traffic to the other slot")
+    common(p)
+    p.add_argument("--to", default="", choices=["", "blue", "green"])
+    p = sub.add_parser("rollback", help="back to the previous release")
+    common(p)
+    for name in ("status", "releases"):
+        p = sub.add_parser(name, help=f"show {name}")
+        common(p, mutating=False)
+        p.add_argument("--json", action="store_true")
+        if name == "status":
+            p.add_argument("--history", type=int, default=10)
+    p = sub.add_parser("unlock", help="break a stale deploy lock")
+    common(p, mutating=False)
+    p.add_argument("--who", default="")
+    try:
+        from bluegreen.automation.cli import add_commands
+    except ModuleNotFoundError:  # TODO(lead): remove once bluegreen.automation lands
+        pass
+    else:
+        add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if hasattr(args, "func"):  # subcommands registered by bluegreen.automation
+        return int(args.func(args) or 0)
+    return execute(args.command, config=args.config, overrides=args.overrides,
+                   dry_run=getattr(args, "dry_run", False), who=getattr(args, "who", ""),
+                   as_json=getattr(args, "json", False), artifact=getattr(args, "artifact", ""),
+                   version=getattr(args, "version", ""), to=getattr(args, "to", ""),
+                   history=getattr(args, "history", 10))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,306 @@
+"""Pure builders of the shell the flow sends to hosts. No I/O here.
+
+Every value that reaches a shell goes through shlex.quote (`q`), including ones we generated
+ourselves, so that a path with a space or a version with a `$(...)` in it is only ever data.
+Scripts are POSIX-ish bash, rely only on coreutils, procps-less /proc reads and tar, and
+bound every wait by a loop count.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+q = shlex.quote
+POLL = 0.05  # seconds between checks in remote wait loops
+
+TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where things live on a host, under {paths.root}/{app}."""
+
+    root: str
+
+    @property
+    def artifacts(self) -> str:
+        return f"{self.root}/artifacts"
+
+    @property
+    def releases(self) -> str:
+        return f"{self.root}/releases"
+
+    def release(self, release_id: str) -> str:
+        return f"{self.releases}/{release_id}"
+
+    def slot_dir(self, slot: str) -> str:
+        return f"{self.root}/slots/{slot}"
+
+    def pidfile(self, slot: str) -> str:
+        return f"{self.slot_dir(slot)}/pid"
+
+    def logfile(self, slot: str) -> str:
+        return f"{self.slot_dir(slot)}/app.log"
+
+    @property
+    def state(self) -> str:
+        return f"{self.root}/state.json"
+
+    @property
+    def history(self) -> str:
+        return f"{self.root}/history.jsonl"
+
+    @property
+    def lock(self) -> str:
+        return f"{self.root}/lock"
+
+
+def is_tarball(name: str) -> bool:
+    return name.lower().endswith(TARBALL_SUFFIXES)
+
+
+def artifact_suffix(name: str) -> str:
+    lower = name.lower()
+    for suffix in TARBALL_SUFFIXES:
+        if lower.endswith(suffix):
+            return suffix
+    return ""
+
+
+def release_id(version: str, checksum: str) -> str:
+    """Same artifact and version -> same id, so re-running a deploy converges on one dir."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", version).strip("._-")[:40]
+    return f"{safe}-{checksum[:12]}" if safe else checksum[:12]
+
+
+# ---------------------------------------------------------------- shell helpers
+
+# Functions shared by the process scripts. /proc parsing instead of ss/pgrep keeps the host
+# requirements to coreutils + awk; start time (field 22 of /proc/PID/stat) pins a pid's
+# identity so a recycled pid is never signalled.
+SHELL_LIB = r"""
+bg_starttime() { sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f20; }
+bg_alive() {  # $1=pid: running and not a zombie
+  local s; s=$(sed -E 's/^.*\) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)
+  [ -n "$s" ] && [ "$s" != Z ] && [ "$s" != X ]
+}
+bg_group_alive() {  # $1=pgid: any live member left (zombies do not count: some inits never reap)
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v g="$1" '{ sub(/^.*\) /, "") }
+    $3 == g && $1 != "Z" && $1 != "X" { f = 1 } END { exit !f }'
+}
+bg_hexport() { printf ':%04X' "$1"; }
+bg_listening() {
+  awk -v p="$(bg_hexport "$1")" 'FNR>1 && $4=="0A" && substr($2, length($2)-4)==p {f=1}
+    END {exit !f}' /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+bg_established() {
+  awk -v p="$(bg_hexport "$1")" 'FNR>1 && $4=="01" && substr($2, length($2)-4)==p {n++}
+    END {print n+0}' /proc/net/tcp /proc/net/tcp6 2>/dev/null
+}
+bg_holder() {  # best effort: who listens on $1 (ss shows pids to root)
+  command -v ss >/dev/null && ss -Htlnp "sport = :$1" 2>/dev/null | head -3
+}
+bg_ours() {  # $1=pidfile: the recorded pid is still the process we started
+  [ -f "$1" ] || return 1
+  local pid st; read -r pid st < "$1" || return 1
+  [ -n "$pid" ] && bg_alive "$pid" && [ "$(bg_starttime "$pid")" = "$st" ]
+}
+"""
+
+
+def _loops(seconds: float) -> int:
+    return max(1, int(seconds / POLL))
+
+
+def ensure_layout(layout: Layout) -> str:
+    return "mkdir -p " + " ".join(
+        q(d) for d in (layout.artifacts, layout.releases, layout.slot_dir("blue"),
+                       layout.slot_dir("green")))
+
+
+def file_checksum(path: str) -> str:
+    return f"if [ -f {q(path)} ]; then sha256sum -- {q(path)} | cut -c1-64; fi"
+
+
+def finalize_upload(tmp: str, final: str, checksum: str) -> str:
+    """Verify the uploaded bytes before they get their real name; a torn upload never does."""
+    return (
+        f"actual=$(sha256sum -- {q(tmp)} | cut -c1-64); "
+        f'if [ "$actual" != {q(checksum)} ]; then rm -f -- {q(tmp)}; '
+        f'echo "checksum mismatch after upload: expected {checksum}, got $actual" >&2; exit 3; '
+        f"fi; mv -f -- {q(tmp)} {q(final)}"
+    )
+
+
+def unpack(artifact: str, release_dir: str, checksum: str, file_name: str) -> str:
+    """Unpack (tarball) or place (single file) into release_dir, atomically, once."""
+    tmp = f"{release_dir}.partial"
+    marker = f"{release_dir}/.bluegreen-release"
+    if is_tarball(artifact):
+        fill = f"tar -xf {q(artifact)} -C {q(tmp)}"
+    else:
+        fill = (f"cp -- {q(artifact)} {q(tmp + '/' + file_name)} && "
+                f"chmod 0755 {q(tmp + '/' + file_name)}")
+    return (
+        f"if [ -f {q(marker)} ]; then echo present; exit 0; fi; "
+        f"rm -rf -- {q(tmp)} && mkdir -p -- {q(tmp)} && {fill} && "
+        f"echo {q(checksum)} > {q(tmp + '/.bluegreen-release')} && "
+        f"rm -rf -- {q(release_dir)} && mv -- {q(tmp)} {q(release_dir)} && echo unpacked"
+    )
+
+
+def env_file(env: dict[str, str]) -> str:
+    """Shell-sourceable KEY='value' lines: the app's environment stays out of command lines,
+    process listings, dry-run output and error messages (it may hold secrets)."""
+    return "".join(f"{k}={q(v)}\n" for k, v in env.items())
+
+
+def plain_start(layout: Layout, slot: str, release_dir: str, start: str) -> str:
+    """Start `start` detached (setsid, own process group), record pid + start time.
+
+    The environment comes from slots/<slot>/env (written 0600 beforehand). stdin, stdout
+    and stderr all leave the SSH channel, or the channel would stay open until the app
+    exits. The previous log is kept as app.log.1 for the failure report.
+    """
+    pidfile, log = layout.pidfile(slot), layout.logfile(slot)
+    envfile = f"{layout.slot_dir(slot)}/env"
+    return (
+        SHELL_LIB
+        + f"mkdir -p {q(layout.slot_dir(slot))}; "
+        + f"[ -f {q(log)} ] && mv -f {q(log)} {q(log + '.1')}; "
+        + f"cd {q(release_dir)} || exit 4; "
+        + f"set -a; . {q(envfile)} || exit 5; set +a; "
+        + f"setsid sh -c {q('exec ' + start)} >> {q(log)} 2>&1 < /dev/null & "
+        + "pid=$!; "
+        + f'echo "$pid $(bg_starttime $pid)" > {q(pidfile + ".tmp")} && '
+        + f"mv -f {q(pidfile + '.tmp')} {q(pidfile)}; echo $pid"
+    )
+
+
+def plain_running(layout: Layout, slot: str) -> str:
+    return SHELL_LIB + f"bg_ours {q(layout.pidfile(slot))} && echo running || echo stopped"
+
+
+def plain_stop(layout: Layout, slot: str, stop_timeout: float) -> str:
+    """TERM the slot's process group, bounded wait, then KILL. Never a pid we did not start."""
+    pidfile = layout.pidfile(slot)
+    return (
+        SHELL_LIB
+        + f"pf={q(pidfile)}; "
+        + 'if [ ! -f "$pf" ]; then echo "none"; exit 0; fi; '
+        + 'if ! bg_ours "$pf"; then rm -f "$pf"; echo "gone"; exit 0; fi; '
+        + 'read -r pid st < "$pf"; '
+        + 'kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null; '
+        + f"i=0; while bg_group_alive \"$pid\" && [ $i -lt {_loops(stop_timeout)} ]; do "
+        + f"sleep {POLL}; i=$((i+1)); done; "
+        + 'if bg_group_alive "$pid"; then kill -KILL -- "-$pid" 2>/dev/null; '
+        + 'echo "killed"; else echo "stopped"; fi; rm -f "$pf"'
+    )
+
+
+def port_free_or_fail(port: int, timeout: float) -> str:
+    """Wait (bounded) until nothing listens on `port`; name the holder if something still does.
+
+    Runs after our own process is stopped, so whatever still holds the port is foreign and
+    we refuse instead of killing it. Exit 7 marks that case for the caller.
+    """
+    return (
+        SHELL_LIB
+        + f"i=0; while bg_listening {port} && [ $i -lt {_loops(timeout)} ]; do "
+        + f"sleep {POLL}; i=$((i+1)); done; "
+        + f"if bg_listening {port}; then echo \"port {port} is held by a process bluegreen "
+        + f"did not start: $(bg_holder {port})\" >&2; exit 7; fi"
+    )
+
+
+def established_count(port: int) -> str:
+    return SHELL_LIB + f"bg_established {port}"
+
+
+def wait_drained(port: int, timeout: float) -> str:
+    """Wait until no TCP connection is established to `port`; print how many remain.
+
+    After a switch, nginx's old workers keep serving their in-flight requests to the old
+    slot; their connections close when they finish. 0 connections = nothing to cut.
+    """
+    return (
+        SHELL_LIB
+        + f"i=0; while [ \"$(bg_established {port})\" -gt 0 ] && [ $i -lt {_loops(timeout)} ];"
+        + f" do sleep {POLL}; i=$((i+1)); done; bg_established {port}"
+    )
+
+
+def tail_log(path: str, lines: int = 30) -> str:
+    return f"tail -n {int(lines)} -- {q(path)} 2>/dev/null || true"
+
+
+def link_slot_release(layout: Layout, slot: str, release_dir: str) -> str:
+    """slots/<slot>/release -> the release dir, swapped atomically (ln to temp, mv -T)."""
+    link = f"{layout.slot_dir(slot)}/release"
+    return (f"ln -sfn -- {q(release_dir)} {q(link + '.tmp')} && "
+            f"mv -Tf -- {q(link + '.tmp')} {q(link)}")
+
+
+def prune_releases(layout: Layout, keep: int, protected: list[str]) -> str:
+    """Delete all but the newest `keep` releases, never one a slot uses; then orphaned artifacts."""
+    keep_names = " ".join(q(p) for p in protected if p) or "''"
+    return (
+        f"cd {q(layout.releases)} 2>/dev/null || exit 0; n=0; "
+        f"for d in $(ls -1t); do case \"$d\" in *.partial) continue;; esac; n=$((n+1)); "
+        f"skip=0; for k in {keep_names}; do [ \"$d\" = \"$k\" ] && skip=1; done; "
+        f"if [ $skip = 0 ] && [ $n -gt {int(keep)} ]; then rm -rf -- \"$d\" && echo \"$d\"; fi; "
+        f"done; "
+        # artifacts no kept release was made from
+        f"cd {q(layout.artifacts)} 2>/dev/null || exit 0; "
+        f"for a in *; do [ -f \"$a\" ] || continue; sum=\"${{a%%.*}}\"; "
+        f"grep -qsx \"$sum\" {q(layout.releases)}/*/.bluegreen-release || rm -f -- \"$a\"; done"
+    )
+
+
+def list_releases(layout: Layout) -> str:
+    return (f"cd {q(layout.releases)} 2>/dev/null && for d in $(ls -1t); do "
+            f"[ -f \"$d/.bluegreen-release\" ] && echo \"$d $(stat -c %Y \"$d\")\"; done; true")
+
+
+def lock_acquire(lock_dir: str, owner_json: str) -> str:
+    """mkdir is atomic on every filesystem we care about: exactly one deploy gets the lock."""
+    return (f"mkdir -- {q(lock_dir)} 2>/dev/null || exit 9; "
+            f"printf '%s\\n' {q(owner_json)} > {q(lock_dir + '/owner.json')}")
+
+
+def lock_release(lock_dir: str, token: str) -> str:
+    """Remove the lock only if it is still ours (someone may have run `fab unlock` and relocked)."""
+    owner = q(lock_dir + "/owner.json")
+    return (f"[ -d {q(lock_dir)} ] || exit 0; grep -qF -- {q(token)} {owner} 2>/dev/null && "
+            f"rm -rf -- {q(lock_dir)}; true")
+
+
+def lock_break(lock_dir: str) -> str:
+    return f"cat -- {q(lock_dir + '/owner.json')} 2>/dev/null; rm -rf -- {q(lock_dir)}"
+
+
+def append_line(path: str, line: str) -> str:
+    """One O_APPEND write of one line: concurrent appends never interleave within a line."""
+    return f"printf '%s\\n' {q(line)} >> {q(path)}"
+
+
+def tail_lines(path: str, n: int) -> str:
+    return f"tail -n {int(n)} -- {q(path)} 2>/dev/null || true"
+
+
+def nginx_test(nginx_command: str) -> str:
+    return f"{nginx_command} -t 2>&1"
+
+
+def nginx_reload(nginx_command: str) -> str:
+    return f"{nginx_command} -s reload 2>&1"
+
+
+def file_size(path: str) -> str:
+    return f"stat -c %s -- {q(path)} 2>/dev/null || echo 0"
+
+
+def read_from(path: str, offset: int) -> str:
+    return f"tail -c +{int(offset) + 1} -- {q(path)} 2>/dev/null | head -c 65536 || true"

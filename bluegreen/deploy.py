@@ -1,0 +1,561 @@
+"""The flows: deploy, switch, rollback, status. Each is a short sequence of named phases.
+
+Read top to bottom, `Orchestrator.deploy` is the whole story:
+lock -> read state -> pre-deploy -> upload -> drain+stop idle -> start -> health
+-> pre-switch -> switch (render, test, install, reload, verify) -> record -> post-switch
+-> prune. The old slot stays up, warm, so switching back is one health check + one reload.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bluegreen import commands, health, hooks, lock, release, traffic
+from bluegreen.commands import Layout
+from bluegreen.config import Config, HostSpec, other_slot
+from bluegreen.errors import BluegreenError
+from bluegreen.hosts import DryRunHost, Host, open_host
+from bluegreen.process import Backend, backend_for
+from bluegreen.report import Reporter
+from bluegreen.state import SlotRecord, State, append_history, read_history, read_state, write_state
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Who:
+    """Who and what asked for this change, for the lock, the hooks and the audit trail."""
+
+    name: str
+    build_url: str = ""
+    commit: str = ""
+
+    @classmethod
+    def from_env(cls, name: str = "", env: dict[str, str] | None = None) -> Who:
+        env = dict(os.environ) if env is None else env
+        if not name:
+            name = env.get("BLUEGREEN_WHO", "")
+        if not name and env.get("JENKINS_URL") and env.get("JOB_NAME"):
+            name = f"jenkins:{env['JOB_NAME']}#{env.get('BUILD_NUMBER', '?')}"
+        if not name:
+            try:
+                user = getpass.getuser()
+            except (KeyError, OSError):
+                user = "unknown"
+            name = f"{user}@{socket.gethostname()}"
+        return cls(name=name,
+                   build_url=env.get("BLUEGREEN_BUILD_URL") or env.get("BUILD_URL", ""),
+                   commit=env.get("BLUEGREEN_COMMIT") or env.get("GIT_COMMIT", ""))
+
+
+@dataclass
+class Orchestrator:
+    cfg: Config
+    who: Who
+    dry_run: bool = False
+    report: Reporter = field(default_factory=Reporter)
+    planned: list[str] = field(default_factory=list)  # dry-run: the commands we would send
+    _hosts: dict[HostSpec, Host] = field(default_factory=dict)
+
+    # ------------------------------------------------------------ hosts
+
+    def host(self, spec: HostSpec) -> Host:
+        if spec not in self._hosts:
+            h = open_host(spec, self.cfg)
+            self._hosts[spec] = DryRunHost(h, self.planned) if self.dry_run else h
+        return self._hosts[spec]
+
+    @property
+    def app_hosts(self) -> list[Host]:
+        return [self.host(s) for s in self.cfg.hosts.app]
+
+    @property
+    def traffic_hosts(self) -> list[Host]:
+        return [self.host(s) for s in self.cfg.traffic_hosts]
+
+    @property
+    def primary(self) -> Host:
+        return self.host(self.cfg.primary)
+
+    def layout(self, host: Host) -> Layout:
+        return Layout(host.root)
+
+    @property
+    def backend(self) -> Backend:
+        return backend_for(self.cfg)
+
+    def close(self) -> None:
+        for h in self._hosts.values():
+            h.close()
+
+    def on_all(self, hosts: list[Host], phase: str, fn: Callable[[Host], T]) -> list[T]:
+        """Run fn on every host in parallel; if any fail, raise one error naming all of them."""
+        def wrapped(h: Host) -> T | BaseException:
+            h.phase = phase
+            try:
+                return fn(h)
+            except BluegreenError as exc:
+                exc.host = exc.host or h.label
+                exc.phase = exc.phase or phase
+                return exc
+        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
+            results = list(pool.map(wrapped, hosts))
+        errors = [r for r in results if isinstance(r, BluegreenError)]
+        if errors:
+            if len(errors) == 1:
+                raise errors[0]
+            raise BluegreenError(
+                f"{len(errors)} of {len(hosts)} hosts failed in {phase}:\n  "
+                + "\n  ".join(e.render().replace("\n", "\n  ") for e in errors),
+                host=",".join(e.host for e in errors), phase=phase, hint=errors[0].hint)
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------ shared pieces
+
+    def hook_env(self, action: str, slot: str = "", release_id: str = "", version: str = "",
+                 extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {
+            "BLUEGREEN_ACTION": action,
+            "BLUEGREEN_APP": self.cfg.app,
+            "BLUEGREEN_HOSTS": ",".join(s.label for s in self.cfg.hosts.app),
+            "BLUEGREEN_TRAFFIC_HOSTS": ",".join(s.label for s in self.cfg.traffic_hosts),
+            "BLUEGREEN_SLOT": slot,
+            "BLUEGREEN_PORT": str(self.cfg.port_of(slot)) if slot else "",
+            "BLUEGREEN_RELEASE": release_id,
+            "BLUEGREEN_VERSION": version,
+            "BLUEGREEN_WHO": self.who.name,
+            "BLUEGREEN_BUILD_URL": self.who.build_url,
+            "BLUEGREEN_COMMIT": self.who.commit,
+            "BLUEGREEN_DRY_RUN": "1" if self.dry_run else "",
+        }
+        return {**env, **(extra or {})}
+
+    def hook(self, name: str, env: dict[str, str]) -> None:
+        if hooks.hook_path(self.cfg, name).exists():
+            with self.report.phase(name, "hook"):
+                hooks.run_hook(self.cfg, name, env, dry_run=self.dry_run, out=self.planned)
+
+    def check_consistency(self, state: State) -> None:
+        """Recorded state and the live nginx config must agree before we change anything."""
+        for h in self.traffic_hosts:
+            marker = traffic.parse_marker(h.read(self.cfg.nginx_target))
+            routed = marker[0] if marker else ""
+            if routed != state.live:
+                raise BluegreenError(
+                    f"state says live slot is {state.live or '(none)'} but nginx on {h.label} "
+                    f"routes to {routed or '(no bluegreen config)'} ({self.cfg.nginx_target})",
+                    host=h.label, phase="state",
+                    hint="someone changed nginx by hand or a switch was interrupted: run "
+                         f"`fab switch --to {routed or state.live or 'blue'}` to converge")
+
+    def drain(self, slot: str) -> None:
+        """Before stopping a slot, wait until nginx has nothing in flight to it (bounded)."""
+        port, limit = self.cfg.port_of(slot), self.cfg.nginx.drain_timeout
+
+        def one(h: Host) -> int:
+            out = h.run(commands.wait_drained(port, limit), timeout=limit + 30,
+                        mutates=False).stdout.strip()
+            return int(out.splitlines()[-1]) if out else 0
+        if self.dry_run:
+            self.planned.append(f"[app hosts] wait until port {port} has no connections "
+                                f"(at most {limit:g}s)")
+            return
+        left = self.on_all(self.app_hosts, "drain", one)
+        cut = [f"{h.label}: {n}" for h, n in zip(self.app_hosts, left, strict=True) if n]
+        if cut:
+            self.report.say(f"    drain timeout ({limit:g}s) expired; connections cut on port "
+                            f"{port}: {', '.join(cut)}")
+
+    def stop_slot(self, slot: str) -> list[str]:
+        backend, port = self.backend, self.cfg.port_of(slot)
+
+        def one(h: Host) -> str:
+            outcome = backend.stop(h, slot)
+            h.run(commands.port_free_or_fail(port, self.cfg.process.port_free_timeout),
+                  timeout=self.cfg.process.port_free_timeout + 30, mutates=True,
+                  hint=f"bluegreen never kills what it did not start: stop that process, or "
+                       f"move slots.{slot} to a free port")
+            return outcome
+        return self.on_all(self.app_hosts, "stop", one)
+
+    def start_slot(self, slot: str, release_id: str, version: str, artifact_name: str) -> None:
+        backend = self.backend
+
+        def one(h: Host) -> None:
+            layout = self.layout(h)
+            release_dir = layout.release(release_id)
+            h.run(commands.link_slot_release(layout, slot, release_dir), timeout=30)
+            backend.start(h, slot, release_dir, version, artifact_name)
+        self.on_all(self.app_hosts, "start", one)
+
+    def wait_slot_healthy(self, slot: str) -> float:
+        if self.dry_run:
+            self.planned.append(f"[app hosts] poll GET {self.cfg.health.path} on port "
+                                f"{self.cfg.port_of(slot)} until HTTP {self.cfg.health.status} "
+                                f"x{self.cfg.health.successes} (at most "
+                                f"{self.cfg.health.timeout:g}s)")
+            return 0.0
+        backend, port = self.backend, self.cfg.port_of(slot)
+        reports = self.on_all(self.app_hosts, "health", lambda h: health.wait_healthy(
+            h, port, self.cfg.health, alive=lambda: backend.running(h, slot)))
+        return max(r.elapsed for r in reports)
+
+    def last_logs(self, slot: str, lines: int = 20) -> str:
+        chunks = []
+        for h in self.app_hosts:
+            try:
+                text = self.backend.logs(h, slot, lines).rstrip()
+            except BluegreenError as exc:
+                text = f"(could not read the log: {exc.what})"
+            chunks.append(f"  --- last log lines of {slot} on {h.label} ---\n"
+                          + ("\n".join("  | " + line for line in text.splitlines())
+                             or "  | (empty)"))
+        return "\n".join(chunks)
+
+    def record(self, entry: dict[str, Any]) -> None:
+        if self.dry_run:
+            return
+        entry = {"at": time.time(), "who": self.who.name, "build_url": self.who.build_url,
+                 "commit": self.who.commit, "app": self.cfg.app,
+                 "hosts": [s.label for s in self.cfg.hosts.app],
+                 "phases": {k: round(v, 3) for k, v in self.report.durations.items()},
+                 **entry}
+        try:
+            append_history(self.primary, self.layout(self.primary), entry)
+        except BluegreenError as exc:  # the audit trail must not mask the real outcome
+            self.report.say(f"    warning: could not append to history: {exc.what}")
+
+    def save_state(self, state: State) -> None:
+        if not self.dry_run:
+            write_state(self.primary, self.layout(self.primary), state)
+
+    def owner(self, action: str) -> lock.Owner:
+        return lock.new_owner(self.who.name, action, self.who.build_url)
+
+    def locked(self, action: str):
+        if self.dry_run:
+            return _nullcontext()
+        return lock.held(self.primary, self.layout(self.primary), self.owner(action))
+
+    # ------------------------------------------------------------ deploy
+
+    def deploy(self, artifact_path: Path, version: str = "") -> dict[str, Any]:
+        cfg, began = self.cfg, time.monotonic()
+        with self.report.phase("inspect", str(artifact_path)) as note:
+            art = release.inspect(artifact_path)
+            note.text = f"{art.size} bytes sha256 {art.checksum[:12]}"
+        version = version or self.who.commit[:12]
+        release_id = commands.release_id(version, art.checksum)
+        with self.report.phase("lock", f"on {self.primary.label}"):
+            ctx = self.locked("deploy")
+            ctx.__enter__()
+        outcome: dict[str, Any] = {"action": "deploy", "version": version, "release": release_id,
+                                   "checksum": art.checksum}
+        try:
+            with self.report.phase("state"):
+                state = read_state(self.primary, self.layout(self.primary), cfg.app)
+                self.check_consistency(state)
+            idle, live = state.idle, state.live
+            outcome.update(from_slot=live, to_slot=idle)
+            self.report.say(f"=== deploy {cfg.app} {version or release_id} -> {idle} (port "
+                            f"{cfg.port_of(idle)}), live now: {live or 'nothing'}; "
+                            f"{len(self.app_hosts)} app host(s), "
+                            f"{len(self.traffic_hosts)} traffic host(s)")
+            env = self.hook_env("deploy", idle, release_id, version)
+            self.hook("pre-deploy", env)
+            self._deploy_to_idle(state, art, release_id, version, idle, env, outcome)
+        except BluegreenError as exc:
+            outcome.update(result="failed", phase=exc.phase, error=exc.what,
+                           failed_host=exc.host, seconds=round(time.monotonic() - began, 3))
+            self.record(outcome)
+            self._on_failure(exc, outcome)
+            raise
+        finally:
+            with self.report.phase("unlock"):
+                ctx.__exit__(None, None, None)
+        outcome.update(result="ok", seconds=round(time.monotonic() - began, 3))
+        self.record(outcome)
+        self.report.say(f"=== deployed {cfg.app} {version or release_id}: live slot {idle} "
+                        f"in {outcome['seconds']:.2f}s; {live or 'no'} slot kept warm "
+                        f"for `fab switch` / `fab rollback`")
+        return outcome
+
+    def _deploy_to_idle(self, state: State, art: release.Artifact, release_id: str,
+                        version: str, idle: str, env: dict[str, str],
+                        outcome: dict[str, Any]) -> None:
+        cfg = self.cfg
+        file_name = cfg.artifact_name or art.name
+        with self.report.phase("upload", f"{art.name} to {len(self.app_hosts)} host(s)") as note:
+            shipped = self.on_all(self.app_hosts, "upload", lambda h: release.ship(
+                h, self.layout(h), art, release_id, file_name))
+            sent = sum(s.uploaded_bytes for s in shipped)
+            note.text = f"{sent} bytes sent" + ("" if sent else " (already on every host)")
+            outcome["uploaded_bytes"] = sent
+        with self.report.phase("drain", f"slot {idle} (port {cfg.port_of(idle)})"):
+            self.drain(idle)
+        with self.report.phase("stop", f"slot {idle}") as note:
+            note.text = ", ".join(sorted(set(self.stop_slot(idle))))
+        state.slots[idle] = SlotRecord(release=release_id, version=version,
+                                       checksum=art.checksum, artifact=file_name,
+                                       deployed_at=time.time(),
+                                       status="starting")
+        try:
+            with self.report.phase("start", f"{release_id} in slot {idle}"):
+                self.start_slot(idle, release_id, version, file_name)
+            with self.report.phase("health", f"GET {cfg.health.path} on port "
+                                             f"{cfg.port_of(idle)}") as note:
+                outcome["health_seconds"] = round(self.wait_slot_healthy(idle), 3)
+                note.text = f"healthy after {outcome['health_seconds']:.3f}s"
+        except BluegreenError as exc:
+            exc.what += "\n" + self.last_logs(idle)
+            with self.report.phase("stop", f"failed release in slot {idle}"):
+                self.stop_slot_quietly(idle)
+            state.slots[idle].status = "failed"
+            self.save_state(state)
+            exc.hint = (f"traffic was NOT switched: it stays on {state.live or 'nothing'}. "
+                        + exc.hint)
+            raise
+        self.hook("pre-switch", env)
+        self._switch_traffic(state, idle, "deploy")
+        self.hook("post-switch", env)
+        self.hook("post-deploy", env)
+        with self.report.phase("prune", f"keep {cfg.keep_releases} releases") as note:
+            protected = [r.release for r in state.slots.values() if r.release]
+            pruned = self.on_all(self.app_hosts, "prune", lambda h: release.prune(
+                h, self.layout(h), cfg.keep_releases, protected))
+            note.text = f"removed {sum(len(p) for p in pruned)}"
+
+    def stop_slot_quietly(self, slot: str) -> None:
+        try:
+            self.stop_slot(slot)
+        except BluegreenError as exc:
+            self.report.say(f"    warning: could not stop slot {slot}: {exc.what}")
+
+    def _switch_traffic(self, state: State, target: str, action: str) -> None:
+        """Switch every traffic host to `target` and record it; state is written only after."""
+        rec = state.slots[target]
+        with self.report.phase("switch", f"nginx -> {target} (port "
+                                         f"{self.cfg.port_of(target)}) on "
+                                         f"{len(self.traffic_hosts)} traffic host(s)"):
+            try:
+                if self.dry_run:
+                    traffic.render(self.cfg, target, rec.release, rec.version)
+                    self.planned.append(f"[traffic hosts] install {self.cfg.nginx_target}, "
+                                        f"{self.cfg.nginx.command} -t, -s reload, verify "
+                                        f"{self.cfg.verify_path} answers from {target}")
+                else:
+                    traffic.switch(self.cfg, self.traffic_hosts, target, rec.release,
+                                   rec.version)
+            except BluegreenError as exc:
+                rec.status = "running"
+                self.save_state(state)
+                exc.hint = (f"{exc.hint}. Traffic stays on {state.live or 'nothing'}; the new "
+                            f"release keeps running idle in {target}: fix, then `fab switch` "
+                            "or `fab deploy` again")
+                raise
+        if state.live and state.live != target:
+            state.previous = state.live
+        state.live = target
+        rec.status = "running"
+        self.save_state(state)
+
+    def _on_failure(self, exc: BluegreenError, outcome: dict[str, Any]) -> None:
+        env = self.hook_env(outcome["action"], outcome.get("to_slot", ""),
+                            outcome.get("release", ""), outcome.get("version", ""),
+                            {"BLUEGREEN_ERROR": exc.what.splitlines()[0],
+                             "BLUEGREEN_FAILED_PHASE": exc.phase,
+                             "BLUEGREEN_FAILED_HOST": exc.host})
+        try:
+            self.hook("on-failure", env)
+        except BluegreenError as hook_exc:
+            self.report.say(f"    warning: on-failure hook failed too: {hook_exc.what}")
+
+    # ------------------------------------------------------------ switch and rollback
+
+    def switch(self, to: str = "") -> dict[str, Any]:
+        """Flip traffic to the other (or the named) slot, health-checked first."""
+        began = time.monotonic()
+        if to and to not in ("blue", "green"):
+            raise BluegreenError(f"--to must be blue or green, not {to!r}", phase="switch")
+        with self.locked("switch"):
+            state = read_state(self.primary, self.layout(self.primary), self.cfg.app)
+            if not to:
+                self.check_consistency(state)  # an explicit --to is how you converge
+                if not state.live:
+                    raise BluegreenError("nothing is live yet", phase="switch",
+                                         hint="run `fab deploy` first")
+            target = to or state.idle
+            outcome = {"action": "switch", "from_slot": state.live, "to_slot": target,
+                       "release": state.slots[target].release,
+                       "version": state.slots[target].version}
+            try:
+                self._ensure_warm(state, target)
+                env = self.hook_env("switch", target, state.slots[target].release,
+                                    state.slots[target].version)
+                self.hook("pre-switch", env)
+                self._switch_traffic(state, target, "switch")
+                self.hook("post-switch", env)
+            except BluegreenError as exc:
+                outcome.update(result="failed", phase=exc.phase, error=exc.what,
+                               seconds=round(time.monotonic() - began, 3))
+                self.record(outcome)
+                self._on_failure(exc, outcome)
+                raise
+        outcome.update(result="ok", seconds=round(time.monotonic() - began, 3))
+        self.record(outcome)
+        self.report.say(f"=== {self.cfg.app}: live slot {target} "
+                        f"({outcome['version'] or outcome['release']}) in "
+                        f"{outcome['seconds']:.2f}s")
+        return outcome
+
+    def _ensure_warm(self, state: State, slot: str) -> None:
+        rec = state.slots[slot]
+        if not rec.release:
+            raise BluegreenError(f"slot {slot} has never held a release", phase="switch",
+                                 hint="run `fab deploy` first")
+        with self.report.phase("health", f"slot {slot} ({rec.version or rec.release})"):
+            if not self.dry_run:
+                backend = self.backend
+                down = [h.label for h in self.app_hosts if not backend.running(h, slot)]
+                if down:
+                    raise BluegreenError(
+                        f"slot {slot} ({rec.release}) is not running on {', '.join(down)}",
+                        phase="switch", host=",".join(down),
+                        hint="traffic was not touched; `fab rollback` restarts the previous "
+                             "release, or `fab deploy` ships a new one")
+            self.wait_slot_healthy(slot)
+
+    def rollback(self) -> dict[str, Any]:
+        """Back to the release that was live before this one: instant while its slot is warm.
+
+        If that slot was reused (say, by a failed deploy), the previous release is started
+        again from its release dir, which keep_releases retains, then health-checked.
+        """
+        began = time.monotonic()
+        with self.locked("rollback"):
+            state = read_state(self.primary, self.layout(self.primary), self.cfg.app)
+            self.check_consistency(state)
+            if not state.live or not state.previous:
+                raise BluegreenError("there is no previous release to roll back to",
+                                     phase="rollback", hint="`fab status` shows the history")
+            target = state.previous
+            rec = state.slots[target]
+            outcome = {"action": "rollback", "from_slot": state.live, "to_slot": target,
+                       "release": rec.release, "version": rec.version,
+                       "rolled_back_release": state.slots[state.live].release}
+            try:
+                warm = not self.dry_run and rec.status == "running" and all(
+                    self.backend.running(h, target) for h in self.app_hosts)
+                if not warm:
+                    self._restart_release(state, target)
+                self._ensure_warm(state, target)
+                env = self.hook_env("rollback", target, rec.release, rec.version)
+                self.hook("pre-switch", env)
+                self._switch_traffic(state, target, "rollback")
+                self.hook("post-switch", env)
+                self.hook("post-rollback", env)
+            except BluegreenError as exc:
+                outcome.update(result="failed", phase=exc.phase, error=exc.what,
+                               seconds=round(time.monotonic() - began, 3))
+                self.record(outcome)
+                self._on_failure(exc, outcome)
+                raise
+        outcome.update(result="ok", seconds=round(time.monotonic() - began, 3))
+        self.record(outcome)
+        self.report.say(f"=== rolled back {self.cfg.app} to {rec.version or rec.release} "
+                        f"(slot {target}) in {outcome['seconds']:.2f}s")
+        return outcome
+
+    def _restart_release(self, state: State, slot: str) -> None:
+        rec = state.slots[slot]
+        missing = [h.label for h in self.app_hosts
+                   if not release.has_release(h, self.layout(h), rec.release)]
+        if missing:
+            raise BluegreenError(f"release {rec.release} is no longer on {', '.join(missing)}",
+                                 phase="rollback", host=",".join(missing),
+                                 hint="deploy that version again with `fab deploy`")
+        with self.report.phase("drain", f"slot {slot}"):
+            self.drain(slot)
+        with self.report.phase("stop", f"slot {slot}"):
+            self.stop_slot(slot)
+        with self.report.phase("start", f"{rec.release} again in slot {slot}"):
+            self.start_slot(slot, rec.release, rec.version,
+                            self.cfg.artifact_name or rec.artifact)
+        rec.status = "running"
+
+    # ------------------------------------------------------------ read-only views
+
+    def status(self, history: int = 10) -> dict[str, Any]:
+        state = read_state(self.primary, self.layout(self.primary), self.cfg.app)
+        owner = lock.status(self.primary, self.layout(self.primary))
+        backend = self.backend
+
+        def host_view(h: Host) -> dict[str, Any]:
+            view = {}
+            for slot in ("blue", "green"):
+                try:
+                    running = backend.running(h, slot)
+                    probe = health.probe(h, self.cfg.port_of(slot), self.cfg.health) \
+                        if running else None
+                    view[slot] = {"running": running,
+                                  "healthy": bool(probe and probe.ok),
+                                  "probe": probe.detail if probe else "not running"}
+                except BluegreenError as exc:
+                    view[slot] = {"running": None, "healthy": False, "probe": exc.what}
+            return view
+
+        def traffic_view(h: Host) -> dict[str, Any]:
+            marker = traffic.parse_marker(h.read(self.cfg.nginx_target))
+            return {"routes_to": marker[0] if marker else None,
+                    "release": marker[2] if marker else None}
+
+        hosts = self.on_all(self.app_hosts, "status", host_view)
+        routes = self.on_all(self.traffic_hosts, "status", traffic_view)
+        return {
+            "app": self.cfg.app,
+            "live": state.live or None,
+            "previous": state.previous or None,
+            "slots": {name: {**rec.__dict__, "port": self.cfg.port_of(name)}
+                      for name, rec in state.slots.items()},
+            "app_hosts": dict(zip([h.label for h in self.app_hosts], hosts, strict=True)),
+            "traffic_hosts": dict(zip([h.label for h in self.traffic_hosts], routes,
+                                      strict=True)),
+            "consistent": all(r["routes_to"] == (state.live or None) for r in routes),
+            "lock": owner.__dict__ if owner else None,
+            "history": read_history(self.primary, self.layout(self.primary), history),
+        }
+
+    def releases(self) -> dict[str, list[dict[str, Any]]]:
+        state = read_state(self.primary, self.layout(self.primary), self.cfg.app)
+        in_slot = {rec.release: slot for slot, rec in state.slots.items() if rec.release}
+        out = {}
+        for h in self.app_hosts:
+            out[h.label] = [{"release": name, "mtime": mtime, "slot": in_slot.get(name, ""),
+                             "live": in_slot.get(name) == state.live}
+                            for name, mtime in release.list_releases(h, self.layout(h))]
+        return out
+
+    def unlock(self) -> lock.Owner | None:
+        owner = lock.break_lock(self.primary, self.layout(self.primary))
+        self.record({"action": "unlock", "result": "ok",
+                     "broken_lock": owner.__dict__ if owner else None})
+        return owner
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+__all__ = ["Orchestrator", "Who", "other_slot"]

@@ -1,0 +1,376 @@
+"""The only place that talks to a machine.
+
+Every other module builds command strings (commands.py) or decides things (deploy.py), and
+hands them to a Host. A Host runs a shell command with a timeout, copies a file, reads and
+atomically writes small files, and makes an HTTP GET to a port on that machine's loopback
+(through an SSH direct-tcpip channel for remote hosts, so slots never need a public port).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import socket
+import subprocess
+import threading
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+from bluegreen import commands, httpwire
+from bluegreen.config import Config, HostSpec
+from bluegreen.errors import BluegreenError, CommandFailed
+from bluegreen.httpwire import HttpReply
+
+log = logging.getLogger("bluegreen.hosts")
+
+KILL_GRACE = 5  # seconds `timeout` waits after TERM before KILL on a remote command
+
+
+@dataclass(frozen=True)
+class Result:
+    command: str
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+
+class Host(ABC):
+    """One machine. Methods raise CommandFailed (with host and phase) on failure."""
+
+    def __init__(self, spec: HostSpec, cfg: Config) -> None:
+        self.spec = spec
+        self.cfg = cfg
+        self.default_timeout = cfg.ssh.command_timeout
+        self.phase = ""  # set by the flow so errors say where they happened
+
+    @property
+    def label(self) -> str:
+        return self.spec.label
+
+    @property
+    def root(self) -> str:
+        return self.cfg.root_on(self.spec)
+
+    def run(self, command: str, *, timeout: float | None = None, check: bool = True,
+            mutates: bool = True, hint: str = "") -> Result:
+        """Run `command` under bash, bounded by `timeout` on both ends.
+
+        `mutates` marks commands that change the machine; a dry run prints those instead.
+        """
+        del mutates  # used by DryRunHost
+        limit = float(timeout or self.default_timeout)
+        wrapped = f"timeout -k {KILL_GRACE} {limit:g} bash -c {shlex.quote(command)}"
+        result = self._exec(wrapped, limit + KILL_GRACE + 5)
+        if result.rc == 124:
+            raise CommandFailed(f"command timed out after {limit:g}s: {_short(command)}",
+                                host=self.label, phase=self.phase, command=command, rc=124,
+                                stdout=result.stdout, stderr=result.stderr,
+                                hint=hint or "raise the timeout or check the host's load")
+        if check and not result.ok:
+            detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+            raise CommandFailed(
+                f"command failed (exit {result.rc}): {_short(command)}"
+                + (f"\n    {chr(10).join('    ' + d for d in detail).lstrip()}" if detail else ""),
+                host=self.label, phase=self.phase, command=command, rc=result.rc,
+                stdout=result.stdout, stderr=result.stderr, hint=hint)
+        return Result(command, result.rc, result.stdout, result.stderr)
+
+    @abstractmethod
+    def _exec(self, command: str, timeout: float) -> Result: ...
+
+    @abstractmethod
+    def put(self, local: Path, remote: str) -> None:
+        """Copy a local file to `remote` (not atomic: callers upload to a temp name)."""
+
+    @abstractmethod
+    def read(self, path: str) -> str | None:
+        """The text of a small file, or None when it does not exist."""
+
+    @abstractmethod
+    def write_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
+        """Write to a temp name in the same directory, then rename over `path`."""
+
+    @abstractmethod
+    def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
+                 headers: dict[str, str] | None = None, host_header: str = "localhost"
+                 ) -> HttpReply:
+        """GET http://address:port/path as seen from this machine. Raises OSError."""
+
+    def close(self) -> None:  # noqa: B027 - optional: only connections need closing
+        """Drop the connection; a no-op for the local machine."""
+
+
+class LocalHost(Host):
+    """This machine, through subprocess: the demo, and single-box setups."""
+
+    def _exec(self, command: str, timeout: float) -> Result:
+        try:
+            proc = subprocess.run(["bash", "-c", command], capture_output=True, text=True,
+                                  timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+        except subprocess.TimeoutExpired as exc:
+            return Result(command, 124, _text(exc.stdout), _text(exc.stderr))
+        return Result(command, proc.returncode, proc.stdout, proc.stderr)
+
+    def put(self, local: Path, remote: str) -> None:
+        # A plain streaming copy; os.sendfile keeps a 100 MB artifact out of Python memory.
+        with open(local, "rb") as src, open(remote, "wb") as dst:
+            size = os.fstat(src.fileno()).st_size
+            offset = 0
+            while offset < size:
+                offset += os.sendfile(dst.fileno(), src.fileno(), offset, size - offset)
+
+    def read(self, path: str) -> str | None:
+        try:
+            return Path(path).read_text()
+        except FileNotFoundError:
+            return None
+
+    def write_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
+            f.write(content)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+
+    def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
+                 headers: dict[str, str] | None = None, host_header: str = "localhost"
+                 ) -> HttpReply:
+        sock = socket.create_connection((address, port), timeout=timeout)
+        sock.settimeout(timeout)
+        return httpwire.exchange(sock, httpwire.build_request(path, host_header, headers))
+
+
+class SshHost(Host):
+    """A remote machine over Fabric/paramiko, with host keys verified against known_hosts."""
+
+    def __init__(self, spec: HostSpec, cfg: Config) -> None:
+        super().__init__(spec, cfg)
+        self._conn = None
+        self._sftp = None
+        self._lock = threading.Lock()
+
+    @property
+    def conn(self):
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._connect()
+            return self._conn
+
+    def _connect(self):
+        import paramiko
+        from fabric import Connection
+
+        ssh = self.cfg.ssh
+        key = str(self.cfg.resolve(ssh.key_file)) if ssh.key_file else None
+        conn = Connection(
+            host=self.spec.address,
+            user=self.spec.user or ssh.user or None,
+            port=self.spec.port or ssh.port,
+            connect_timeout=ssh.connect_timeout,
+            connect_kwargs={"key_filename": [key]} if key else {},
+        )
+        # Fabric installs AutoAddPolicy and never reads known_hosts (FIELD-NOTES): we replace
+        # both before open(), so a changed or unknown host key stops the deploy.
+        known = self.cfg.resolve(ssh.known_hosts)
+        if ssh.accept_unknown_hosts:
+            log.warning("host %s: ssh.accept_unknown_hosts = true: unknown host keys are "
+                        "accepted without verification", self.label)
+            conn.client.set_missing_host_key_policy(paramiko.WarningPolicy())
+        else:
+            conn.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if known.exists():
+            conn.client.load_host_keys(str(known))
+        elif not ssh.accept_unknown_hosts:
+            raise BluegreenError(
+                f"known_hosts file {known} does not exist, so the host key of "
+                f"{self.spec.address} cannot be verified",
+                host=self.label, phase=self.phase or "connect",
+                hint=f"verify the host's fingerprint, then: ssh-keyscan -p "
+                     f"{self.spec.port or ssh.port} {self.spec.address} >> {known}")
+        try:
+            conn.open()
+        except paramiko.BadHostKeyException as exc:
+            raise BluegreenError(
+                f"host key of {self.spec.address} does NOT match {known} (got "
+                f"{exc.key.get_name()} {exc.key.get_fingerprint().hex()}): possible "
+                "man-in-the-middle, or the host was reinstalled",
+                host=self.label, phase=self.phase or "connect",
+                hint="confirm the new key out of band, then replace its line in known_hosts"
+            ) from exc
+        except paramiko.SSHException as exc:
+            if "not found in known_hosts" in str(exc):
+                raise BluegreenError(
+                    f"host key of {self.spec.address} is unknown: not in {known}",
+                    host=self.label, phase=self.phase or "connect",
+                    hint=f"verify its fingerprint, then: ssh-keyscan -p "
+                         f"{self.spec.port or ssh.port} {self.spec.address} >> {known} "
+                         "(or set ssh.accept_unknown_hosts = true, which is logged)") from exc
+            raise BluegreenError(f"SSH to {self.spec.address} failed: {exc}", host=self.label,
+                                 phase=self.phase or "connect",
+                                 hint="check ssh.user, ssh.key_file and that sshd runs") from exc
+        except (OSError, EOFError) as exc:
+            raise BluegreenError(f"cannot reach {self.spec.address}:"
+                                 f"{self.spec.port or ssh.port}: {exc}",
+                                 host=self.label, phase=self.phase or "connect",
+                                 hint="check the address, the port and the network") from exc
+        conn.transport.set_keepalive(ssh.keepalive)  # ssh_config's ServerAliveInterval is ignored
+        return conn
+
+    def _exec(self, command: str, timeout: float) -> Result:
+        from invoke.exceptions import CommandTimedOut
+
+        try:
+            r = self.conn.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
+        except CommandTimedOut as exc:
+            return Result(command, 124, exc.result.stdout, exc.result.stderr)
+        except BluegreenError:
+            raise
+        except Exception as exc:
+            self._drop()
+            raise CommandFailed(
+                f"SSH connection lost while running a command: {type(exc).__name__}: {exc}",
+                host=self.label, phase=self.phase, command=command,
+                hint="check the network to the host, then re-run: every phase converges"
+            ) from exc
+        return Result(command, r.exited, r.stdout, r.stderr)
+
+    def sftp(self):
+        conn = self.conn
+        with self._lock:
+            if self._sftp is None:
+                self._sftp = conn.client.open_sftp()
+            return self._sftp
+
+    def put(self, local: Path, remote: str) -> None:
+        try:
+            self.sftp().put(str(local), remote, confirm=True)
+        except Exception as exc:
+            self._drop()
+            raise CommandFailed(f"upload of {local} to {remote} failed: {exc}", host=self.label,
+                                phase=self.phase, hint="check disk space and the connection, "
+                                                       "then re-run") from exc
+
+    def read(self, path: str) -> str | None:
+        try:
+            with self.sftp().open(path, "r") as f:
+                return f.read().decode()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if getattr(exc, "errno", None) == 2:
+                return None
+            raise CommandFailed(f"cannot read {path}: {exc}", host=self.label,
+                                phase=self.phase) from exc
+
+    def write_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
+        parent, name = os.path.split(path)
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+        self.run(f"mkdir -p {shlex.quote(parent)}", timeout=30)
+        try:
+            sftp = self.sftp()
+            with sftp.open(tmp, "w") as f:
+                f.chmod(mode)  # before the content: a secret is never world-readable
+                f.write(content.encode())
+            sftp.posix_rename(tmp, path)
+        except OSError as exc:
+            raise CommandFailed(f"cannot write {path}: {exc}", host=self.label,
+                                phase=self.phase) from exc
+
+    def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
+                 headers: dict[str, str] | None = None, host_header: str = "localhost"
+                 ) -> HttpReply:
+        import paramiko
+
+        try:
+            chan = self.conn.transport.open_channel(
+                "direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=timeout)
+        except paramiko.ChannelException as exc:
+            raise ConnectionRefusedError(f"{address}:{port} on {self.label}: {exc}") from exc
+        except paramiko.SSHException as exc:
+            raise ConnectionError(f"tunnel to {address}:{port} on {self.label}: {exc}") from exc
+        chan.settimeout(timeout)
+        return httpwire.exchange(chan, httpwire.build_request(path, host_header, headers))
+
+    def _drop(self) -> None:
+        with self._lock:
+            conn, self._conn, self._sftp = self._conn, None, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:  # noqa: BLE001, S110 - already broken; nothing to save
+                pass
+
+    def close(self) -> None:
+        self._drop()
+
+
+class DryRunHost(Host):
+    """Runs reads for real, prints every change instead of making it."""
+
+    def __init__(self, inner: Host, out: list[str]) -> None:
+        super().__init__(inner.spec, inner.cfg)
+        self.inner = inner
+        self.out = out
+
+    @property
+    def phase(self) -> str:  # type: ignore[override]
+        return self.inner.phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        if hasattr(self, "inner"):
+            self.inner.phase = value
+
+    def run(self, command: str, *, timeout: float | None = None, check: bool = True,
+            mutates: bool = True, hint: str = "") -> Result:
+        if mutates:
+            shown = command.replace(commands.SHELL_LIB, "")  # the helper functions are noise
+            self.out.append(f"[{self.label}] $ {shown.strip()}")
+            return Result(command, 0, "", "")
+        return self.inner.run(command, timeout=timeout, check=check, mutates=False, hint=hint)
+
+    def _exec(self, command: str, timeout: float) -> Result:  # pragma: no cover - unused
+        raise AssertionError("DryRunHost delegates run()")
+
+    def put(self, local: Path, remote: str) -> None:
+        self.out.append(f"[{self.label}] upload {local} -> {remote}")
+
+    def read(self, path: str) -> str | None:
+        return self.inner.read(path)
+
+    def write_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
+        self.out.append(f"[{self.label}] write {path} ({len(content)} bytes, atomic rename)")
+
+    def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
+                 headers: dict[str, str] | None = None, host_header: str = "localhost"
+                 ) -> HttpReply:
+        return self.inner.http_get(port, path, timeout=timeout, address=address,
+                                   headers=headers, host_header=host_header)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def open_host(spec: HostSpec, cfg: Config) -> Host:
+    return LocalHost(spec, cfg) if spec.is_local else SshHost(spec, cfg)
+
+
+def _short(command: str, limit: int = 160) -> str:
+    one = " ".join(command.split())
+    return one if len(one) <= limit else one[: limit - 3] + "..."
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode(errors="replace")

@@ -1,0 +1,93 @@
+"""The deploy lock: an atomic mkdir on the primary host, with an owner record.
+
+Refusals name the owner and the way out (`fab unlock`). Release checks a random token, so a
+deploy whose lock was broken by `fab unlock` never removes the next deploy's lock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from bluegreen import commands
+from bluegreen.commands import Layout
+from bluegreen.errors import LockHeld
+from bluegreen.hosts import Host
+
+
+@dataclass(frozen=True)
+class Owner:
+    who: str
+    action: str
+    token: str
+    started_at: float
+    machine: str
+    pid: int
+    build_url: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, sort_keys=True)
+
+    def describe(self, now: float | None = None) -> str:
+        age = (now or time.time()) - self.started_at
+        where = f"{self.machine} pid {self.pid}"
+        build = f", {self.build_url}" if self.build_url else ""
+        return f"{self.who} ({self.action}, from {where}{build}, {age:.0f}s ago)"
+
+
+def new_owner(who: str, action: str, build_url: str = "") -> Owner:
+    return Owner(who=who, action=action, token=uuid.uuid4().hex, started_at=time.time(),
+                 machine=socket.gethostname(), pid=os.getpid(), build_url=build_url)
+
+
+def parse_owner(text: str) -> Owner | None:
+    try:
+        return Owner(**json.loads(text))
+    except (ValueError, TypeError):
+        return None
+
+
+def acquire(host: Host, layout: Layout, owner: Owner) -> None:
+    host.run(commands.ensure_layout(layout), timeout=30)
+    result = host.run(commands.lock_acquire(layout.lock, owner.to_json()), timeout=30,
+                      check=False)
+    if result.rc == 9:
+        text = host.read(layout.lock + "/owner.json") or ""
+        held_by = parse_owner(text)
+        who = held_by.describe() if held_by else "an unknown owner (no owner record)"
+        raise LockHeld(f"another deploy holds the lock on {layout.lock}: {who}",
+                       host=host.label, phase="lock",
+                       hint="wait for it to finish; if it is dead, run `fab unlock`")
+    if not result.ok:
+        raise LockHeld(f"could not take the lock {layout.lock}: {result.stderr.strip()}",
+                       host=host.label, phase="lock", hint="check permissions on paths.root")
+
+
+def release(host: Host, layout: Layout, owner: Owner) -> None:
+    host.run(commands.lock_release(layout.lock, owner.token), timeout=30, check=False)
+
+
+def break_lock(host: Host, layout: Layout) -> Owner | None:
+    out = host.run(commands.lock_break(layout.lock), timeout=30).stdout
+    return parse_owner(out.strip()) if out.strip() else None
+
+
+def status(host: Host, layout: Layout) -> Owner | None:
+    text = host.read(layout.lock + "/owner.json")
+    return parse_owner(text) if text else None
+
+
+@contextmanager
+def held(host: Host, layout: Layout, owner: Owner) -> Iterator[Owner]:
+    """Hold the lock for a block; released on success, failure and Ctrl-C alike."""
+    acquire(host, layout, owner)
+    try:
+        yield owner
+    finally:
+        release(host, layout, owner)

@@ -1,0 +1,98 @@
+"""What is live and what runs where: recorded state, never guessed from traffic.
+
+state.json (small, rewritten atomically) says which slot is live and which release each slot
+holds. history.jsonl is append-only, one JSON object a line, so status and deploy cost stay
+flat however long the history grows: we only ever read its tail.
+Both live on the primary host (the first traffic host), beside the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bluegreen import commands
+from bluegreen.commands import Layout
+from bluegreen.errors import BluegreenError
+from bluegreen.hosts import Host
+
+STATE_VERSION = 1
+
+
+@dataclass
+class SlotRecord:
+    release: str = ""
+    version: str = ""
+    checksum: str = ""
+    artifact: str = ""  # file name inside the release, for {artifact} on a restart
+    deployed_at: float = 0.0
+    status: str = "empty"  # empty | running | stopped | failed
+
+
+@dataclass
+class State:
+    app: str
+    live: str = ""  # "" until the first successful switch
+    previous: str = ""  # the slot that was live before `live`: where rollback goes
+    slots: dict[str, SlotRecord] = field(
+        default_factory=lambda: {"blue": SlotRecord(), "green": SlotRecord()})
+    serial: int = 0  # bumps on every write: a cheap way to see concurrent edits
+    updated_at: float = 0.0
+
+    @property
+    def idle(self) -> str:
+        return "green" if self.live == "blue" else "blue"
+
+    def slot(self, name: str) -> SlotRecord:
+        return self.slots[name]
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data["format"] = STATE_VERSION
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, app: str) -> State:
+        data = json.loads(text)
+        data.pop("format", None)
+        slots = {name: SlotRecord(**rec) for name, rec in data.pop("slots", {}).items()}
+        for name in ("blue", "green"):
+            slots.setdefault(name, SlotRecord())
+        return cls(**{**data, "app": data.get("app", app), "slots": slots})
+
+
+def read_state(host: Host, layout: Layout, app: str) -> State:
+    text = host.read(layout.state)
+    if text is None:
+        return State(app=app)
+    try:
+        return State.from_json(text, app)
+    except (ValueError, TypeError) as exc:
+        raise BluegreenError(
+            f"state file {layout.state} is corrupt: {exc}", host=host.label, phase="state",
+            hint="inspect it; `fab status` shows what nginx and the slots really do, and "
+                 "`fab switch --to SLOT` rewrites it from a known-good slot") from exc
+
+
+def write_state(host: Host, layout: Layout, state: State) -> None:
+    state.serial += 1
+    state.updated_at = time.time()
+    host.write_atomic(layout.state, state.to_json())
+
+
+def append_history(host: Host, layout: Layout, entry: dict[str, Any]) -> None:
+    host.run(commands.append_line(layout.history, json.dumps(entry, sort_keys=True)),
+             timeout=30)
+
+
+def read_history(host: Host, layout: Layout, last: int = 20) -> list[dict[str, Any]]:
+    out = host.run(commands.tail_lines(layout.history, last), timeout=30, mutates=False).stdout
+    entries = []
+    for line in out.splitlines():
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            entries.append({"action": "?", "result": "unparseable history line", "raw": line})
+    return entries

@@ -1,0 +1,79 @@
+"""The Fabric face: `fab deploy | switch | rollback | status | releases | unlock`.
+
+A project's fabfile.py is one line: `from bluegreen.tasks import ns`. Hosts come from
+bluegreen.toml, not from `fab -H`: a deploy opens its own connections to every app and
+traffic host so that it can act on all of them at once and all-or-nothing.
+"""
+
+from __future__ import annotations
+
+from invoke import Collection, Context, task
+from invoke.exceptions import Exit
+
+from bluegreen.runner import execute
+
+COMMON_HELP = {
+    "config": "bluegreen.toml to use (default: ./bluegreen.toml or $BLUEGREEN_CONFIG)",
+    "set_": "override a config value, e.g. --set health.timeout=90 (repeatable)",
+    "dry_run": "print the plan and the commands; change nothing",
+    "who": "name recorded in the lock and history (default: Jenkins job or user@host)",
+}
+
+
+def _help(*names: str, **extra: str) -> dict[str, str]:
+    return {**{n: COMMON_HELP[n] for n in names}, **extra}
+
+
+def _finish(rc: int) -> None:
+    if rc:
+        raise Exit(code=rc)
+
+
+@task(iterable=["set_"], help=_help(
+    "config", "set_", "dry_run", "who",
+    artifact="the build to ship: a jar, a binary, or a tarball with a runner",
+    version="version label for this release (default: $GIT_COMMIT)"))
+def deploy(c: Context, artifact: str = "", version: str = "", config: str = "",
+           set_: list[str] | None = None, dry_run: bool = False, who: str = "") -> None:
+    """Ship a build to the idle slot, health-check it, and switch traffic to it."""
+    _finish(execute("deploy", config=config, overrides=set_, dry_run=dry_run, who=who,
+                    artifact=artifact, version=version))
+
+
+@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "who",
+                                    to="blue or green (default: the idle slot)"))
+def switch(c: Context, to: str = "", config: str = "", set_: list[str] | None = None,
+           dry_run: bool = False, who: str = "") -> None:
+    """Flip traffic to the other slot (health-checked first)."""
+    _finish(execute("switch", config=config, overrides=set_, dry_run=dry_run, who=who, to=to))
+
+
+@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "who"))
+def rollback(c: Context, config: str = "", set_: list[str] | None = None,
+             dry_run: bool = False, who: str = "") -> None:
+    """Go back to the previous release: instant while its slot is warm."""
+    _finish(execute("rollback", config=config, overrides=set_, dry_run=dry_run, who=who))
+
+
+@task(iterable=["set_"], help=_help("config", "set_", json="machine-readable output",
+                                    history="how many history entries to show"))
+def status(c: Context, config: str = "", set_: list[str] | None = None, json: bool = False,
+           history: int = 10) -> None:
+    """Which slot is live, what runs where, is it healthy, recent history."""
+    _finish(execute("status", config=config, overrides=set_, as_json=json, history=history))
+
+
+@task(iterable=["set_"], help=_help("config", "set_", json="machine-readable output"))
+def releases(c: Context, config: str = "", set_: list[str] | None = None,
+             json: bool = False) -> None:
+    """List the releases kept on each app host."""
+    _finish(execute("releases", config=config, overrides=set_, as_json=json))
+
+
+@task(iterable=["set_"], help=_help("config", "set_", "who"))
+def unlock(c: Context, config: str = "", set_: list[str] | None = None, who: str = "") -> None:
+    """Break a stale deploy lock (say whose it was, and record it in history)."""
+    _finish(execute("unlock", config=config, overrides=set_, who=who))
+
+
+ns = Collection(deploy, switch, rollback, status, releases, unlock)

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Start (or reuse) the demo's private nginx: prefix /tmp/bluegreen-demo/nginx, 127.0.0.1 only.
+# Usage: scripts/demo-nginx.sh start|stop
+set -euo pipefail
+prefix=/tmp/bluegreen-demo/nginx
+args=(-p "$prefix" -c "$prefix/nginx.conf")
+case "${1:-start}" in
+start)
+  mkdir -p "$prefix"/{conf.d,tmp,logs}
+  cat > "$prefix/nginx.conf" <<CONF
+# The demo's own nginx: every path under $prefix, loopback only, no root paths touched.
+worker_processes 2;
+pid $prefix/nginx.pid;
+error_log $prefix/error.log notice;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $prefix/tmp/body;
+    proxy_temp_path $prefix/tmp/proxy;
+    fastcgi_temp_path $prefix/tmp/fastcgi;
+    uwsgi_temp_path $prefix/tmp/uwsgi;
+    scgi_temp_path $prefix/tmp/scgi;
+    # bluegreen renders its upstream + server block into this directory
+    include $prefix/conf.d/*.conf;
+}
+CONF
+  if [ -f "$prefix/nginx.pid" ] && kill -0 "$(cat "$prefix/nginx.pid")" 2>/dev/null; then
+    nginx "${args[@]}" -t -q && nginx "${args[@]}" -s reload
+    echo "demo nginx already running (pid $(cat "$prefix/nginx.pid")), reloaded"
+  else
+    nginx "${args[@]}" -t -q
+    nginx "${args[@]}"
+    echo "demo nginx started (pid $(cat "$prefix/nginx.pid"))"
+  fi
+  ;;
+stop)
+  if [ -f "$prefix/nginx.pid" ]; then nginx "${args[@]}" -s quit || true; fi
+  ;;
+esac
