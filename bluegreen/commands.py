@@ -157,6 +157,13 @@ def env_file(env: dict[str, str]) -> str:
     return "".join(f"{k}={q(v)}\n" for k, v in env.items())
 
 
+def execable(start: str) -> str:
+    """`exec` a simple command so the app itself holds the pid and gets signals directly;
+    a compound command (cd x && java ...) keeps its shell, and the group kill covers both."""
+    compound = any(tok in start for tok in (";", "&&", "||", "|", "\n", "&"))
+    return start if compound else "exec " + start
+
+
 def plain_start(layout: Layout, slot: str, release_dir: str, start: str) -> str:
     """Start `start` detached (setsid, own process group), record pid + start time.
 
@@ -172,7 +179,7 @@ def plain_start(layout: Layout, slot: str, release_dir: str, start: str) -> str:
         + f"[ -f {q(log)} ] && mv -f {q(log)} {q(log + '.1')}; "
         + f"cd {q(release_dir)} || exit 4; "
         + f"set -a; . {q(envfile)} || exit 5; set +a; "
-        + f"setsid sh -c {q('exec ' + start)} >> {q(log)} 2>&1 < /dev/null & "
+        + f"setsid sh -c {q(execable(start))} >> {q(log)} 2>&1 < /dev/null & "
         + "pid=$!; "
         + f'echo "$pid $(bg_starttime $pid)" > {q(pidfile + ".tmp")} && '
         + f"mv -f {q(pidfile + '.tmp')} {q(pidfile)}; echo $pid"
@@ -296,6 +303,43 @@ def nginx_test(nginx_command: str) -> str:
 
 def nginx_reload(nginx_command: str) -> str:
     return f"{nginx_command} -s reload 2>&1"
+
+
+NGINX_LIB = r"""
+bg_accepting_workers() {  # $1=master pid: workers of this master not yet shutting down
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v m="$1" '{ pid = $1; sub(/^.*\) /, "") }
+    $2 == m && $1 != "Z" { print pid }' | while read -r p; do
+      c=$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)
+      case "$c" in *"shutting down"*|"") ;; *) echo "$p";; esac
+    done
+}
+"""
+
+
+def nginx_reload_and_wait(nginx_command: str, pid_file: str, timeout: float) -> str:
+    """Reload, then wait until every worker that was accepting before has stopped accepting.
+
+    `nginx -s reload` only signals the master. Until the old workers get their turn to
+    shut down, they still accept new connections with the old config; a master that
+    rejects the config (say, a busy listen port) never replaces them at all. Exit 8 when
+    the old generation is still accepting at the deadline.
+    """
+    pf = q(pid_file)
+    return (
+        NGINX_LIB
+        + f"m=$(cat {pf} 2>/dev/null); "
+        + f'if [ -z "$m" ] || [ ! -d "/proc/$m" ]; then echo "nginx master pid file {pid_file} '
+        + 'is missing or stale: is nginx running?" >&2; exit 6; fi; '
+        + 'before=" $(bg_accepting_workers "$m" | tr "\n" " ")"; '
+        + f"{nginx_command} -s reload 2>&1 || exit $?; "
+        + f"i=0; while [ $i -lt {_loops(timeout) * 2} ]; do "
+        + 'now=$(bg_accepting_workers "$m"); old=0; '
+        + 'for p in $now; do case "$before" in *" $p "*) old=1;; esac; done; '
+        + '[ $old = 0 ] && [ -n "$now" ] && exit 0; '
+        + f"sleep {POLL / 2}; i=$((i+1)); done; "
+        + 'echo "nginx kept its old workers accepting after the reload: the master did not '
+        + 'apply the new config (see its error log)" >&2; exit 8'
+    )
 
 
 def file_size(path: str) -> str:

@@ -93,6 +93,7 @@ class Nginx:
     verify_path: str = ""  # checked through the front door after a reload; default health.path
     verify_timeout: float = 10.0
     error_log: str = ""  # scanned for [emerg] after reload: catches what `nginx -t` cannot
+    pid_file: str = "/run/nginx.pid"  # the master's pid: we wait for the old workers to retire
     drain_timeout: float = 30.0  # max wait for in-flight requests before stopping a slot
     mode: str = "reload"  # reload | lua (see README: switching without a reload)
     control_port: int = 0  # lua mode: loopback port of the control endpoint

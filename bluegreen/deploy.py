@@ -8,6 +8,7 @@ lock -> read state -> pre-deploy -> upload -> drain+stop idle -> start -> health
 
 from __future__ import annotations
 
+import dataclasses
 import getpass
 import os
 import socket
@@ -263,6 +264,8 @@ class Orchestrator:
             with self.report.phase("state"):
                 state = read_state(self.primary, self.layout(self.primary), cfg.app)
                 self.check_consistency(state)
+                # a template error must stop us before anything is uploaded or stopped
+                traffic.render(cfg, state.idle, release_id, version)
             idle, live = state.idle, state.live
             outcome.update(from_slot=live, to_slot=idle)
             self.report.say(f"=== deploy {cfg.app} {version or release_id} -> {idle} (port "
@@ -363,6 +366,7 @@ class Orchestrator:
                 raise
         if state.live and state.live != target:
             state.previous = state.live
+            state.previous_release = dataclasses.replace(state.slots[state.live])
         state.live = target
         rec.status = "running"
         self.save_state(state)
@@ -421,6 +425,7 @@ class Orchestrator:
         if not rec.release:
             raise BluegreenError(f"slot {slot} has never held a release", phase="switch",
                                  hint="run `fab deploy` first")
+        traffic.render(self.cfg, slot, rec.release, rec.version)  # fail before any change
         with self.report.phase("health", f"slot {slot} ({rec.version or rec.release})"):
             if not self.dry_run:
                 backend = self.backend
@@ -436,28 +441,31 @@ class Orchestrator:
     def rollback(self) -> dict[str, Any]:
         """Back to the release that was live before this one: instant while its slot is warm.
 
-        If that slot was reused (say, by a failed deploy), the previous release is started
-        again from its release dir, which keep_releases retains, then health-checked.
+        If that slot was reused since (say, by a failed deploy), the previous release is
+        started again from its release dir, which keep_releases retains, and health-checked.
         """
         began = time.monotonic()
         with self.locked("rollback"):
             state = read_state(self.primary, self.layout(self.primary), self.cfg.app)
             self.check_consistency(state)
-            if not state.live or not state.previous:
+            back_to = state.previous_release
+            if not state.live or not back_to.release:
                 raise BluegreenError("there is no previous release to roll back to",
                                      phase="rollback", hint="`fab status` shows the history")
-            target = state.previous
-            rec = state.slots[target]
+            target = state.idle
             outcome = {"action": "rollback", "from_slot": state.live, "to_slot": target,
-                       "release": rec.release, "version": rec.version,
+                       "release": back_to.release, "version": back_to.version,
                        "rolled_back_release": state.slots[state.live].release}
             try:
-                warm = not self.dry_run and rec.status == "running" and all(
-                    self.backend.running(h, target) for h in self.app_hosts)
+                held = state.slots[target]
+                warm = (not self.dry_run and held.release == back_to.release
+                        and held.status == "running"
+                        and all(self.backend.running(h, target) for h in self.app_hosts))
                 if not warm:
+                    state.slots[target] = dataclasses.replace(back_to, status="starting")
                     self._restart_release(state, target)
                 self._ensure_warm(state, target)
-                env = self.hook_env("rollback", target, rec.release, rec.version)
+                env = self.hook_env("rollback", target, back_to.release, back_to.version)
                 self.hook("pre-switch", env)
                 self._switch_traffic(state, target, "rollback")
                 self.hook("post-switch", env)
@@ -470,8 +478,8 @@ class Orchestrator:
                 raise
         outcome.update(result="ok", seconds=round(time.monotonic() - began, 3))
         self.record(outcome)
-        self.report.say(f"=== rolled back {self.cfg.app} to {rec.version or rec.release} "
-                        f"(slot {target}) in {outcome['seconds']:.2f}s")
+        self.report.say(f"=== rolled back {self.cfg.app} to {back_to.version or back_to.release}"
+                        f" (slot {target}) in {outcome['seconds']:.2f}s")
         return outcome
 
     def _restart_release(self, state: State, slot: str) -> None:

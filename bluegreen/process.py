@@ -107,7 +107,7 @@ class SupervisorBackend(Backend):
         return "\n".join([
             f"; managed by bluegreen: {self.cfg.app} slot {slot}",
             f"[program:{self.program(slot)}]",
-            f"command=/bin/sh -c {_sv_escape_pct(shlex.quote('exec ' + cmd))}",
+            f"command=/bin/sh -c {_sv_escape_pct(shlex.quote(commands.execable(cmd)))}",
             f"directory={_sv_escape_pct(release_dir)}",
             f"environment={env_line}",
             "autostart=true",  # a rebooted host brings both slots back warm
@@ -175,7 +175,7 @@ class SystemdBackend(Backend):
             "Type=simple",
             f"EnvironmentFile={root}/slots/%i/env",
             f"WorkingDirectory={root}/slots/%i/release",
-            f"ExecStart=/bin/sh -c {shlex.quote('exec ' + cmd)}",
+            f"ExecStart=/bin/sh -c {shlex.quote(commands.execable(cmd))}",
             "KillMode=control-group",
             f"TimeoutStopSec={int(self.cfg.process.stop_timeout)}",
             "Restart=on-failure",

@@ -35,7 +35,10 @@ class SlotRecord:
 class State:
     app: str
     live: str = ""  # "" until the first successful switch
-    previous: str = ""  # the slot that was live before `live`: where rollback goes
+    previous: str = ""  # the slot that was live before `live`
+    # what was live before `live`: rollback's target, kept apart from the slot records because
+    # a failed deploy may have reused that slot since
+    previous_release: SlotRecord = field(default_factory=SlotRecord)
     slots: dict[str, SlotRecord] = field(
         default_factory=lambda: {"blue": SlotRecord(), "green": SlotRecord()})
     serial: int = 0  # bumps on every write: a cheap way to see concurrent edits
@@ -58,6 +61,7 @@ class State:
         data = json.loads(text)
         data.pop("format", None)
         slots = {name: SlotRecord(**rec) for name, rec in data.pop("slots", {}).items()}
+        data["previous_release"] = SlotRecord(**data.get("previous_release", {}))
         for name in ("blue", "green"):
             slots.setdefault(name, SlotRecord())
         return cls(**{**data, "app": data.get("app", app), "slots": slots})

@@ -170,8 +170,11 @@ def _install_and_test(cfg: Config, host: Host, text: str) -> Installed | BaseExc
 def _reload_and_verify(cfg: Config, host: Host, slot: str) -> BluegreenError | None:
     try:
         offset = _log_offset(cfg, host)
-        host.run(commands.nginx_reload(cfg.nginx.command), timeout=30,
-                 hint="nginx -t passed but the reload failed: is the nginx master running?")
+        host.run(commands.nginx_reload_and_wait(cfg.nginx.command, cfg.nginx.pid_file,
+                                                cfg.nginx.verify_timeout),
+                 timeout=cfg.nginx.verify_timeout + 30,
+                 hint="nginx -t passed but the reload did not take: check the error log, "
+                      "and nginx.pid_file")
         verify(cfg, host, slot)
         _check_error_log(cfg, host, offset)
     except BluegreenError as exc:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -37,6 +38,28 @@ SLOT = os.environ.get("BLUEGREEN_SLOT", "?")
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as nginx's upstream keepalive expects
     server_version = "bluegreen-demo"
+    server: Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.busy = False
+        self.server.track(self, True)
+
+    def finish(self) -> None:
+        self.server.track(self, False)
+        super().finish()
+
+    def parse_request(self) -> bool:
+        self.busy = True  # a request line arrived: this connection is no longer idle
+        return super().parse_request()
+
+    def handle_one_request(self) -> None:
+        try:
+            super().handle_one_request()
+        finally:
+            self.busy = False
+            if self.server.stopping:
+                self.close_connection = True  # finish this answer, then let the thread end
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         pass  # the access log lives in nginx; stdout stays readable for the deploy's tail
@@ -80,6 +103,29 @@ class Server(ThreadingHTTPServer):
     request_queue_size = 1024
     allow_reuse_address = True
 
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.stopping = False
+        self.connections: set[Handler] = set()
+        self.lock = threading.Lock()
+
+    def track(self, handler: Handler, open_: bool) -> None:
+        with self.lock:
+            (self.connections.add if open_ else self.connections.discard)(handler)
+
+    def close_idle(self) -> None:
+        """Graceful stop: idle keep-alive connections are closed now (a thread blocked
+        reading the next request would otherwise hold the exit until the client hangs
+        up); busy ones finish their request first."""
+        self.stopping = True
+        with self.lock:
+            idle = [h for h in self.connections if not h.busy]
+        for handler in idle:
+            try:
+                handler.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
 
 def main() -> None:
     port = int(sys.argv[1]) if len(sys.argv) > 1 else int(os.environ.get("PORT", "8081"))
@@ -89,7 +135,10 @@ def main() -> None:
         if not GRACEFUL:
             os._exit(0)
         # shutdown() blocks until serve_forever returns, so it must run off the main thread
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        def stop() -> None:
+            server.shutdown()
+            server.close_idle()
+        threading.Thread(target=stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_term)
     print(f"demo {VERSION} listening on {server.server_address}", flush=True)

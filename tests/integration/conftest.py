@@ -1,0 +1,65 @@
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.deploykit import Project, build_artifacts
+from tests.support.nginx import PrivateNginx
+from tests.support.sshd import TestSshd
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return build_artifacts(tmp_path_factory.mktemp("dist"))
+
+
+def ssh_toml(sshd: TestSshd) -> str:
+    return (f'[ssh]\nuser = "root"\nkey_file = "{sshd.user_key}"\n'
+            f'known_hosts = "{sshd.known_hosts}"\n')
+
+
+@pytest.fixture(params=["local", "ssh"])
+def project(request: pytest.FixtureRequest, tmp_path: Path, private_nginx: PrivateNginx,
+            artifacts: dict[str, Path]) -> Iterator[Project]:
+    """The same flows through the `local` host and over real SSH to a loopback sshd."""
+    if request.param == "local":
+        proj = Project(tmp_path / "app", private_nginx, artifacts, 'app = ["local"]')
+    else:
+        sshd: TestSshd = request.getfixturevalue("sshd")
+        proj = Project(tmp_path / "app", private_nginx, artifacts,
+                       f'app = ["127.0.0.1:{sshd.port}"]', ssh_toml=ssh_toml(sshd))
+    proj.write()
+    try:
+        yield proj
+    finally:
+        proj.stop_everything()
+
+
+@pytest.fixture
+def ssh_project(tmp_path: Path, private_nginx: PrivateNginx, artifacts: dict[str, Path],
+                sshd: TestSshd) -> Iterator[Project]:
+    proj = Project(tmp_path / "app", private_nginx, artifacts,
+                   f'app = ["127.0.0.1:{sshd.port}"]', ssh_toml=ssh_toml(sshd)).write()
+    try:
+        yield proj
+    finally:
+        proj.stop_everything()
+
+
+@pytest.fixture
+def make_project(tmp_path: Path, private_nginx: PrivateNginx, artifacts: dict[str, Path]
+                 ) -> Iterator[Callable[..., Project]]:
+    made: list[Project] = []
+
+    def make(hosts_toml: str, **kw: str) -> Project:
+        proj = Project(tmp_path / f"app{len(made)}", private_nginx, artifacts, hosts_toml,
+                       **kw).write()
+        made.append(proj)
+        return proj
+    try:
+        yield make
+    finally:
+        for p in made:
+            p.stop_everything()

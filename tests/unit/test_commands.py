@@ -1,0 +1,166 @@
+import subprocess
+from pathlib import Path
+
+from bluegreen import commands
+from bluegreen.commands import Layout
+
+NASTY = "v1; touch /tmp/bluegreen-pwned $(id) `id` 'q' \"dq\""
+
+
+def run(script: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["bash", "-c", script], capture_output=True, text=True, timeout=20,
+                          check=False)
+
+
+def test_release_id_is_stable_and_filesystem_safe() -> None:
+    rid = commands.release_id(NASTY, "ab" * 32)
+    assert rid == commands.release_id(NASTY, "ab" * 32)
+    assert rid.endswith("-abababababab")
+    assert all(c.isalnum() or c in "._-" for c in rid)
+    assert commands.release_id("", "cd" * 32) == "cd" * 6
+
+
+def test_tarball_detection() -> None:
+    assert commands.is_tarball("app-1.2.tar.gz") and commands.is_tarball("x.TGZ")
+    assert not commands.is_tarball("app.jar")
+    assert commands.artifact_suffix("a.tar.xz") == ".tar.xz"
+
+
+def test_env_file_values_are_data_not_code(tmp_path: Path) -> None:
+    env = {"GREETING": NASTY, "EMPTY": ""}
+    (tmp_path / "env").write_text(commands.env_file(env))
+    out = run(f"set -a; . {tmp_path}/env; set +a; printf '%s' \"$GREETING\"")
+    assert out.stdout == NASTY
+    assert not Path("/tmp/bluegreen-pwned").exists()
+
+
+def test_unpack_tarball_and_single_file_once(tmp_path: Path) -> None:
+    art = tmp_path / "app.jar"
+    art.write_bytes(b"jar bytes")
+    rel = tmp_path / "releases" / "r1"
+    (tmp_path / "releases").mkdir()
+    first = run(commands.unpack(str(art), str(rel), "sum1", "app.jar"))
+    assert first.returncode == 0 and "unpacked" in first.stdout
+    assert (rel / "app.jar").read_bytes() == b"jar bytes"
+    assert (rel / ".bluegreen-release").read_text().strip() == "sum1"
+    again = run(commands.unpack(str(art), str(rel), "sum1", "app.jar"))
+    assert again.stdout.strip() == "present"
+
+
+def test_unpack_of_corrupt_tarball_fails_and_leaves_no_release(tmp_path: Path) -> None:
+    art = tmp_path / "bad.tar.gz"
+    art.write_bytes(b"not a tarball")
+    rel = tmp_path / "r1"
+    res = run(commands.unpack(str(art), str(rel), "s", "bad.tar.gz"))
+    assert res.returncode != 0
+    assert not rel.exists()
+
+
+def test_finalize_upload_refuses_a_torn_file(tmp_path: Path) -> None:
+    tmp, final = tmp_path / "up.tmp", tmp_path / "final"
+    tmp.write_bytes(b"partial")
+    res = run(commands.finalize_upload(str(tmp), str(final), "0" * 64))
+    assert res.returncode == 3 and "checksum mismatch" in res.stderr
+    assert not final.exists() and not tmp.exists()
+
+
+def test_listening_and_established_helpers_see_a_real_socket() -> None:
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    try:
+        assert run(commands.SHELL_LIB + f"bg_listening {port}").returncode == 0
+        cli = socket.create_connection(("127.0.0.1", port))
+        conn, _ = srv.accept()
+        assert run(commands.established_count(port)).stdout.strip() == "1"
+        cli.close()
+        conn.close()
+    finally:
+        srv.close()
+    assert run(commands.SHELL_LIB + f"bg_listening {port}").returncode != 0
+
+
+def test_port_free_or_fail_names_a_foreign_holder() -> None:
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    try:
+        res = run(commands.port_free_or_fail(srv.getsockname()[1], 0.2))
+    finally:
+        srv.close()
+    assert res.returncode == 7
+    assert "did not start" in res.stderr
+
+
+def test_plain_stop_never_signals_a_pid_it_did_not_start(tmp_path: Path) -> None:
+    layout = Layout(str(tmp_path))
+    (tmp_path / "slots" / "blue").mkdir(parents=True)
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        # right pid, wrong start time: a recycled pid must be left alone
+        Path(layout.pidfile("blue")).write_text(f"{victim.pid} 1\n")
+        res = run(commands.plain_stop(layout, "blue", 1))
+        assert res.stdout.strip() == "gone"
+        assert victim.poll() is None
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_plain_start_then_stop_round_trip(tmp_path: Path) -> None:
+    layout = Layout(str(tmp_path))
+    rel = tmp_path / "releases" / "r1"
+    rel.mkdir(parents=True)
+    (tmp_path / "slots" / "green").mkdir(parents=True)
+    Path(f"{layout.slot_dir('green')}/env").write_text(commands.env_file({"MSG": NASTY}))
+    res = run(commands.plain_start(layout, "green", str(rel), 'echo "$MSG"; exec sleep 30'))
+    assert res.returncode == 0, res.stderr
+    assert run(commands.plain_running(layout, "green")).stdout.strip() == "running"
+    stop = run(commands.plain_stop(layout, "green", 5))
+    assert stop.stdout.strip() == "stopped"
+    assert run(commands.plain_running(layout, "green")).stdout.strip() == "stopped"
+    assert NASTY in Path(layout.logfile("green")).read_text()
+
+
+def test_plain_stop_kills_after_timeout_when_term_is_ignored(tmp_path: Path) -> None:
+    layout = Layout(str(tmp_path))
+    (tmp_path / "slots" / "blue").mkdir(parents=True)
+    Path(f"{layout.slot_dir('blue')}/env").write_text("")
+    run(commands.plain_start(layout, "blue", str(tmp_path), "trap '' TERM; while :; do sleep 0.1; done"))
+    res = run(commands.plain_stop(layout, "blue", 0.3))
+    assert res.stdout.strip() == "killed"
+
+
+def test_lock_acquire_is_exclusive(tmp_path: Path) -> None:
+    lock = str(tmp_path / "lock")
+    assert run(commands.lock_acquire(lock, '{"token": "a"}')).returncode == 0
+    assert run(commands.lock_acquire(lock, '{"token": "b"}')).returncode == 9
+    run(commands.lock_release(lock, "b"))  # not ours: must stay
+    assert Path(lock).exists()
+    run(commands.lock_release(lock, "a"))
+    assert not Path(lock).exists()
+
+
+def test_prune_keeps_newest_and_protected(tmp_path: Path) -> None:
+    import os
+    import time
+
+    layout = Layout(str(tmp_path))
+    for i in range(6):
+        d = Path(layout.release(f"r{i}"))
+        d.mkdir(parents=True)
+        (d / ".bluegreen-release").write_text(f"sum{i}\n")
+        os.utime(d, (time.time() + i, time.time() + i))
+    Path(layout.artifacts).mkdir()
+    for i in range(6):
+        (Path(layout.artifacts) / f"sum{i}.tar.gz").write_text("x")
+    run(commands.prune_releases(layout, 3, ["r0"]))
+    left = sorted(p.name for p in Path(layout.releases).iterdir())
+    assert left == ["r0", "r3", "r4", "r5"]
+    arts = sorted(p.name for p in Path(layout.artifacts).iterdir())
+    assert arts == ["sum0.tar.gz", "sum3.tar.gz", "sum4.tar.gz", "sum5.tar.gz"]
