@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from bluegreen.automation.cli import add_commands
 from bluegreen.runner import execute
 
 
@@ -42,12 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unlock", help="break a stale deploy lock")
     common(p, mutating=False)
     p.add_argument("--who", default="")
-    try:
-        from bluegreen.automation.cli import add_commands
-    except ModuleNotFoundError:  # TODO(lead): remove once bluegreen.automation lands
-        pass
-    else:
-        add_commands(sub)
+    add_commands(sub)  # serve, poll, jobs, history: the automatic entry points
     return parser
 
 

@@ -120,18 +120,6 @@ def ensure_layout(layout: Layout) -> str:
                        layout.slot_dir("green")))
 
 
-def file_checksum(path: str) -> str:
-    return f"if [ -f {q(path)} ]; then sha256sum -- {q(path)} | cut -c1-64; fi"
-
-
-def finalize_upload(tmp: str, final: str, checksum: str) -> str:
-    """Verify the uploaded bytes before they get their real name; a torn upload never does."""
-    return (
-        f"actual=$(sha256sum -- {q(tmp)} | cut -c1-64); "
-        f'if [ "$actual" != {q(checksum)} ]; then rm -f -- {q(tmp)}; '
-        f'echo "checksum mismatch after upload: expected {checksum}, got $actual" >&2; exit 3; '
-        f"fi; mv -f -- {q(tmp)} {q(final)}"
-    )
 
 
 def unpack(artifact: str, release_dir: str, checksum: str, file_name: str) -> str:
@@ -144,10 +132,10 @@ def unpack(artifact: str, release_dir: str, checksum: str, file_name: str) -> st
         fill = (f"cp -- {q(artifact)} {q(tmp + '/' + file_name)} && "
                 f"chmod 0755 {q(tmp + '/' + file_name)}")
     return (
-        f"if [ -f {q(marker)} ]; then echo present; exit 0; fi; "
+        f"if [ -f {q(marker)} ]; then echo present; else "
         f"rm -rf -- {q(tmp)} && mkdir -p -- {q(tmp)} && {fill} && "
         f"echo {q(checksum)} > {q(tmp + '/.bluegreen-release')} && "
-        f"rm -rf -- {q(release_dir)} && mv -- {q(tmp)} {q(release_dir)} && echo unpacked"
+        f"rm -rf -- {q(release_dir)} && mv -- {q(tmp)} {q(release_dir)} && echo unpacked; fi"
     )
 
 
@@ -186,9 +174,6 @@ def plain_start(layout: Layout, slot: str, release_dir: str, start: str) -> str:
     )
 
 
-def plain_running(layout: Layout, slot: str) -> str:
-    return SHELL_LIB + f"bg_ours {q(layout.pidfile(slot))} && echo running || echo stopped"
-
 
 def plain_stop(layout: Layout, slot: str, stop_timeout: float) -> str:
     """TERM the slot's process group, bounded wait, then KILL. Never a pid we did not start."""
@@ -207,36 +192,7 @@ def plain_stop(layout: Layout, slot: str, stop_timeout: float) -> str:
     )
 
 
-def port_free_or_fail(port: int, timeout: float) -> str:
-    """Wait (bounded) until nothing listens on `port`; name the holder if something still does.
 
-    Runs after our own process is stopped, so whatever still holds the port is foreign and
-    we refuse instead of killing it. Exit 7 marks that case for the caller.
-    """
-    return (
-        SHELL_LIB
-        + f"i=0; while bg_listening {port} && [ $i -lt {_loops(timeout)} ]; do "
-        + f"sleep {POLL}; i=$((i+1)); done; "
-        + f"if bg_listening {port}; then echo \"port {port} is held by a process bluegreen "
-        + f"did not start: $(bg_holder {port})\" >&2; exit 7; fi"
-    )
-
-
-def established_count(port: int) -> str:
-    return SHELL_LIB + f"bg_established {port}"
-
-
-def wait_drained(port: int, timeout: float) -> str:
-    """Wait until no TCP connection is established to `port`; print how many remain.
-
-    After a switch, nginx's old workers keep serving their in-flight requests to the old
-    slot; their connections close when they finish. 0 connections = nothing to cut.
-    """
-    return (
-        SHELL_LIB
-        + f"i=0; while [ \"$(bg_established {port})\" -gt 0 ] && [ $i -lt {_loops(timeout)} ];"
-        + f" do sleep {POLL}; i=$((i+1)); done; bg_established {port}"
-    )
 
 
 def tail_log(path: str, lines: int = 30) -> str:
@@ -254,15 +210,16 @@ def prune_releases(layout: Layout, keep: int, protected: list[str]) -> str:
     """Delete all but the newest `keep` releases, never one a slot uses; then orphaned artifacts."""
     keep_names = " ".join(q(p) for p in protected if p) or "''"
     return (
-        f"cd {q(layout.releases)} 2>/dev/null || exit 0; n=0; "
+        f"( cd {q(layout.releases)} 2>/dev/null || exit 0; n=0; "
         f"for d in $(ls -1t); do case \"$d\" in *.partial) continue;; esac; n=$((n+1)); "
         f"skip=0; for k in {keep_names}; do [ \"$d\" = \"$k\" ] && skip=1; done; "
-        f"if [ $skip = 0 ] && [ $n -gt {int(keep)} ]; then rm -rf -- \"$d\" && echo \"$d\"; fi; "
+        f"if [ $skip = 0 ] && [ $n -gt {int(keep)} ]; then "
+        f"rm -rf -- \"$d\" && echo \"pruned $d\"; fi; "
         f"done; "
         # artifacts no kept release was made from
         f"cd {q(layout.artifacts)} 2>/dev/null || exit 0; "
         f"for a in *; do [ -f \"$a\" ] || continue; sum=\"${{a%%.*}}\"; "
-        f"grep -qsx \"$sum\" {q(layout.releases)}/*/.bluegreen-release || rm -f -- \"$a\"; done"
+        f"grep -qsx \"$sum\" {q(layout.releases)}/*/.bluegreen-release || rm -f -- \"$a\"; done )"
     )
 
 
@@ -271,34 +228,10 @@ def list_releases(layout: Layout) -> str:
             f"[ -f \"$d/.bluegreen-release\" ] && echo \"$d $(stat -c %Y \"$d\")\"; done; true")
 
 
-def lock_acquire(lock_dir: str, owner_json: str) -> str:
-    """mkdir is atomic on every filesystem we care about: exactly one deploy gets the lock."""
-    return (f"mkdir -- {q(lock_dir)} 2>/dev/null || exit 9; "
-            f"printf '%s\\n' {q(owner_json)} > {q(lock_dir + '/owner.json')}")
 
 
-def lock_release(lock_dir: str, token: str) -> str:
-    """Remove the lock only if it is still ours (someone may have run `fab unlock` and relocked)."""
-    owner = q(lock_dir + "/owner.json")
-    return (f"[ -d {q(lock_dir)} ] || exit 0; grep -qF -- {q(token)} {owner} 2>/dev/null && "
-            f"rm -rf -- {q(lock_dir)}; true")
 
 
-def lock_break(lock_dir: str) -> str:
-    return f"cat -- {q(lock_dir + '/owner.json')} 2>/dev/null; rm -rf -- {q(lock_dir)}"
-
-
-def append_line(path: str, line: str) -> str:
-    """One O_APPEND write of one line: concurrent appends never interleave within a line."""
-    return f"printf '%s\\n' {q(line)} >> {q(path)}"
-
-
-def tail_lines(path: str, n: int) -> str:
-    return f"tail -n {int(n)} -- {q(path)} 2>/dev/null || true"
-
-
-def nginx_test(nginx_command: str) -> str:
-    return f"{nginx_command} -t 2>&1"
 
 
 def nginx_reload(nginx_command: str) -> str:
@@ -342,9 +275,45 @@ def nginx_reload_and_wait(nginx_command: str, pid_file: str, timeout: float) -> 
     )
 
 
-def file_size(path: str) -> str:
-    return f"stat -c %s -- {q(path)} 2>/dev/null || echo 0"
+def prepare_upload(layout: Layout, stored: str) -> str:
+    """Make the layout and print the stored artifact's checksum, if any: one round trip."""
+    return (ensure_layout(layout) + f" && if [ -f {q(stored)} ]; then "
+            f"sha256sum -- {q(stored)} | cut -c1-64; fi")
 
 
-def read_from(path: str, offset: int) -> str:
-    return f"tail -c +{int(offset) + 1} -- {q(path)} 2>/dev/null | head -c 65536 || true"
+def finalize_upload(tmp: str, final: str, checksum: str) -> str:
+    """Verify the uploaded bytes before they get their real name; a torn upload never does."""
+    return (
+        f"actual=$(sha256sum -- {q(tmp)} | cut -c1-64); "
+        f'if [ "$actual" != {q(checksum)} ]; then rm -f -- {q(tmp)}; '
+        f'echo "checksum mismatch after upload: expected {checksum}, got $actual" >&2; exit 3; '
+        f"fi; mv -f -- {q(tmp)} {q(final)}"
+    )
+
+
+def drain_stop_free(port: int, drain_timeout: float, stop_script: str,
+                    free_timeout: float) -> str:
+    """One round trip: drain the slot's connections, stop it, make sure the port is free.
+
+    Drain: after a switch, nginx's old workers keep serving their in-flight requests to the
+    old slot and close those connections as they finish; 0 established connections means
+    nothing is cut. Prints `drain-left N` (N > 0: the drain timeout expired).
+    Stop: the backend's script, in a subshell so its early exits stay local.
+    Free: whatever still listens on the port now is not ours; exit 7 names it instead of
+    killing it.
+    """
+    return (
+        SHELL_LIB
+        + f"i=0; while [ \"$(bg_established {port})\" -gt 0 ] && "
+        + f"[ $i -lt {_loops(drain_timeout)} ]; do sleep {POLL}; i=$((i+1)); done; "
+        + f'echo "drain-left $(bg_established {port})"; '
+        + f"( {stop_script} ) || exit $?; "
+        + f"i=0; while bg_listening {port} && [ $i -lt {_loops(free_timeout)} ]; do "
+        + f"sleep {POLL}; i=$((i+1)); done; "
+        + f"if bg_listening {port}; then echo \"port {port} is held by a process bluegreen "
+        + f"did not start: $(bg_holder {port})\" >&2; exit 7; fi"
+    )
+
+
+def nginx_test(nginx_command: str) -> str:
+    return f"{nginx_command} -t 2>&1"

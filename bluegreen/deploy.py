@@ -157,45 +157,39 @@ class Orchestrator:
                     hint="someone changed nginx by hand or a switch was interrupted: run "
                          f"`fab switch --to {routed or state.live or 'blue'}` to converge")
 
-    def drain(self, slot: str) -> None:
-        """Before stopping a slot, wait until nginx has nothing in flight to it (bounded)."""
-        port, limit = self.cfg.port_of(slot), self.cfg.nginx.drain_timeout
+    def stop_slot(self, slot: str) -> str:
+        """Drain, stop and free the slot on every app host: one round trip per host.
 
-        def one(h: Host) -> int:
-            out = h.run(commands.wait_drained(port, limit), timeout=limit + 30,
-                        mutates=False).stdout.strip()
-            return int(out.splitlines()[-1]) if out else 0
-        if self.dry_run:
-            self.planned.append(f"[app hosts] wait until port {port} has no connections "
-                                f"(at most {limit:g}s)")
-            return
-        left = self.on_all(self.app_hosts, "drain", one)
-        cut = [f"{h.label}: {n}" for h, n in zip(self.app_hosts, left, strict=True) if n]
-        if cut:
-            self.report.say(f"    drain timeout ({limit:g}s) expired; connections cut on port "
-                            f"{port}: {', '.join(cut)}")
-
-    def stop_slot(self, slot: str) -> list[str]:
+        Draining first means nginx (old workers included) has nothing in flight to the slot
+        when it stops, bounded by nginx.drain_timeout; what is cut then is reported.
+        """
         backend, port = self.backend, self.cfg.port_of(slot)
 
-        def one(h: Host) -> str:
-            outcome = backend.stop(h, slot)
-            h.run(commands.port_free_or_fail(port, self.cfg.process.port_free_timeout),
-                  timeout=self.cfg.process.port_free_timeout + 30, mutates=True,
-                  hint=f"bluegreen never kills what it did not start: stop that process, or "
-                       f"move slots.{slot} to a free port")
-            return outcome
-        return self.on_all(self.app_hosts, "stop", one)
+        def one(h: Host) -> tuple[int, str]:
+            out = h.run(commands.drain_stop_free(
+                port, self.cfg.nginx.drain_timeout, backend.stop_script(h, slot),
+                self.cfg.process.port_free_timeout),
+                timeout=self.cfg.nginx.drain_timeout + self.cfg.process.stop_timeout
+                + self.cfg.process.port_free_timeout + 30,
+                hint=f"bluegreen never kills what it did not start: stop that process, or "
+                     f"move slots.{slot} to a free port").stdout.split()
+            left = int(out[out.index("drain-left") + 1]) if "drain-left" in out else 0
+            outcome = next((w for w in reversed(out)
+                            if w in ("none", "gone", "stopped", "killed")), "stopped")
+            return left, outcome
+        results = self.on_all(self.app_hosts, "stop", one)
+        cut = [f"{h.label}: {left}" for h, (left, _) in zip(self.app_hosts, results, strict=True)
+               if left]
+        if cut:
+            self.report.say(f"    drain timeout ({self.cfg.nginx.drain_timeout:g}s) expired; "
+                            f"connections cut on port {port}: {', '.join(cut)}")
+        return ", ".join(sorted({outcome for _, outcome in results}))
 
     def start_slot(self, slot: str, release_id: str, version: str, artifact_name: str) -> None:
         backend = self.backend
 
-        def one(h: Host) -> None:
-            layout = self.layout(h)
-            release_dir = layout.release(release_id)
-            h.run(commands.link_slot_release(layout, slot, release_dir), timeout=30)
-            backend.start(h, slot, release_dir, version, artifact_name)
-        self.on_all(self.app_hosts, "start", one)
+        self.on_all(self.app_hosts, "start", lambda h: backend.start(
+            h, slot, self.layout(h).release(release_id), version, artifact_name))
 
     def wait_slot_healthy(self, slot: str) -> float:
         if self.dry_run:
@@ -296,16 +290,16 @@ class Orchestrator:
                         outcome: dict[str, Any]) -> None:
         cfg = self.cfg
         file_name = cfg.artifact_name or art.name
+        protected = [r.release for r in state.slots.values() if r.release]
         with self.report.phase("upload", f"{art.name} to {len(self.app_hosts)} host(s)") as note:
             shipped = self.on_all(self.app_hosts, "upload", lambda h: release.ship(
-                h, self.layout(h), art, release_id, file_name))
+                h, self.layout(h), art, release_id, file_name, cfg.keep_releases, protected))
             sent = sum(s.uploaded_bytes for s in shipped)
             note.text = f"{sent} bytes sent" + ("" if sent else " (already on every host)")
             outcome["uploaded_bytes"] = sent
-        with self.report.phase("drain", f"slot {idle} (port {cfg.port_of(idle)})"):
-            self.drain(idle)
-        with self.report.phase("stop", f"slot {idle}") as note:
-            note.text = ", ".join(sorted(set(self.stop_slot(idle))))
+        with self.report.phase("stop", f"drain and stop slot {idle} (port "
+                                       f"{cfg.port_of(idle)})") as note:
+            note.text = self.stop_slot(idle)
         state.slots[idle] = SlotRecord(release=release_id, version=version,
                                        checksum=art.checksum, artifact=file_name,
                                        deployed_at=time.time(),
@@ -330,11 +324,6 @@ class Orchestrator:
         self._switch_traffic(state, idle, "deploy")
         self.hook("post-switch", env)
         self.hook("post-deploy", env)
-        with self.report.phase("prune", f"keep {cfg.keep_releases} releases") as note:
-            protected = [r.release for r in state.slots.values() if r.release]
-            pruned = self.on_all(self.app_hosts, "prune", lambda h: release.prune(
-                h, self.layout(h), cfg.keep_releases, protected))
-            note.text = f"removed {sum(len(p) for p in pruned)}"
 
     def stop_slot_quietly(self, slot: str) -> None:
         try:
@@ -490,9 +479,7 @@ class Orchestrator:
             raise BluegreenError(f"release {rec.release} is no longer on {', '.join(missing)}",
                                  phase="rollback", host=",".join(missing),
                                  hint="deploy that version again with `fab deploy`")
-        with self.report.phase("drain", f"slot {slot}"):
-            self.drain(slot)
-        with self.report.phase("stop", f"slot {slot}"):
+        with self.report.phase("stop", f"drain and stop slot {slot}"):
             self.stop_slot(slot)
         with self.report.phase("start", f"{rec.release} again in slot {slot}"):
             self.start_slot(slot, rec.release, rec.version,

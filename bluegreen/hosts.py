@@ -16,8 +16,10 @@ import subprocess
 import threading
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any, TypeVar
 
 from bluegreen import commands, httpwire
 from bluegreen.config import Config, HostSpec
@@ -26,6 +28,7 @@ from bluegreen.httpwire import HttpReply
 
 log = logging.getLogger("bluegreen.hosts")
 
+T = TypeVar("T")
 KILL_GRACE = 5  # seconds `timeout` waits after TERM before KILL on a remote command
 
 
@@ -89,13 +92,114 @@ class Host(ABC):
     def put(self, local: Path, remote: str) -> None:
         """Copy a local file to `remote` (not atomic: callers upload to a temp name)."""
 
+    # File primitives: os calls locally, SFTP remotely. SFTP requests ride the one open
+    # session, so they cost a fraction of a millisecond where a command costs a round trip
+    # plus a remote shell start: state, lock, history and pidfile checks all use these.
     @abstractmethod
-    def read(self, path: str) -> str | None:
-        """The text of a small file, or None when it does not exist."""
+    def _open(self, path: str, mode: str) -> IO[bytes]: ...
 
     @abstractmethod
+    def _mkdir(self, path: str) -> None: ...
+
+    @abstractmethod
+    def _size(self, path: str) -> int:
+        """Size of the file; raises FileNotFoundError."""
+
+    @abstractmethod
+    def _rename(self, src: str, dst: str) -> None: ...
+
+    @abstractmethod
+    def _remove(self, path: str, *, directory: bool = False) -> None: ...
+
+    @abstractmethod
+    def _chmod(self, path: str, mode: int) -> None: ...
+
+    def _fs(self, what: str, path: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise CommandFailed(f"cannot {what} {path}: {exc}", host=self.label,
+                                phase=self.phase, hint="check permissions and disk space "
+                                                       "under paths.root") from exc
+
+    def exists(self, path: str) -> bool:
+        try:
+            self._fs("stat", path, lambda: self._size(path))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def size(self, path: str) -> int:
+        """Size in bytes, 0 when the file does not exist."""
+        try:
+            return self._fs("stat", path, lambda: self._size(path))
+        except FileNotFoundError:
+            return 0
+
+    def read(self, path: str, offset: int = 0, limit: int = 1 << 20) -> str | None:
+        """The text of a small file (from `offset`), or None when it does not exist."""
+        def go() -> str:
+            with self._open(path, "rb") as f:
+                if offset:
+                    f.seek(offset)
+                return f.read(limit).decode(errors="replace")
+        try:
+            return self._fs("read", path, go)
+        except FileNotFoundError:
+            return None
+
+    def makedirs(self, path: str) -> None:
+        parts = [p for p in path.split("/") if p]
+        current = ""
+        for part in parts:
+            current += "/" + part
+            if not self.exists(current):
+                try:
+                    self._mkdir(current)
+                except OSError:
+                    if not self.exists(current):  # a concurrent mkdir is fine
+                        raise
+
+    def mkdir_exclusive(self, path: str) -> bool:
+        """Atomically create a directory; False if it already exists (the lock primitive)."""
+        self.makedirs(os.path.dirname(path))
+        try:
+            self._mkdir(path)
+        except OSError as exc:
+            if self.exists(path):
+                return False
+            raise CommandFailed(f"cannot create {path}: {exc}", host=self.label,
+                                phase=self.phase) from exc
+        return True
+
     def write_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
         """Write to a temp name in the same directory, then rename over `path`."""
+        parent, name = os.path.split(path)
+        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
+
+        def go() -> None:
+            self.makedirs(parent)
+            with self._open(tmp, "wb") as f:
+                self._chmod(tmp, mode)  # before the content: a secret is never world-readable
+                f.write(content.encode())
+            self._rename(tmp, path)
+        self._fs("write", path, go)
+
+    def append_line(self, path: str, line: str) -> None:
+        """One append of one line (O_APPEND): concurrent writers never interleave a line."""
+        def go() -> None:
+            self.makedirs(os.path.dirname(path))
+            with self._open(path, "ab") as f:
+                f.write((line.rstrip("\n") + "\n").encode())
+        self._fs("append to", path, go)
+
+    def remove(self, path: str, *, directory: bool = False) -> None:
+        try:
+            self._fs("remove", path, lambda: self._remove(path, directory=directory))
+        except FileNotFoundError:
+            pass
 
     @abstractmethod
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
@@ -126,21 +230,23 @@ class LocalHost(Host):
             while offset < size:
                 offset += os.sendfile(dst.fileno(), src.fileno(), offset, size - offset)
 
-    def read(self, path: str) -> str | None:
-        try:
-            return Path(path).read_text()
-        except FileNotFoundError:
-            return None
+    def _open(self, path: str, mode: str) -> IO[bytes]:
+        return open(path, mode)
 
-    def write_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
-        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode), "w") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
+    def _mkdir(self, path: str) -> None:
+        os.mkdir(path)
+
+    def _size(self, path: str) -> int:
+        return os.stat(path).st_size
+
+    def _rename(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def _remove(self, path: str, *, directory: bool = False) -> None:
+        (os.rmdir if directory else os.remove)(path)
+
+    def _chmod(self, path: str, mode: int) -> None:
+        os.chmod(path, mode)
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost"
@@ -260,31 +366,40 @@ class SshHost(Host):
                                 phase=self.phase, hint="check disk space and the connection, "
                                                        "then re-run") from exc
 
-    def read(self, path: str) -> str | None:
+    def _sftp_call(self, fn: Callable[[Any], T]) -> T:
         try:
-            with self.sftp().open(path, "r") as f:
-                return f.read().decode()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            if getattr(exc, "errno", None) == 2:
-                return None
-            raise CommandFailed(f"cannot read {path}: {exc}", host=self.label,
-                                phase=self.phase) from exc
+            return fn(self.sftp())
+        except (OSError, EOFError) as exc:
+            if isinstance(exc, OSError) and exc.errno is not None:
+                raise  # a real answer from the server (ENOENT, EACCES, ...)
+            if isinstance(exc, OSError) and str(exc) in ("Failure", "Permission denied"):
+                raise
+            self._drop()
+            raise CommandFailed(f"SSH file transfer failed: {type(exc).__name__}: {exc}",
+                                host=self.label, phase=self.phase,
+                                hint="check the connection, then re-run: every phase "
+                                     "converges") from exc
 
-    def write_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
-        parent, name = os.path.split(path)
-        tmp = f"{parent}/.{name}.{uuid.uuid4().hex[:8]}.tmp"
-        self.run(f"mkdir -p {shlex.quote(parent)}", timeout=30)
-        try:
-            sftp = self.sftp()
-            with sftp.open(tmp, "w") as f:
-                f.chmod(mode)  # before the content: a secret is never world-readable
-                f.write(content.encode())
-            sftp.posix_rename(tmp, path)
-        except OSError as exc:
-            raise CommandFailed(f"cannot write {path}: {exc}", host=self.label,
-                                phase=self.phase) from exc
+    def _open(self, path: str, mode: str) -> IO[bytes]:
+        f = self._sftp_call(lambda sftp: sftp.open(path, mode.replace("b", "")))
+        if "r" in mode:
+            f.prefetch()  # pipeline reads instead of one round trip per 32 KB
+        return f  # type: ignore[no-any-return]
+
+    def _mkdir(self, path: str) -> None:
+        self._sftp_call(lambda sftp: sftp.mkdir(path))
+
+    def _size(self, path: str) -> int:
+        return int(self._sftp_call(lambda sftp: sftp.stat(path)).st_size or 0)
+
+    def _rename(self, src: str, dst: str) -> None:
+        self._sftp_call(lambda sftp: sftp.posix_rename(src, dst))
+
+    def _remove(self, path: str, *, directory: bool = False) -> None:
+        self._sftp_call(lambda sftp: (sftp.rmdir if directory else sftp.remove)(path))
+
+    def _chmod(self, path: str, mode: int) -> None:
+        self._sftp_call(lambda sftp: sftp.chmod(path, mode))
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost"
@@ -345,11 +460,40 @@ class DryRunHost(Host):
     def put(self, local: Path, remote: str) -> None:
         self.out.append(f"[{self.label}] upload {local} -> {remote}")
 
-    def read(self, path: str) -> str | None:
-        return self.inner.read(path)
+    # reads go to the real host; every change is printed instead
+    def _open(self, path: str, mode: str) -> IO[bytes]:
+        if "r" not in mode:
+            raise AssertionError("DryRunHost writes through write_atomic/append_line")
+        return self.inner._open(path, mode)
+
+    def _size(self, path: str) -> int:
+        return self.inner._size(path)
+
+    def _mkdir(self, path: str) -> None:
+        self.out.append(f"[{self.label}] mkdir {path}")
+
+    def _rename(self, src: str, dst: str) -> None:
+        self.out.append(f"[{self.label}] rename {src} -> {dst}")
+
+    def _remove(self, path: str, *, directory: bool = False) -> None:
+        self.out.append(f"[{self.label}] remove {path}")
+
+    def _chmod(self, path: str, mode: int) -> None:
+        pass
+
+    def makedirs(self, path: str) -> None:
+        pass
+
+    def mkdir_exclusive(self, path: str) -> bool:
+        self.out.append(f"[{self.label}] mkdir {path} (exclusive)")
+        return True
 
     def write_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
-        self.out.append(f"[{self.label}] write {path} ({len(content)} bytes, atomic rename)")
+        self.out.append(f"[{self.label}] write {path} ({len(content)} bytes, mode "
+                        f"{mode:o}, atomic rename)")
+
+    def append_line(self, path: str, line: str) -> None:
+        self.out.append(f"[{self.label}] append one line to {path}")
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost"

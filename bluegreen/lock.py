@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from bluegreen import commands
 from bluegreen.commands import Layout
 from bluegreen.errors import LockHeld
 from bluegreen.hosts import Host
@@ -54,32 +53,36 @@ def parse_owner(text: str) -> Owner | None:
 
 
 def acquire(host: Host, layout: Layout, owner: Owner) -> None:
-    host.run(commands.ensure_layout(layout), timeout=30)
-    result = host.run(commands.lock_acquire(layout.lock, owner.to_json()), timeout=30,
-                      check=False)
-    if result.rc == 9:
-        text = host.read(layout.lock + "/owner.json") or ""
-        held_by = parse_owner(text)
-        who = held_by.describe() if held_by else "an unknown owner (no owner record)"
-        raise LockHeld(f"another deploy holds the lock on {layout.lock}: {who}",
-                       host=host.label, phase="lock",
-                       hint="wait for it to finish; if it is dead, run `fab unlock`")
-    if not result.ok:
-        raise LockHeld(f"could not take the lock {layout.lock}: {result.stderr.strip()}",
-                       host=host.label, phase="lock", hint="check permissions on paths.root")
+    if host.mkdir_exclusive(layout.lock):
+        host.write_atomic(f"{layout.lock}/owner.json", owner.to_json() + "\n")
+        return
+    held_by = parse_owner(host.read(f"{layout.lock}/owner.json") or "")
+    who = held_by.describe() if held_by else "an unknown owner (no owner record yet)"
+    raise LockHeld(f"another deploy holds the lock {layout.lock}: {who}", host=host.label,
+                   phase="lock", hint="wait for it to finish; if it is dead, run `fab unlock`")
 
 
 def release(host: Host, layout: Layout, owner: Owner) -> None:
-    host.run(commands.lock_release(layout.lock, owner.token), timeout=30, check=False)
+    """Remove the lock only if it is still ours: `fab unlock` may have broken it meanwhile
+    and someone else may hold a new one."""
+    held_by = parse_owner(host.read(f"{layout.lock}/owner.json") or "")
+    if held_by is not None and held_by.token == owner.token:
+        _remove(host, layout)
 
 
 def break_lock(host: Host, layout: Layout) -> Owner | None:
-    out = host.run(commands.lock_break(layout.lock), timeout=30).stdout
-    return parse_owner(out.strip()) if out.strip() else None
+    owner = parse_owner(host.read(f"{layout.lock}/owner.json") or "")
+    _remove(host, layout)
+    return owner
+
+
+def _remove(host: Host, layout: Layout) -> None:
+    host.remove(f"{layout.lock}/owner.json")
+    host.remove(layout.lock, directory=True)
 
 
 def status(host: Host, layout: Layout) -> Owner | None:
-    text = host.read(layout.lock + "/owner.json")
+    text = host.read(f"{layout.lock}/owner.json")
     return parse_owner(text) if text else None
 
 

@@ -4,7 +4,7 @@ plain:      setsid + pidfile (pid and start time) + a log file per slot. No daem
 supervisor: a [program:<app>-<slot>] file in supervisord's include dir, driven by supervisorctl.
 systemd:    a template unit <app>@.service, instance = slot, with a per-slot EnvironmentFile.
 
-Backends only start and stop; the flow checks port ownership (commands.port_free_or_fail)
+Backends only start and stop; the flow checks port ownership (commands.drain_stop_free)
 the same way for all of them, so none of them ever kills a process it did not start.
 """
 
@@ -53,8 +53,9 @@ class Backend(ABC):
               artifact_name: str) -> None: ...
 
     @abstractmethod
-    def stop(self, host: Host, slot: str) -> str:
-        """Stop the slot if we run something there; returns what happened, for the log."""
+    def stop_script(self, host: Host, slot: str) -> str:
+        """Shell that stops the slot if we run something there; its output ends with one of
+        none | gone | stopped | killed. The flow runs it together with drain and port check."""
 
     @abstractmethod
     def running(self, host: Host, slot: str) -> bool: ...
@@ -72,18 +73,33 @@ class PlainBackend(Backend):
         host.write_atomic(f"{layout.slot_dir(slot)}/env",
                           commands.env_file(app_env(self.cfg, slot, release_dir, version)),
                           mode=0o600)
-        host.run(commands.plain_start(layout, slot, release_dir, cmd), timeout=30,
+        host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
+                 + commands.plain_start(layout, slot, release_dir, cmd), timeout=30,
                  hint="check the start command and that the release unpacked")
 
-    def stop(self, host: Host, slot: str) -> str:
-        out = host.run(commands.plain_stop(self.layout(host), slot, self.cfg.process.stop_timeout),
-                       timeout=self.cfg.process.stop_timeout + 30).stdout.strip()
-        return out.splitlines()[-1] if out else "stopped"
+    def stop_script(self, host: Host, slot: str) -> str:
+        return commands.plain_stop(self.layout(host), slot, self.cfg.process.stop_timeout)
 
     def running(self, host: Host, slot: str) -> bool:
-        out = host.run(commands.plain_running(self.layout(host), slot), timeout=30,
-                       mutates=False).stdout
-        return out.strip() == "running"
+        """Read the pidfile and /proc over the file channel: no command round trip."""
+        recorded = host.read(self.layout(host).pidfile(slot))
+        pid = recorded.split()[0] if recorded and recorded.split() else ""
+        if not pid.isdigit():
+            return False
+        return pid_is_ours(recorded or "", host.read(f"/proc/{pid}/stat") or "")
+
+
+def pid_is_ours(pidfile_text: str, proc_stat: str) -> bool:
+    """The pidfile says "PID STARTTIME"; the process must be alive with that start time.
+
+    A recycled pid has another start time, and a zombie (state Z) is not running.
+    """
+    parts = pidfile_text.split()
+    if len(parts) != 2 or ")" not in proc_stat:
+        return False
+    fields = proc_stat.rsplit(")", 1)[1].split()
+    # after "pid (comm)": state is field 3 of stat, starttime field 22
+    return len(fields) > 19 and fields[0] not in ("Z", "X") and fields[19] == parts[1]
 
 
 class SupervisorBackend(Backend):
@@ -127,7 +143,8 @@ class SupervisorBackend(Backend):
         host.write_atomic(path, self.program_conf(host, slot, release_dir, version,
                                                   artifact_name), mode=0o600)  # holds [env]
         prog = q(self.program(slot))
-        out = host.run(f"{self.ctl('reread')} >/dev/null; {self.ctl('update', prog)} 2>&1; "
+        out = host.run(commands.link_slot_release(self.layout(host), slot, release_dir) + "; "
+                       f"{self.ctl('reread')} >/dev/null; {self.ctl('update', prog)} 2>&1; "
                        f"{self.ctl('start', prog)} 2>&1 || true", timeout=60).stdout
         if "ERROR" in out and "already started" not in out:
             raise BluegreenError(f"supervisorctl could not start {self.program(slot)}: "
@@ -135,17 +152,12 @@ class SupervisorBackend(Backend):
                                  hint=f"check that {self.cfg.process.supervisor_conf} includes "
                                       f"{self.include_dir(host)}/*.conf and supervisord runs")
 
-    def stop(self, host: Host, slot: str) -> str:
-        out = host.run(f"{self.ctl('stop', q(self.program(slot)))} 2>&1 || true",
-                       timeout=self.cfg.process.stop_timeout + 30).stdout.strip()
-        if "no such process" in out.lower():
-            return "none"
-        if "not running" in out.lower():
-            return "none"
-        if "ERROR" in out:
-            raise BluegreenError(f"supervisorctl stop failed: {out}", host=host.label,
-                                 phase="stop", hint="check supervisord on the host")
-        return "stopped"
+    def stop_script(self, host: Host, slot: str) -> str:
+        # "no such process" / "not running" mean nothing of ours runs there: fine
+        return (f"out=$({self.ctl('stop', q(self.program(slot)))} 2>&1); echo \"$out\"; "
+                'case "$out" in *"no such process"*|*"not running"*) echo none;; '
+                '*ERROR*) echo "supervisorctl stop failed: $out" >&2; exit 1;; '
+                "*) echo stopped;; esac")
 
     def running(self, host: Host, slot: str) -> bool:
         out = host.run(f"{self.ctl('status', q(self.program(slot)))} 2>&1 || true",
@@ -199,14 +211,12 @@ class SystemdBackend(Backend):
         host.write_atomic(unit_path, self.unit_text(host))
         host.write_atomic(f"{layout.slot_dir(slot)}/env",
                           self.env_file(slot, release_dir, version, artifact_name), mode=0o600)
-        host.run(commands.link_slot_release(layout, slot, release_dir), timeout=30)
-        host.run(f"systemctl daemon-reload && systemctl restart {q(self.unit_name(slot))}",
+        host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
+                 f"systemctl daemon-reload && systemctl restart {q(self.unit_name(slot))}",
                  timeout=60, hint=f"see `journalctl -u {self.unit_name(slot)}` on the host")
 
-    def stop(self, host: Host, slot: str) -> str:
-        host.run(f"systemctl stop {q(self.unit_name(slot))} 2>/dev/null || true",
-                 timeout=self.cfg.process.stop_timeout + 30)
-        return "stopped"
+    def stop_script(self, host: Host, slot: str) -> str:
+        return f"systemctl stop {q(self.unit_name(slot))} 2>/dev/null; echo stopped"
 
     def running(self, host: Host, slot: str) -> bool:
         return host.run(f"systemctl is-active --quiet {q(self.unit_name(slot))}", timeout=30,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bluegreen import commands
-from bluegreen.commands import Layout, q
+from bluegreen.commands import Layout
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Host
 
@@ -47,37 +47,31 @@ class Shipped:
     unpacked: bool
 
 
-def ship(host: Host, layout: Layout, artifact: Artifact, release_id: str,
-         file_name: str) -> Shipped:
-    host.run(commands.ensure_layout(layout), timeout=30)
+def ship(host: Host, layout: Layout, artifact: Artifact, release_id: str, file_name: str,
+         keep: int, protected: list[str]) -> Shipped:
+    """Upload unless the same bytes are there, unpack once, prune: two round trips."""
     stored = f"{layout.artifacts}/{artifact.stored_name}"
-    remote_sum = host.run(commands.file_checksum(stored), timeout=120, mutates=False).stdout
+    remote_sum = host.run(commands.prepare_upload(layout, stored), timeout=120).stdout
     uploaded = 0
+    finalize = ""
     if remote_sum.strip() != artifact.checksum:
         tmp = f"{layout.artifacts}/.upload-{uuid.uuid4().hex[:8]}"
         try:
             host.put(artifact.path, tmp)
-            host.run(commands.finalize_upload(tmp, stored, artifact.checksum), timeout=300,
-                     hint="the upload was corrupted in transit; re-run the deploy")
         except BaseException:
-            host.run(f"rm -f -- {q(tmp)}", timeout=30, check=False)
+            host.remove(tmp)
             raise
+        finalize = commands.finalize_upload(tmp, stored, artifact.checksum) + " && "
         uploaded = artifact.size
     release_dir = layout.release(release_id)
-    out = host.run(commands.unpack(stored, release_dir, artifact.checksum, file_name),
+    out = host.run(finalize + commands.unpack(stored, release_dir, artifact.checksum, file_name)
+                   + " && " + commands.prune_releases(layout, keep, [*protected, release_id]),
                    timeout=300, hint="is the artifact a valid tarball, and is there disk space?")
     return Shipped(release_dir, uploaded, "unpacked" in out.stdout)
 
 
 def has_release(host: Host, layout: Layout, release_id: str) -> bool:
-    marker = f"{layout.release(release_id)}/.bluegreen-release"
-    return host.run(f"test -f {q(marker)}", timeout=30, check=False, mutates=False).ok
-
-
-def prune(host: Host, layout: Layout, keep: int, protected: list[str]) -> list[str]:
-    out = host.run(commands.prune_releases(layout, keep, protected), timeout=120,
-                   check=False).stdout
-    return [line for line in out.splitlines() if line.strip()]
+    return host.exists(f"{layout.release(release_id)}/.bluegreen-release")
 
 
 def list_releases(host: Host, layout: Layout) -> list[tuple[str, int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,25 +121,25 @@ def _bracket(addr: str) -> str:
 class Installed:
     host: Host
     previous: str | None  # None: there was no file before us
+    log_offset: int = 0  # error log size before our reload: we scan only what follows
 
 
-def switch(cfg: Config, hosts: list[Host], slot: str, release: str, version: str,
-           *, log: Any = None) -> None:
-    """Point every traffic host at `slot`. All or nothing; raises BluegreenError."""
+def switch(cfg: Config, hosts: list[Host], slot: str, release: str, version: str) -> None:
+    """Point every traffic host at `slot`. All or nothing; raises BluegreenError.
+
+    With one traffic host, test and reload are one round trip. With several, every host
+    must pass `nginx -t` before any of them reloads.
+    """
     text = render(cfg, slot, release, version)
+    one_step = len(hosts) == 1
     installed: list[Installed] = []
     try:
-        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-            results = list(pool.map(lambda h: _install_and_test(cfg, h, text), hosts))
-        failures = [r for r in results if isinstance(r, BaseException)]
-        installed = [r for r in results if isinstance(r, Installed)]
-        if failures:
-            raise failures[0]
-        with ThreadPoolExecutor(max_workers=max(1, len(hosts))) as pool:
-            errors = [e for e in pool.map(lambda i: _reload_and_verify(cfg, i.host, slot),
-                                          installed) if e is not None]
-        if errors:
-            raise errors[0]
+        results = _parallel(hosts, lambda h: _install_and_test(cfg, h, text, reload=one_step))
+        installed = [r.installed for r in results if r.installed is not None]
+        _raise_first([r.error for r in results])
+        if not one_step:
+            _raise_first(_parallel(installed, lambda i: _reload(cfg, i)))
+        _raise_first(_parallel(installed, lambda i: _verify_applied(cfg, i, slot)))
     except BaseException as exc:
         restored = _restore_all(cfg, installed)
         if isinstance(exc, BluegreenError):
@@ -146,37 +147,69 @@ def switch(cfg: Config, hosts: list[Host], slot: str, release: str, version: str
         raise
 
 
-def _install_and_test(cfg: Config, host: Host, text: str) -> Installed | BaseException:
+@dataclass
+class Step:
+    installed: Installed | None = None
+    error: BluegreenError | None = None
+
+
+def _parallel(items: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
+    with ThreadPoolExecutor(max_workers=max(1, len(items))) as pool:
+        return list(pool.map(fn, items))
+
+
+def _raise_first(errors: list[BluegreenError | None]) -> None:
+    for e in errors:
+        if e is not None:
+            raise e
+
+
+def _install_and_test(cfg: Config, host: Host, text: str, *, reload: bool) -> Step:
     host.phase = "switch"
     target = cfg.nginx_target
     try:
         previous = host.read(target)
+        offset = host.size(cfg.nginx.error_log) if cfg.nginx.error_log else 0
         host.write_atomic(target, text)
-        inst = Installed(host, previous)
     except BluegreenError as exc:
-        return exc
-    result = host.run(commands.nginx_test(cfg.nginx.command), timeout=30, check=False)
-    if not result.ok:
+        return Step(error=exc)
+    inst = Installed(host, previous, offset)
+    script = commands.nginx_test(cfg.nginx.command)
+    if reload:
+        script = (f"{script} || exit 10; "
+                  + commands.nginx_reload_and_wait(cfg.nginx.command, cfg.nginx.pid_file,
+                                                   cfg.nginx.verify_timeout))
+    result = host.run(script, timeout=cfg.nginx.verify_timeout + 30, check=False)
+    if result.rc == 10 or (not reload and not result.ok):
         _restore_one(cfg, inst, reload=False)
-        return BluegreenError(
+        return Step(error=BluegreenError(
             "nginx -t rejected the rendered config:\n    "
             + "\n    ".join(result.stdout.strip().splitlines()[-6:]),
             host=host.label, phase="switch",
             hint=f"the previous {target} is back and nginx was not reloaded; fix "
-                 f"{template_path(cfg)} and re-run")
-    return inst
+                 f"{template_path(cfg)} and re-run"))
+    if not result.ok:
+        return Step(inst, _reload_error(host, result))
+    return Step(inst)
 
 
-def _reload_and_verify(cfg: Config, host: Host, slot: str) -> BluegreenError | None:
+def _reload(cfg: Config, inst: Installed) -> BluegreenError | None:
+    result = inst.host.run(commands.nginx_reload_and_wait(
+        cfg.nginx.command, cfg.nginx.pid_file, cfg.nginx.verify_timeout),
+        timeout=cfg.nginx.verify_timeout + 30, check=False)
+    return None if result.ok else _reload_error(inst.host, result)
+
+
+def _reload_error(host: Host, result: Any) -> BluegreenError:
+    detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+    return BluegreenError("nginx reload did not take: " + " / ".join(detail), host=host.label,
+                          phase="switch", hint="check the nginx error log and nginx.pid_file")
+
+
+def _verify_applied(cfg: Config, inst: Installed, slot: str) -> BluegreenError | None:
     try:
-        offset = _log_offset(cfg, host)
-        host.run(commands.nginx_reload_and_wait(cfg.nginx.command, cfg.nginx.pid_file,
-                                                cfg.nginx.verify_timeout),
-                 timeout=cfg.nginx.verify_timeout + 30,
-                 hint="nginx -t passed but the reload did not take: check the error log, "
-                      "and nginx.pid_file")
-        verify(cfg, host, slot)
-        _check_error_log(cfg, host, offset)
+        verify(cfg, inst.host, slot)
+        _check_error_log(cfg, inst.host, inst.log_offset)
     except BluegreenError as exc:
         return exc
     return None
@@ -206,19 +239,11 @@ def verify(cfg: Config, host: Host, slot: str) -> float:
         hint="check the nginx error log; the template must keep the X-Bluegreen-Slot header")
 
 
-def _log_offset(cfg: Config, host: Host) -> int:
-    if not cfg.nginx.error_log:
-        return 0
-    out = host.run(commands.file_size(cfg.nginx.error_log), timeout=10, mutates=False).stdout
-    return int(out.strip() or 0)
-
-
 def _check_error_log(cfg: Config, host: Host, offset: int) -> None:
     """A master can reject a config that passed -t (a busy listen port): only the log says so."""
     if not cfg.nginx.error_log:
         return
-    new = host.run(commands.read_from(cfg.nginx.error_log, offset), timeout=10,
-                   mutates=False).stdout
+    new = host.read(cfg.nginx.error_log, offset=offset, limit=256 * 1024) or ""
     bad = [line for line in new.splitlines() if "[emerg]" in line or "[alert]" in line]
     if bad:
         raise BluegreenError("nginx logged errors while applying the new config:\n    "
@@ -229,7 +254,7 @@ def _check_error_log(cfg: Config, host: Host, offset: int) -> None:
 def _restore_one(cfg: Config, inst: Installed, *, reload: bool) -> None:
     host, target = inst.host, cfg.nginx_target
     if inst.previous is None:
-        host.run(f"rm -f -- {commands.q(target)}", timeout=30, check=False)
+        host.remove(target)
     else:
         host.write_atomic(target, inst.previous)
     if reload:

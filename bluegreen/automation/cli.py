@@ -1,0 +1,214 @@
+"""`bluegreen serve | poll | jobs | history`.
+
+add_commands(subparsers) adds the four subcommands to any argparse subparsers object; each
+sets `func(args) -> int` (the exit code). A BluegreenError is rendered to stderr and turned
+into its exit code here, so every caller gets the same 3 a.m. message.
+The config path lands in `args.automation_config`, so it cannot collide with a top-level
+`--config` of the main CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from bluegreen.automation import service
+from bluegreen.automation.jobqueue import FINISHED, PENDING, RUNNING, STATES, Job, JobQueue
+from bluegreen.automation.settings import Settings, load_settings, resolve_secrets
+from bluegreen.errors import BluegreenError
+
+CONFIG_ENV = "BLUEGREEN_AUTOMATION_CONFIG"
+DEFAULT_CONFIG = "/etc/bluegreen/automation.toml"
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-c", "--config", dest="automation_config",
+        default=os.environ.get(CONFIG_ENV, DEFAULT_CONFIG),
+        help=f"automation.toml (default: ${CONFIG_ENV} or {DEFAULT_CONFIG})")
+    parser.add_argument("--log-level", default="INFO",
+                        choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def _listing(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--app", default="", help="only this app")
+    parser.add_argument("--limit", type=int, default=50)
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    serve = subparsers.add_parser(
+        "serve", help="receive webhooks (GitHub, GitLab, Gitea, generic, Jenkins) and run "
+        "deploy jobs", description="Receive webhooks and run the deploy jobs they enqueue.")
+    _common(serve)
+    serve.add_argument("--listen", help="override service.listen")
+    serve.add_argument("--port", type=int, help="override service.port (0: any free port)")
+    serve.set_defaults(func=cmd_serve)
+
+    poll = subparsers.add_parser(
+        "poll", help="poll watched branches with git ls-remote and enqueue deploys",
+        description="Poll [[poll]] targets; a new SHA enqueues the job a webhook would. "
+        "Jobs run in `bluegreen serve` unless --run-jobs.")
+    _common(poll)
+    mode = poll.add_mutually_exclusive_group()
+    mode.add_argument("--once", action="store_true",
+                      help="poll every target once, print what was seen, exit (1 if a remote "
+                      "was unreachable)")
+    mode.add_argument("--run-jobs", action="store_true",
+                      help="also run the jobs here (when no `bluegreen serve` runs)")
+    poll.set_defaults(func=cmd_poll)
+
+    jobs = subparsers.add_parser("jobs", help="the job queue: pending and running jobs")
+    _common(jobs)
+    _listing(jobs)
+    jobs.add_argument("--state", action="append", choices=STATES,
+                      help="only jobs in this state (repeatable; default pending+running)")
+    jobs.add_argument("--retry", type=int, metavar="ID",
+                      help="run a finished (failed, interrupted, superseded) job again as a "
+                      "new pending job; `bluegreen serve` picks it up")
+    jobs.set_defaults(func=cmd_jobs)
+
+    history = subparsers.add_parser("history", help="finished jobs, newest first")
+    _common(history)
+    _listing(history)
+    history.add_argument("--job", type=int, help="show one job in full, with its log tail")
+    history.set_defaults(func=cmd_history)
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def _reported(command: Command) -> Command:
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except BluegreenError as exc:
+            print(exc.render(), file=sys.stderr)
+            return exc.exit_code
+    return run
+
+
+def _setup_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    root.setLevel(level)
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    _setup_logging(args.log_level)
+    return load_settings(args.automation_config)
+
+
+@_reported
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    overrides = {k: v for k, v in (("listen", args.listen), ("port", args.port)) if v is not None}
+    if overrides:
+        settings = dataclasses.replace(
+            settings, service=dataclasses.replace(settings.service, **overrides))
+    secrets = resolve_secrets(settings, os.environ)
+    return service.serve(settings, secrets)
+
+
+@_reported
+def cmd_poll(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    secrets = resolve_secrets(settings, os.environ, webhooks=False)
+    return service.poll(settings, secrets, once=args.once, run_jobs=args.run_jobs)
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(stamp)) if stamp else "-"
+
+
+def format_table(jobs: Sequence[Job]) -> str:
+    if not jobs:
+        return "no jobs"
+    rows = [("ID", "STATE", "LANE", "FROM", "BRANCH", "COMMIT", "CREATED", "SUMMARY")]
+    for job in jobs:
+        rows.append((str(job.id), job.state, job.lane, job.provider, job.branch[:40],
+                     job.sha[:12] or "-", _when(job.created_at), job.summary[:100]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(r[:-1], widths, strict=True))
+                     + "  " + r[-1] for r in rows)
+
+
+def format_job(job: Job) -> str:
+    lines = [f"job {job.id}: {job.state}: {job.summary or '-'}",
+             f"  lane      {job.lane} (rule {job.rule}, action {job.action})",
+             f"  from      {job.provider} {job.who} delivery {job.delivery_id or '-'}",
+             f"  source    {job.repo} branch {job.branch!r} commit {job.sha or '-'}",
+             f"  created   {_when(job.created_at)}  started {_when(job.started_at)}  "
+             f"finished {_when(job.finished_at)}"]
+    if job.build_url:
+        lines.append(f"  build     {job.build_url}")
+    if job.superseded_by:
+        lines.append(f"  replaced  by job {job.superseded_by}")
+    if job.deploy_argv:
+        lines.append(f"  deploy    {job.deploy_argv!r} -> exit {job.exit_code}")
+    if job.log_path:
+        lines.append(f"  log       {job.log_path}")
+    if job.log_tail:
+        lines.append("  last log lines:")
+        lines.extend("    " + line for line in job.log_tail.splitlines())
+    return "\n".join(lines)
+
+
+def _print_jobs(jobs: Sequence[Job], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps([j.public() for j in jobs], indent=2, sort_keys=True))
+    else:
+        print(format_table(jobs))
+
+
+def _existing_queue(settings: Settings) -> JobQueue | None:
+    """Reading commands never create the state dir (they may run as another user)."""
+    if not settings.db_path.exists():
+        print(f"no jobs yet (no queue at {settings.db_path})")
+        return None
+    return JobQueue(settings.db_path)
+
+
+@_reported
+def cmd_jobs(args: argparse.Namespace) -> int:
+    queue = _existing_queue(_settings(args))
+    if queue is None:
+        return 0 if args.retry is None else 1
+    if args.retry is not None:
+        try:
+            submitted = queue.retry(args.retry)
+        except (LookupError, ValueError) as exc:
+            raise BluegreenError(str(exc).strip("'\""), phase="jobs",
+                                 hint="see `bluegreen history`") from None
+        print(f"job {args.retry} queued again as job {submitted.job_ids[0]}")
+        return 0
+    states = args.state or [PENDING, RUNNING]
+    _print_jobs(queue.list_jobs(states=states, app=args.app, limit=args.limit), args.json)
+    return 0
+
+
+@_reported
+def cmd_history(args: argparse.Namespace) -> int:
+    queue = _existing_queue(_settings(args))
+    if queue is None:
+        return 0 if args.job is None else 1
+    if args.job is not None:
+        job = queue.get(args.job)
+        if job is None:
+            raise BluegreenError(f"no job {args.job}", phase="history",
+                                 hint="list jobs with `bluegreen history`")
+        print(json.dumps(job.public(with_log=True), indent=2, sort_keys=True) if args.json
+              else format_job(job))
+        return 0
+    _print_jobs(queue.list_jobs(states=FINISHED, app=args.app, limit=args.limit), args.json)
+    return 0
