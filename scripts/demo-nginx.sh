@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Start (or reuse) the demo's private nginx: prefix /tmp/bluegreen-demo/nginx, 127.0.0.1 only.
-# Usage: scripts/demo-nginx.sh start|stop
+# Usage: scripts/demo-nginx.sh start|stop|reset  (reset: stop the demo's app slots and nginx,
+# and remove /tmp/bluegreen-demo, so the next `make demo` starts from nothing)
 set -euo pipefail
 prefix=/tmp/bluegreen-demo/nginx
 args=(-p "$prefix" -c "$prefix/nginx.conf")
@@ -35,5 +36,19 @@ CONF
   ;;
 stop)
   if [ -f "$prefix/nginx.pid" ]; then nginx "${args[@]}" -s quit || true; fi
+  ;;
+reset)
+  # the slots run in their own process groups; their pidfiles say which (pid starttime)
+  for pf in /tmp/bluegreen-demo/srv/*/slots/*/pid; do
+    [ -f "$pf" ] || continue
+    read -r pid _ < "$pf" || continue
+    kill -TERM -- "-$pid" 2>/dev/null || true
+  done
+  if [ -f "$prefix/nginx.pid" ]; then
+    kill -QUIT "$(cat "$prefix/nginx.pid")" 2>/dev/null || true
+  fi
+  sleep 0.5
+  rm -rf /tmp/bluegreen-demo
+  echo "demo stopped and removed"
   ;;
 esac

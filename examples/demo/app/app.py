@@ -38,6 +38,7 @@ SLOT = os.environ.get("BLUEGREEN_SLOT", "?")
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as nginx's upstream keepalive expects
     server_version = "bluegreen-demo"
+    disable_nagle_algorithm = True  # else every keep-alive answer waits ~40 ms for an ACK
     server: Server
 
     def setup(self) -> None:

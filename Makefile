@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` and `make test`. Both install what is missing first
+# (Debian packages through apt-get, Python packages into .venv through pip).
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+
+.PHONY: setup demo demo-stop test unit bench lint clean
+
+setup: $(VENV)/.installed
+	@scripts/install-system-deps.sh | grep -v '^found:' || true
+
+$(VENV)/.installed: pyproject.toml
+	scripts/install-system-deps.sh
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+## a real blue-green deploy of the bundled example app on this machine
+demo: setup
+	scripts/demo.sh
+
+demo-stop:
+	scripts/demo-nginx.sh reset
+
+## lint + the whole suite (unit, integration with real nginx/sshd/git, short zero-failure check)
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+unit: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
+
+## zero-failure and speed benchmarks; prints one result line per benchmark
+bench: setup
+	$(PY) bench/run.py
+
+clean: demo-stop
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# `make demo`: a real blue-green deploy of the bundled example app on this machine.
+# nginx runs in a private prefix on 127.0.0.1:8080; the app's slots are 8081 (blue) and
+# 8082 (green); everything lives under /tmp/bluegreen-demo.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+fab="$repo/.venv/bin/fab"
+py="$repo/.venv/bin/python"
+front=http://127.0.0.1:8080/
+
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "0. a fresh start: private nginx on 127.0.0.1:8080"
+"$repo/scripts/demo-nginx.sh" reset
+"$repo/scripts/demo-nginx.sh" start
+cd "$repo/examples/demo"
+python3 build.py v1 >/dev/null && python3 build.py v2 >/dev/null
+echo "built dist/demo-v1.tar.gz and dist/demo-v2.tar.gz"
+
+step "1. fab deploy v1 (first deploy: goes to blue, nginx is pointed at it)"
+"$fab" deploy --artifact dist/demo-v1.tar.gz --version v1
+echo "curl $front -> $(curl -fsS "$front")"
+
+step "2. fab deploy v2 while a client keeps sending requests"
+stopfile=$(mktemp -u)
+"$py" "$repo/scripts/demo_traffic.py" "$front" "$stopfile" &
+traffic=$!
+sleep 0.5
+"$fab" deploy --artifact dist/demo-v2.tar.gz --version v2
+sleep 0.3
+touch "$stopfile"
+wait "$traffic" || { echo "requests failed during the deploy" >&2; exit 1; }
+rm -f "$stopfile"
+echo "curl $front -> $(curl -fsS "$front")"
+
+step "3. fab status: v2 live on green, v1 still warm on blue"
+"$fab" status
+
+step "4. fab switch: back to v1, instantly (no upload, no start: one health check + one reload)"
+"$fab" switch
+echo "curl $front -> $(curl -fsS "$front")"
+
+step "5. fab rollback: back to the release that was live before (v2)"
+"$fab" rollback
+echo "curl $front -> $(curl -fsS "$front")"
+
+cat <<TXT
+
+Done. Try it yourself:
+  cd examples/demo
+  ../../.venv/bin/fab switch            # flip traffic to the other slot
+  ../../.venv/bin/fab status --json     # what runs where, recorded history
+  ../../.venv/bin/fab deploy --artifact dist/demo-v1.tar.gz --version v1 --dry-run
+  curl $front
+Stop and remove everything: make demo-stop
+TXT
