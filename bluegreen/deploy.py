@@ -148,7 +148,7 @@ class Orchestrator:
         """Recorded state and the live nginx config must agree before we change anything."""
         for h in self.traffic_hosts:
             marker = traffic.parse_marker(h.read(self.cfg.nginx_target))
-            routed = marker[0] if marker else ""
+            routed = marker.slot if marker else ""
             if routed != state.live:
                 raise BluegreenError(
                     f"state says live slot is {state.live or '(none)'} but nginx on {h.label} "
@@ -164,10 +164,20 @@ class Orchestrator:
         when it stops, bounded by nginx.drain_timeout; what is cut then is reported.
         """
         backend, port = self.backend, self.cfg.port_of(slot)
+        conn_drain = self.cfg.nginx.drain_timeout
+        if self.cfg.nginx.mode == "lua" and not self.dry_run:
+            # nginx counts in-flight requests per port; idle pooled upstream connections
+            # stay open in lua mode, so connection counts would never reach 0
+            cut = traffic.drain(self.cfg, self.traffic_hosts, port, conn_drain)
+            if cut:
+                self.report.say(f"    drain timeout ({conn_drain:g}s) expired; requests "
+                                f"still in flight to port {port}: {cut}")
+            if cut is not None:
+                conn_drain = 0
 
         def one(h: Host) -> tuple[int, str]:
             out = h.run(commands.drain_stop_free(
-                port, self.cfg.nginx.drain_timeout, backend.stop_script(h, slot),
+                port, conn_drain, backend.stop_script(h, slot),
                 self.cfg.process.port_free_timeout),
                 timeout=self.cfg.nginx.drain_timeout + self.cfg.process.stop_timeout
                 + self.cfg.process.port_free_timeout + 30,
@@ -509,8 +519,8 @@ class Orchestrator:
 
         def traffic_view(h: Host) -> dict[str, Any]:
             marker = traffic.parse_marker(h.read(self.cfg.nginx_target))
-            return {"routes_to": marker[0] if marker else None,
-                    "release": marker[2] if marker else None}
+            return {"routes_to": marker.slot if marker else None,
+                    "release": marker.release if marker else None}
 
         hosts = self.on_all(self.app_hosts, "status", host_view)
         routes = self.on_all(self.traffic_hosts, "status", traffic_view)

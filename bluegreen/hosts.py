@@ -203,9 +203,9 @@ class Host(ABC):
 
     @abstractmethod
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
-                 headers: dict[str, str] | None = None, host_header: str = "localhost"
-                 ) -> HttpReply:
-        """GET http://address:port/path as seen from this machine. Raises OSError."""
+                 headers: dict[str, str] | None = None, host_header: str = "localhost",
+                 method: str = "GET") -> HttpReply:
+        """An HTTP request to address:port/path as seen from this machine. Raises OSError."""
 
     def close(self) -> None:  # noqa: B027 - optional: only connections need closing
         """Drop the connection; a no-op for the local machine."""
@@ -249,11 +249,11 @@ class LocalHost(Host):
         os.chmod(path, mode)
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
-                 headers: dict[str, str] | None = None, host_header: str = "localhost"
-                 ) -> HttpReply:
+                 headers: dict[str, str] | None = None, host_header: str = "localhost",
+                 method: str = "GET") -> HttpReply:
         sock = socket.create_connection((address, port), timeout=timeout)
         sock.settimeout(timeout)
-        return httpwire.exchange(sock, httpwire.build_request(path, host_header, headers))
+        return httpwire.exchange(sock, httpwire.build_request(path, host_header, headers, method))
 
 
 class SshHost(Host):
@@ -402,8 +402,8 @@ class SshHost(Host):
         self._sftp_call(lambda sftp: sftp.chmod(path, mode))
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
-                 headers: dict[str, str] | None = None, host_header: str = "localhost"
-                 ) -> HttpReply:
+                 headers: dict[str, str] | None = None, host_header: str = "localhost",
+                 method: str = "GET") -> HttpReply:
         import paramiko
 
         try:
@@ -414,7 +414,7 @@ class SshHost(Host):
         except paramiko.SSHException as exc:
             raise ConnectionError(f"tunnel to {address}:{port} on {self.label}: {exc}") from exc
         chan.settimeout(timeout)
-        return httpwire.exchange(chan, httpwire.build_request(path, host_header, headers))
+        return httpwire.exchange(chan, httpwire.build_request(path, host_header, headers, method))
 
     def _drop(self) -> None:
         with self._lock:
@@ -496,8 +496,11 @@ class DryRunHost(Host):
         self.out.append(f"[{self.label}] append one line to {path}")
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
-                 headers: dict[str, str] | None = None, host_header: str = "localhost"
-                 ) -> HttpReply:
+                 headers: dict[str, str] | None = None, host_header: str = "localhost",
+                 method: str = "GET") -> HttpReply:
+        if method != "GET":
+            self.out.append(f"[{self.label}] {method} http://{address}:{port}{path}")
+            return HttpReply(200)
         return self.inner.http_get(port, path, timeout=timeout, address=address,
                                    headers=headers, host_header=host_header)
 

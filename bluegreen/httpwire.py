@@ -30,11 +30,15 @@ class HttpReply:
 
 
 def build_request(path: str, host: str = "localhost",
-                  headers: dict[str, str] | None = None) -> bytes:
+                  headers: dict[str, str] | None = None, method: str = "GET") -> bytes:
     if not path.startswith("/") or any(c in path for c in "\r\n "):
         raise ValueError(f"not a request path: {path!r}")
-    lines = [f"GET {path} HTTP/1.0", f"Host: {host}", "Connection: close",
+    if method not in ("GET", "POST"):
+        raise ValueError(f"unsupported method {method}")
+    lines = [f"{method} {path} HTTP/1.0", f"Host: {host}", "Connection: close",
              "User-Agent: bluegreen-probe"]
+    if method == "POST":
+        lines.append("Content-Length: 0")
     for k, v in (headers or {}).items():
         if any(c in k + v for c in "\r\n"):
             raise ValueError(f"header {k!r} contains a line break")

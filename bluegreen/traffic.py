@@ -1,14 +1,23 @@
-"""The switch: render the nginx config, test it, install it atomically, reload, verify.
+"""The switch: render the nginx config, test it, install it atomically, apply, verify.
 
 Safe order (FIELD-NOTES): install the rendered file with the old one kept in memory,
-`nginx -t` the whole config, reload, then prove through the front door that the new slot
-answers (reload is asynchronous and a master can reject a config that passed -t), and scan
-the error log. Any failure puts the previous file back and reloads, on every traffic host:
-either all of them serve the new slot, or none does.
+`nginx -t` the whole config, apply it, then prove through the front door that the new slot
+answers, and scan the error log. Any failure puts the previous file back (and re-applies
+it) on every traffic host: either all of them serve the new slot, or none does.
+
+Two ways to apply, behind the same `switch()`:
+- reload mode: `nginx -s reload`, then wait until the previous worker generation stopped
+  accepting. Works on any nginx; but on nginx < 1.27.4 a reload closes idle client
+  keep-alive connections at once, so a client may see a reset (README, "Switch modes").
+- lua mode: the rendered file stays the persistent truth, and the live port changes in a
+  shared dict through a loopback control endpoint: no reload, nothing closed. Only a change
+  of the file's shape (template, hosts, listen...) needs a reload, and gets one.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import time
 from collections.abc import Callable
@@ -26,8 +35,9 @@ from bluegreen.hosts import Host
 
 SLOT_HEADER = "X-Bluegreen-Slot"
 MARKER_RE = re.compile(r"bluegreen-live: slot=(?P<slot>\w+) port=(?P<port>\d+)"
-                       r"(?: release=(?P<release>\S*))?")
-DEFAULT_TEMPLATE = Path(__file__).parent / "templates" / "nginx.conf.j2"
+                       r"(?: release=(?P<release>\S*))?(?: shape=(?P<shape>\w*))?")
+TEMPLATES = Path(__file__).parent / "templates"
+DEFAULT_TEMPLATES = {"reload": TEMPLATES / "nginx.conf.j2", "lua": TEMPLATES / "nginx-lua.conf.j2"}
 
 
 # ---------------------------------------------------------------- pure parts
@@ -39,7 +49,8 @@ def upstream_address(spec: HostSpec) -> str:
     return "127.0.0.1" if spec.is_local else spec.address
 
 
-def template_context(cfg: Config, live_slot: str, release: str, version: str) -> dict[str, Any]:
+def template_context(cfg: Config, live_slot: str, release: str, version: str,
+                     generation: int = 0, shape: str = "") -> dict[str, Any]:
     live_port = cfg.port_of(live_slot)
     return {
         "app": cfg.app,
@@ -55,23 +66,25 @@ def template_context(cfg: Config, live_slot: str, release: str, version: str) ->
         "control_port": cfg.nginx.control_port,
         "release": release,
         "version": version,
-        "marker": f"bluegreen-live: slot={live_slot} port={live_port} release={release}",
+        # grows with every rendering: in lua mode a reload of an older file never wins
+        "generation": generation,
+        "marker": (f"bluegreen-live: slot={live_slot} port={live_port} release={release}"
+                   + (f" shape={shape}" if shape else "")),
     }
 
 
 def template_path(cfg: Config) -> Path:
-    return cfg.resolve(cfg.nginx.template) if cfg.nginx.template else DEFAULT_TEMPLATE
+    return cfg.resolve(cfg.nginx.template) if cfg.nginx.template else \
+        DEFAULT_TEMPLATES[cfg.nginx.mode]
 
 
-def render(cfg: Config, live_slot: str, release: str, version: str) -> str:
-    """Render the template; a template error names the file and line, before any host is touched."""
+def _render_raw(cfg: Config, ctx: dict[str, Any]) -> str:
     path = template_path(cfg)
     try:
         env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)),
                                  undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                  autoescape=False)  # noqa: S701 - nginx config, not HTML
-        text = env.get_template(path.name).render(
-            **template_context(cfg, live_slot, release, version))
+        return env.get_template(path.name).render(**ctx)
     except jinja2.TemplateSyntaxError as exc:
         raise BluegreenError(f"nginx template {exc.filename or path}:{exc.lineno}: {exc.message}",
                              phase="render", hint="fix the template; traffic was not touched"
@@ -81,21 +94,39 @@ def render(cfg: Config, live_slot: str, release: str, version: str) -> str:
                              hint="check nginx.template (relative to the config file)") from exc
     except jinja2.UndefinedError as exc:
         raise BluegreenError(f"nginx template {path}: {exc}", phase="render",
-                             hint="the template may use: " + ", ".join(
-                                 sorted(template_context(cfg, live_slot, "", "")))) from exc
+                             hint="the template may use: " + ", ".join(sorted(ctx))) from exc
+
+
+def render(cfg: Config, live_slot: str, release: str, version: str,
+           generation: int | None = None) -> str:
+    """Render the template; a template error names the file and line, before any host is
+    touched. The marker records the file's shape: a hash of everything but the live slot,
+    so lua mode can tell a plain switch (no reload) from a real config change."""
+    shape = hashlib.sha256(_render_raw(cfg, template_context(
+        cfg, "blue", "", "", 0)).encode()).hexdigest()[:12]
+    gen = int(time.time() * 1000) if generation is None else generation
+    text = _render_raw(cfg, template_context(cfg, live_slot, release, version, gen, shape))
     if not MARKER_RE.search(text):
-        raise BluegreenError(f"nginx template {path} does not render the marker line "
-                             "(`# {{ marker }}`)", phase="render",
+        raise BluegreenError(f"nginx template {template_path(cfg)} does not render the marker "
+                             "line (`# {{ marker }}`)", phase="render",
                              hint="add `# {{ marker }}`: status and safety checks read it")
     return text
 
 
-def parse_marker(text: str | None) -> tuple[str, int, str] | None:
-    """(slot, port, release) from an installed config, or None when there is none."""
+@dataclass(frozen=True)
+class Marker:
+    slot: str
+    port: int
+    release: str
+    shape: str
+
+
+def parse_marker(text: str | None) -> Marker | None:
+    """What an installed config routes to, or None when there is no bluegreen config."""
     if not text:
         return None
     m = MARKER_RE.search(text)
-    return (m["slot"], int(m["port"]), m["release"] or "") if m else None
+    return Marker(m["slot"], int(m["port"]), m["release"] or "", m["shape"] or "") if m else None
 
 
 def front_door(listen: str) -> tuple[str, int]:
@@ -121,36 +152,39 @@ def _bracket(addr: str) -> str:
 class Installed:
     host: Host
     previous: str | None  # None: there was no file before us
-    log_offset: int = 0  # error log size before our reload: we scan only what follows
-
-
-def switch(cfg: Config, hosts: list[Host], slot: str, release: str, version: str) -> None:
-    """Point every traffic host at `slot`. All or nothing; raises BluegreenError.
-
-    With one traffic host, test and reload are one round trip. With several, every host
-    must pass `nginx -t` before any of them reloads.
-    """
-    text = render(cfg, slot, release, version)
-    one_step = len(hosts) == 1
-    installed: list[Installed] = []
-    try:
-        results = _parallel(hosts, lambda h: _install_and_test(cfg, h, text, reload=one_step))
-        installed = [r.installed for r in results if r.installed is not None]
-        _raise_first([r.error for r in results])
-        if not one_step:
-            _raise_first(_parallel(installed, lambda i: _reload(cfg, i)))
-        _raise_first(_parallel(installed, lambda i: _verify_applied(cfg, i, slot)))
-    except BaseException as exc:
-        restored = _restore_all(cfg, installed)
-        if isinstance(exc, BluegreenError):
-            exc.hint = (exc.hint + "; " if exc.hint else "") + restored
-        raise
+    log_offset: int = 0  # error log size before we applied: we scan only what follows
+    reloaded: bool = False  # how it was applied decides how it is undone
+    switched_live: bool = False
 
 
 @dataclass
 class Step:
     installed: Installed | None = None
     error: BluegreenError | None = None
+
+
+def switch(cfg: Config, hosts: list[Host], slot: str, release: str, version: str) -> None:
+    """Point every traffic host at `slot`. All or nothing; raises BluegreenError.
+
+    Every host must pass `nginx -t` before any of them applies. With one host in reload
+    mode, test and reload are one round trip.
+    """
+    text = render(cfg, slot, release, version)
+    shape = parse_marker(text).shape  # type: ignore[union-attr]
+    one_step = len(hosts) == 1 and cfg.nginx.mode == "reload"
+    installed: list[Installed] = []
+    try:
+        results = _parallel(hosts, lambda h: _install_and_test(cfg, h, text, reload=one_step))
+        installed = [r.installed for r in results if r.installed is not None]
+        _raise_first([r.error for r in results])
+        if not one_step:
+            _raise_first(_parallel(installed, lambda i: _apply(cfg, i, slot, shape)))
+        _raise_first(_parallel(installed, lambda i: _verify_applied(cfg, i, slot)))
+    except BaseException as exc:
+        restored = _restore_all(cfg, installed)
+        if isinstance(exc, BluegreenError):
+            exc.hint = (exc.hint + "; " if exc.hint else "") + restored
+        raise
 
 
 def _parallel(items: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
@@ -173,7 +207,7 @@ def _install_and_test(cfg: Config, host: Host, text: str, *, reload: bool) -> St
         host.write_atomic(target, text)
     except BluegreenError as exc:
         return Step(error=exc)
-    inst = Installed(host, previous, offset)
+    inst = Installed(host, previous, offset, reloaded=reload)
     script = commands.nginx_test(cfg.nginx.command)
     if reload:
         script = (f"{script} || exit 10; "
@@ -181,7 +215,7 @@ def _install_and_test(cfg: Config, host: Host, text: str, *, reload: bool) -> St
                                                    cfg.nginx.verify_timeout))
     result = host.run(script, timeout=cfg.nginx.verify_timeout + 30, check=False)
     if result.rc == 10 or (not reload and not result.ok):
-        _restore_one(cfg, inst, reload=False)
+        _restore_one(cfg, Installed(host, previous))
         return Step(error=BluegreenError(
             "nginx -t rejected the rendered config:\n    "
             + "\n    ".join(result.stdout.strip().splitlines()[-6:]),
@@ -193,11 +227,43 @@ def _install_and_test(cfg: Config, host: Host, text: str, *, reload: bool) -> St
     return Step(inst)
 
 
-def _reload(cfg: Config, inst: Installed) -> BluegreenError | None:
+def _apply(cfg: Config, inst: Installed, slot: str, shape: str) -> BluegreenError | None:
+    """Lua mode with an unchanged shape: flip the live port, no reload. Otherwise reload."""
+    before = parse_marker(inst.previous)
+    if cfg.nginx.mode == "lua" and before is not None and before.shape == shape:
+        try:
+            set_live_port(cfg, inst.host, cfg.port_of(slot))
+            inst.switched_live = True
+            return None
+        except BluegreenError as exc:
+            return exc
+    inst.reloaded = True
     result = inst.host.run(commands.nginx_reload_and_wait(
         cfg.nginx.command, cfg.nginx.pid_file, cfg.nginx.verify_timeout),
         timeout=cfg.nginx.verify_timeout + 30, check=False)
     return None if result.ok else _reload_error(inst.host, result)
+
+
+def control(cfg: Config, host: Host, path: str, method: str = "GET") -> dict[str, Any]:
+    """Talk to the lua control listener on the traffic host's loopback."""
+    try:
+        reply = host.http_get(cfg.nginx.control_port, path, timeout=2.0, method=method)
+        if reply.status != 200:
+            raise ValueError(f"HTTP {reply.status}: {reply.body[:200]!r}")
+        return json.loads(reply.body)  # type: ignore[no-any-return]
+    except (OSError, ValueError) as exc:
+        raise BluegreenError(
+            f"nginx control endpoint 127.0.0.1:{cfg.nginx.control_port}{path} failed: {exc}",
+            host=host.label, phase="switch",
+            hint="is the lua module loaded and the rendered file included by nginx.conf?"
+        ) from exc
+
+
+def set_live_port(cfg: Config, host: Host, port: int) -> None:
+    status = control(cfg, host, f"/bluegreen/live?port={port}", method="POST")
+    if status.get("live") != port:
+        raise BluegreenError(f"nginx control endpoint answered live={status.get('live')}, "
+                             f"expected {port}", host=host.label, phase="switch")
 
 
 def _reload_error(host: Host, result: Any) -> BluegreenError:
@@ -234,7 +300,7 @@ def verify(cfg: Config, host: Host, slot: str) -> float:
             last = f"{type(exc).__name__}: {exc}"
         time.sleep(0.01)
     raise BluegreenError(
-        f"after the reload, {addr}:{port}{cfg.verify_path} did not answer from slot {slot} "
+        f"after the switch, {addr}:{port}{cfg.verify_path} did not answer from slot {slot} "
         f"within {cfg.nginx.verify_timeout:g}s (last: {last})", host=host.label, phase="verify",
         hint="check the nginx error log; the template must keep the X-Bluegreen-Slot header")
 
@@ -251,14 +317,19 @@ def _check_error_log(cfg: Config, host: Host, offset: int) -> None:
                              hint=f"see {cfg.nginx.error_log}")
 
 
-def _restore_one(cfg: Config, inst: Installed, *, reload: bool) -> None:
+def _restore_one(cfg: Config, inst: Installed) -> None:
     host, target = inst.host, cfg.nginx_target
     if inst.previous is None:
         host.remove(target)
     else:
         host.write_atomic(target, inst.previous)
-    if reload:
-        host.run(commands.nginx_reload(cfg.nginx.command), timeout=30, check=False)
+    before = parse_marker(inst.previous)
+    if inst.switched_live and before is not None:
+        set_live_port(cfg, host, before.port)
+    if inst.reloaded:
+        host.run(commands.nginx_reload_and_wait(cfg.nginx.command, cfg.nginx.pid_file,
+                                                cfg.nginx.verify_timeout),
+                 timeout=cfg.nginx.verify_timeout + 30, check=False)
 
 
 def _restore_all(cfg: Config, installed: list[Installed]) -> str:
@@ -266,7 +337,7 @@ def _restore_all(cfg: Config, installed: list[Installed]) -> str:
     problems = []
     for inst in installed:
         try:
-            _restore_one(cfg, inst, reload=True)
+            _restore_one(cfg, inst)
         except (BluegreenError, CommandFailed, OSError) as exc:
             problems.append(f"{inst.host.label}: {exc}")
     if not installed:
@@ -274,5 +345,44 @@ def _restore_all(cfg: Config, installed: list[Installed]) -> str:
     if problems:
         return ("the previous nginx config could NOT be restored on: " + "; ".join(problems)
                 + " - fix nginx there by hand NOW")
-    return "the previous nginx config was restored and reloaded on " + ", ".join(
+    return "the previous nginx config was restored on " + ", ".join(
         i.host.label for i in installed)
+
+
+# ---------------------------------------------------------------- draining
+
+
+def inflight(cfg: Config, host: Host, port: int) -> int:
+    status = control(cfg, host, "/bluegreen/status")
+    return int(status.get("inflight", {}).get(str(port), 0))
+
+
+def drain(cfg: Config, hosts: list[Host], port: int, timeout: float) -> dict[str, int] | None:
+    """Lua mode: wait until no traffic host has a request in flight to `port`.
+
+    Zero must hold on two polls 50 ms apart: a request counted in the access phase a
+    moment after the first poll is still caught. Returns what was left per host when the
+    timeout expired (empty when drained). Returns None when a host does not run the lua
+    config yet (the first deploy, or a move from reload mode): then the caller drains by
+    connection count on the app hosts, as in reload mode.
+    """
+    installed = _parallel(hosts, lambda h: parse_marker(h.read(cfg.nginx_target)))
+    if any(m is None for m in installed):
+        return None
+    try:
+        _parallel(hosts, lambda h: inflight(cfg, h, port))
+    except BluegreenError:
+        return None
+
+    def one(h: Host) -> tuple[str, int]:
+        deadline = time.monotonic() + timeout
+        zeros = 0
+        while True:
+            n = inflight(cfg, h, port)
+            zeros = zeros + 1 if n == 0 else 0
+            if zeros >= 2:
+                return h.label, 0
+            if time.monotonic() >= deadline:
+                return h.label, n
+            time.sleep(0.05 if n == 0 else 0.02)
+    return {label: n for label, n in _parallel(hosts, one) if n}

@@ -10,7 +10,12 @@ start)
   mkdir -p "$prefix"/{conf.d,tmp,logs}
   cat > "$prefix/nginx.conf" <<CONF
 # The demo's own nginx: every path under $prefix, loopback only, no root paths touched.
+# Debian's lua module lets bluegreen switch slots without a reload (nginx.mode = "lua").
+load_module /usr/lib/nginx/modules/ndk_http_module.so;
+load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
 worker_processes 2;
+# bounds how long old workers keep serving after a reload (long requests, websockets)
+worker_shutdown_timeout 60s;
 pid $prefix/nginx.pid;
 error_log $prefix/error.log notice;
 events { worker_connections 1024; }

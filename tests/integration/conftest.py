@@ -20,16 +20,20 @@ def ssh_toml(sshd: TestSshd) -> str:
             f'known_hosts = "{sshd.known_hosts}"\n')
 
 
-@pytest.fixture(params=["local", "ssh"])
-def project(request: pytest.FixtureRequest, tmp_path: Path, private_nginx: PrivateNginx,
-            artifacts: dict[str, Path]) -> Iterator[Project]:
-    """The same flows through the `local` host and over real SSH to a loopback sshd."""
+@pytest.fixture(params=["local", "ssh", "ssh-lua"])
+def project(request: pytest.FixtureRequest, tmp_path: Path, artifacts: dict[str, Path]
+            ) -> Iterator[Project]:
+    """The same flows through the `local` host and over real SSH to a loopback sshd, with
+    reload switching, and over SSH again with lua (no-reload) switching."""
+    lua = request.param.endswith("-lua")
+    nginx: PrivateNginx = request.getfixturevalue("private_nginx_lua" if lua else "private_nginx")
+    mode = "lua" if lua else "reload"
     if request.param == "local":
-        proj = Project(tmp_path / "app", private_nginx, artifacts, 'app = ["local"]')
+        proj = Project(tmp_path / "app", nginx, artifacts, 'app = ["local"]', mode=mode)
     else:
         sshd: TestSshd = request.getfixturevalue("sshd")
-        proj = Project(tmp_path / "app", private_nginx, artifacts,
-                       f'app = ["127.0.0.1:{sshd.port}"]', ssh_toml=ssh_toml(sshd))
+        proj = Project(tmp_path / "app", nginx, artifacts, f'app = ["127.0.0.1:{sshd.port}"]',
+                       ssh_toml=ssh_toml(sshd), mode=mode)
     proj.write()
     try:
         yield proj

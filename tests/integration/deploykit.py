@@ -43,6 +43,7 @@ class Project:
     ssh_toml: str = ""
     extra_toml: str = ""
     env: dict[str, str] = field(default_factory=dict)
+    mode: str = "reload"  # nginx.mode: reload, or lua (needs an nginx with the lua module)
     blue: int = field(default_factory=free_port)
     green: int = field(default_factory=free_port)
 
@@ -73,6 +74,8 @@ class Project:
             error_log = "{self.nginx.error_log}"
             pid_file = "{self.nginx.pid_file}"
             drain_timeout = 5
+            mode = "{self.mode}"
+            control_port = {free_port() if self.mode == "lua" else 0}
 
             {self.ssh_toml}
             """))

@@ -218,3 +218,17 @@ def test_hooks_get_bluegreen_environment_and_failing_pre_hook_aborts(project: Pr
     assert "hook pre-deploy failed" in proc.stderr
     assert project.front_version() == "v2"
     assert not list(Path(project.dir / "srv" / "demo" / "releases").glob("v3-*"))
+
+
+def test_lua_mode_switches_without_a_reload(project: Project) -> None:
+    if project.mode != "lua":
+        pytest.skip("reload mode reloads by design")
+    project.deploy("v1")
+    project.deploy("v2")
+    workers = sorted(project.nginx.worker_pids())
+    project.fab("switch")
+    project.fab("rollback")
+    assert project.front_version() == "v2"
+    assert sorted(project.nginx.worker_pids()) == workers  # same workers: nothing reloaded
+    marker = (project.nginx.conf_dir / "demo.conf").read_text()
+    assert f"port={project.green}" in marker  # the file on disk stays the truth
