@@ -15,6 +15,7 @@ import socket
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -259,11 +260,23 @@ class Orchestrator:
             note.text = f"{art.size} bytes sha256 {art.checksum[:12]}"
         version = version or self.who.commit[:12]
         release_id = commands.release_id(version, art.checksum)
-        with self.report.phase("lock", f"on {self.primary.label}"):
-            ctx = self.locked("deploy")
-            ctx.__enter__()
         outcome: dict[str, Any] = {"action": "deploy", "version": version, "release": release_id,
                                    "checksum": art.checksum}
+        with ExitStack() as held:
+            with self.report.phase("lock", f"on {self.primary.label}"):
+                held.enter_context(self.locked("deploy"))
+            self._deploy_locked(art, release_id, version, outcome, began)
+        outcome.update(result="ok", seconds=round(time.monotonic() - began, 3))
+        self.record(outcome)
+        self.report.say(f"=== deployed {cfg.app} {version or release_id}: live slot "
+                        f"{outcome['to_slot']} in {outcome['seconds']:.2f}s; "
+                        f"{outcome['from_slot'] or 'no'} slot kept warm for `fab switch` / "
+                        "`fab rollback`")
+        return outcome
+
+    def _deploy_locked(self, art: release.Artifact, release_id: str, version: str,
+                       outcome: dict[str, Any], began: float) -> None:
+        cfg = self.cfg
         try:
             with self.report.phase("state"):
                 state = read_state(self.primary, self.layout(self.primary), cfg.app)
@@ -285,15 +298,6 @@ class Orchestrator:
             self.record(outcome)
             self._on_failure(exc, outcome)
             raise
-        finally:
-            with self.report.phase("unlock"):
-                ctx.__exit__(None, None, None)
-        outcome.update(result="ok", seconds=round(time.monotonic() - began, 3))
-        self.record(outcome)
-        self.report.say(f"=== deployed {cfg.app} {version or release_id}: live slot {idle} "
-                        f"in {outcome['seconds']:.2f}s; {live or 'no'} slot kept warm "
-                        f"for `fab switch` / `fab rollback`")
-        return outcome
 
     def _deploy_to_idle(self, state: State, art: release.Artifact, release_id: str,
                         version: str, idle: str, env: dict[str, str],

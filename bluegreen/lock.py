@@ -7,6 +7,7 @@ deploy whose lock was broken by `fab unlock` never removes the next deploy's loc
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import time
@@ -16,8 +17,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bluegreen.commands import Layout
-from bluegreen.errors import LockHeld
+from bluegreen.errors import BluegreenError, LockHeld
 from bluegreen.hosts import Host
+
+log = logging.getLogger("bluegreen.lock")
 
 
 @dataclass(frozen=True)
@@ -88,9 +91,19 @@ def status(host: Host, layout: Layout) -> Owner | None:
 
 @contextmanager
 def held(host: Host, layout: Layout, owner: Owner) -> Iterator[Owner]:
-    """Hold the lock for a block; released on success, failure and Ctrl-C alike."""
+    """Hold the lock for a block; released on success, failure and Ctrl-C alike.
+
+    When the block failed, a failing release (say, the SSH link is gone) is only a warning:
+    the original error is what the user must see; the warning says to `fab unlock`.
+    """
     acquire(host, layout, owner)
     try:
         yield owner
-    finally:
-        release(host, layout, owner)
+    except BaseException:
+        try:
+            release(host, layout, owner)
+        except BluegreenError as exc:
+            log.warning("could not release the deploy lock %s on %s (%s): run `fab unlock` "
+                        "once the host is reachable", layout.lock, host.label, exc.what)
+        raise
+    release(host, layout, owner)

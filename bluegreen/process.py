@@ -10,6 +10,7 @@ the same way for all of them, so none of them ever kills a process it did not st
 
 from __future__ import annotations
 
+import re
 import shlex
 from abc import ABC, abstractmethod
 
@@ -103,6 +104,15 @@ def pid_is_ours(pidfile_text: str, proc_stat: str) -> bool:
 
 
 class SupervisorBackend(Backend):
+    """supervisord runs `/bin/sh slots/<slot>/start.sh`; the script sources slots/<slot>/env.
+
+    Nothing the user controls goes into the program file: supervisor's config parser cuts
+    values at " ;" and " #" (inline comments), and its environment= parser (a non-POSIX
+    shlex) can express neither a double quote nor a backslash. The start command and the
+    environment live in shell files written with shlex quoting instead; the program file
+    holds only paths we build, checked by `_sv_value`.
+    """
+
     def program(self, slot: str) -> str:
         return f"{self.cfg.app}-{slot}"
 
@@ -113,26 +123,43 @@ class SupervisorBackend(Backend):
     def include_dir(self, host: Host) -> str:
         return self.cfg.process.supervisor_include_dir or f"{host.root}/supervisor"
 
+    def env_path(self, host: Host, slot: str) -> str:
+        return f"{self.layout(host).slot_dir(slot)}/env"
+
+    def script_path(self, host: Host, slot: str) -> str:
+        return f"{self.layout(host).slot_dir(slot)}/start.sh"
+
+    def start_script(self, host: Host, slot: str, release_dir: str, version: str,
+                     artifact_name: str) -> str:
+        """What supervisord runs: load the slot's env file, enter the release, exec the app."""
+        cmd = start_command(self.cfg, slot, release_dir, version, artifact_name)
+        return "\n".join([
+            "#!/bin/sh",
+            f"# managed by bluegreen: {self.cfg.app} slot {slot}, run by supervisord",
+            f"set -a; . {q(self.env_path(host, slot))} || exit 5; set +a",
+            f"cd {q(release_dir)} || exit 4",
+            commands.execable(cmd),
+            "",
+        ])
+
     def program_conf(self, host: Host, slot: str, release_dir: str, version: str,
                      artifact_name: str) -> str:
-        cmd = start_command(self.cfg, slot, release_dir, version, artifact_name)
-        env = app_env(self.cfg, slot, release_dir, version)
-        # supervisor's environment= syntax: KEY="value" pairs; quotes inside are escaped, and
-        # % must be doubled because supervisor expands %(name)s in config values.
-        env_line = ",".join(f'{k}="{_sv_escape(v)}"' for k, v in env.items())
+        # version and artifact_name reach the app through start.sh and the env file;
+        # directory= names the release so that `supervisorctl update` sees a changed
+        # program (and restarts it) whenever the slot gets another release.
+        del version, artifact_name
         return "\n".join([
             f"; managed by bluegreen: {self.cfg.app} slot {slot}",
             f"[program:{self.program(slot)}]",
-            f"command=/bin/sh -c {_sv_escape_pct(shlex.quote(commands.execable(cmd)))}",
-            f"directory={_sv_escape_pct(release_dir)}",
-            f"environment={env_line}",
+            f"command=/bin/sh {_sv_value(q(self.script_path(host, slot)), 'command')}",
+            f"directory={_sv_value(release_dir, 'directory')}",
             "autostart=true",  # a rebooted host brings both slots back warm
             "autorestart=unexpected",
             "startsecs=0",  # readiness is our health check's job, not supervisor's
             "stopasgroup=true",
             "killasgroup=true",
             f"stopwaitsecs={int(self.cfg.process.stop_timeout)}",
-            f"stdout_logfile={_sv_escape_pct(self.layout(host).logfile(slot))}",
+            f"stdout_logfile={_sv_value(self.layout(host).logfile(slot), 'stdout_logfile')}",
             "redirect_stderr=true",
             "",
         ])
@@ -140,24 +167,41 @@ class SupervisorBackend(Backend):
     def start(self, host: Host, slot: str, release_dir: str, version: str,
               artifact_name: str) -> None:
         path = f"{self.include_dir(host)}/{self.program(slot)}.conf"
+        host.write_atomic(self.env_path(host, slot),  # holds [env]: 0600
+                          commands.env_file(app_env(self.cfg, slot, release_dir, version)),
+                          mode=0o600)
+        host.write_atomic(self.script_path(host, slot), self.start_script(
+            host, slot, release_dir, version, artifact_name), mode=0o700)
         host.write_atomic(path, self.program_conf(host, slot, release_dir, version,
-                                                  artifact_name), mode=0o600)  # holds [env]
+                                                  artifact_name))
         prog = q(self.program(slot))
+        # `update` exits non-zero (and says "error: ... CANT_REREAD", no "ERROR") when
+        # supervisord cannot read the include dir, and prints "... no such file" when
+        # supervisord is not running: both must stop us before `start` runs an older
+        # program definition.
         out = host.run(commands.link_slot_release(self.layout(host), slot, release_dir) + "; "
-                       f"{self.ctl('reread')} >/dev/null; {self.ctl('update', prog)} 2>&1; "
-                       f"{self.ctl('start', prog)} 2>&1 || true", timeout=60).stdout
-        if "ERROR" in out and "already started" not in out:
+                       f"{self.ctl('reread')} >/dev/null 2>&1; "
+                       f"{self.ctl('update', prog)} 2>&1 || echo \"ERROR: supervisorctl update "
+                       f"exited $?\"; {self.ctl('start', prog)} 2>&1 || true", timeout=60).stdout
+        bad = [line for line in out.splitlines()
+               if ("ERROR" in line or line.startswith("error:"))
+               and "already started" not in line]
+        if bad:
             raise BluegreenError(f"supervisorctl could not start {self.program(slot)}: "
                                  f"{out.strip()}", host=host.label, phase="start",
                                  hint=f"check that {self.cfg.process.supervisor_conf} includes "
                                       f"{self.include_dir(host)}/*.conf and supervisord runs")
 
     def stop_script(self, host: Host, slot: str) -> str:
-        # "no such process" / "not running" mean nothing of ours runs there: fine
-        return (f"out=$({self.ctl('stop', q(self.program(slot)))} 2>&1); echo \"$out\"; "
+        # "no such process" / "not running" mean nothing of ours runs there: fine. Any
+        # other failure (supervisord down: "... no such file", exit 7) is an error, not
+        # "stopped": we cannot know what runs.
+        return (f"out=$({self.ctl('stop', q(self.program(slot)))} 2>&1); rc=$?; "
+                'echo "$out"; '
                 'case "$out" in *"no such process"*|*"not running"*) echo none;; '
                 '*ERROR*) echo "supervisorctl stop failed: $out" >&2; exit 1;; '
-                "*) echo stopped;; esac")
+                '*) if [ "$rc" -ne 0 ]; then echo "supervisorctl stop failed (exit $rc): '
+                '$out (is supervisord running?)" >&2; exit 1; fi; echo stopped;; esac')
 
     def running(self, host: Host, slot: str) -> bool:
         out = host.run(f"{self.ctl('status', q(self.program(slot)))} 2>&1 || true",
@@ -170,13 +214,18 @@ class SystemdBackend(Backend):
         return f"{self.cfg.app}@{slot}.service"
 
     def unit_text(self, host: Host) -> str:
-        """A template unit; %i is the slot. The release comes from slots/%i/release."""
-        root = host.root
-        # systemd expands $VAR and %x itself: double them in the user's template first.
-        template = self.cfg.start.replace("$", "$$").replace("%", "%%")
-        cmd = template.format(
-            release=f"{root}/slots/%i/release", port="${BLUEGREEN_PORT}", slot="%i",
-            app=self.cfg.app, artifact="${BLUEGREEN_ARTIFACT}", version="${BLUEGREEN_VERSION}")
+        """A template unit; %i is the slot. Its env file says which release, port, version.
+
+        The start command is a `sh -c` script that reads the substituted values from its
+        environment ("$BLUEGREEN_VERSION", ...), so a version or a path is only ever data
+        to the shell. The whole script is then escaped for systemd, which expands %
+        specifiers, $ variables and C escapes (even inside quotes) in ExecStart.
+        """
+        script = self.cfg.start.format(
+            release='"$BLUEGREEN_RELEASE"', port='"$BLUEGREEN_PORT"', slot='"$BLUEGREEN_SLOT"',
+            app=q(self.cfg.app), artifact='"$BLUEGREEN_ARTIFACT"',
+            version='"$BLUEGREEN_VERSION"')
+        exec_start = "/bin/sh -c " + _sd_escape(shlex.quote(commands.execable(script)))
         return "\n".join([
             "# managed by bluegreen: do not edit, re-rendered on every deploy",
             "[Unit]",
@@ -185,13 +234,13 @@ class SystemdBackend(Backend):
             "",
             "[Service]",
             "Type=simple",
-            f"EnvironmentFile={root}/slots/%i/env",
-            f"WorkingDirectory={root}/slots/%i/release",
-            f"ExecStart=/bin/sh -c {shlex.quote(commands.execable(cmd))}",
+            f"EnvironmentFile={_sd_path(host.root)}/slots/%i/env",
+            f"WorkingDirectory={_sd_path(host.root)}/slots/%i/release",
+            f"ExecStart={exec_start}",
             "KillMode=control-group",
             f"TimeoutStopSec={int(self.cfg.process.stop_timeout)}",
             "Restart=on-failure",
-            f"StandardOutput=append:{root}/slots/%i/app.log",
+            f"StandardOutput=append:{_sd_path(host.root)}/slots/%i/app.log",
             "StandardError=inherit",
             "",
             "[Install]",
@@ -223,12 +272,29 @@ class SystemdBackend(Backend):
                         check=False, mutates=False).ok
 
 
-def _sv_escape_pct(value: str) -> str:
+def _sv_value(value: str, key: str) -> str:
+    """A value for supervisor's config parser: % doubled (it expands %(name)s), and refused
+    where no escape exists: a newline, or ";" / "#" after whitespace (an inline comment)."""
+    if "\n" in value or "\r" in value or re.search(r"\s[;#]", value):
+        raise BluegreenError(
+            f"cannot write {key}={value!r} into a supervisor program file: supervisor reads "
+            "a newline, or ';' / '#' after a space, as the end of the value",
+            phase="start", hint="use a paths.root without such characters")
     return value.replace("%", "%%")
 
 
-def _sv_escape(value: str) -> str:
-    return _sv_escape_pct(value.replace("\\", "\\\\").replace('"', '\\"'))
+def _sd_escape(value: str) -> str:
+    """Make text literal in a systemd unit setting that expands specifiers (%), variables ($)
+    and C escapes (\\, inside quotes too)."""
+    return value.replace("\\", "\\\\").replace("%", "%%").replace("$", "$$")
+
+
+def _sd_path(value: str) -> str:
+    """A path in a unit setting that expands specifiers but not escapes or variables."""
+    if "\n" in value or "\r" in value:
+        raise BluegreenError(f"cannot write path {value!r} into a systemd unit",
+                             phase="start", hint="use a paths.root without newlines")
+    return value.replace("%", "%%")
 
 
 def _env_escape(value: str) -> str:
