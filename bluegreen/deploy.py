@@ -13,9 +13,9 @@ import getpass
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -169,11 +169,11 @@ class Orchestrator:
         if self.cfg.nginx.mode == "lua" and not self.dry_run:
             # nginx counts in-flight requests per port; idle pooled upstream connections
             # stay open in lua mode, so connection counts would never reach 0
-            cut = traffic.drain(self.cfg, self.traffic_hosts, port, conn_drain)
-            if cut:
+            in_flight = traffic.drain(self.cfg, self.traffic_hosts, port, conn_drain)
+            if in_flight:
                 self.report.say(f"    drain timeout ({conn_drain:g}s) expired; requests "
-                                f"still in flight to port {port}: {cut}")
-            if cut is not None:
+                                f"still in flight to port {port}: {in_flight}")
+            if in_flight is not None:
                 conn_drain = 0
 
         def one(h: Host) -> tuple[int, str]:
@@ -246,10 +246,22 @@ class Orchestrator:
     def owner(self, action: str) -> lock.Owner:
         return lock.new_owner(self.who.name, action, self.who.build_url)
 
-    def locked(self, action: str):
+    def locked(self, action: str) -> AbstractContextManager[Any]:
         if self.dry_run:
-            return _nullcontext()
+            return nullcontext()
         return lock.held(self.primary, self.layout(self.primary), self.owner(action))
+
+    @contextmanager
+    def audited(self, outcome: dict[str, Any], began: float) -> Iterator[None]:
+        """A failed action is recorded in history and runs the on-failure hook, then raises."""
+        try:
+            yield
+        except BluegreenError as exc:
+            outcome.update(result="failed", phase=exc.phase, error=exc.what,
+                           failed_host=exc.host, seconds=round(time.monotonic() - began, 3))
+            self.record(outcome)
+            self._on_failure(exc, outcome)
+            raise
 
     # ------------------------------------------------------------ deploy
 
@@ -277,7 +289,7 @@ class Orchestrator:
     def _deploy_locked(self, art: release.Artifact, release_id: str, version: str,
                        outcome: dict[str, Any], began: float) -> None:
         cfg = self.cfg
-        try:
+        with self.audited(outcome, began):
             with self.report.phase("state"):
                 state = read_state(self.primary, self.layout(self.primary), cfg.app)
                 self.check_consistency(state)
@@ -292,12 +304,6 @@ class Orchestrator:
             env = self.hook_env("deploy", idle, release_id, version)
             self.hook("pre-deploy", env)
             self._deploy_to_idle(state, art, release_id, version, idle, env, outcome)
-        except BluegreenError as exc:
-            outcome.update(result="failed", phase=exc.phase, error=exc.what,
-                           failed_host=exc.host, seconds=round(time.monotonic() - began, 3))
-            self.record(outcome)
-            self._on_failure(exc, outcome)
-            raise
 
     def _deploy_to_idle(self, state: State, art: release.Artifact, release_id: str,
                         version: str, idle: str, env: dict[str, str],
@@ -335,7 +341,7 @@ class Orchestrator:
                         + exc.hint)
             raise
         self.hook("pre-switch", env)
-        self._switch_traffic(state, idle, "deploy")
+        self._switch_traffic(state, idle)
         self.hook("post-switch", env)
         self.hook("post-deploy", env)
 
@@ -345,7 +351,7 @@ class Orchestrator:
         except BluegreenError as exc:
             self.report.say(f"    warning: could not stop slot {slot}: {exc.what}")
 
-    def _switch_traffic(self, state: State, target: str, action: str) -> None:
+    def _switch_traffic(self, state: State, target: str) -> None:
         """Switch every traffic host to `target` and record it; state is written only after."""
         rec = state.slots[target]
         with self.report.phase("switch", f"nginx -> {target} (port "
@@ -403,19 +409,13 @@ class Orchestrator:
             outcome = {"action": "switch", "from_slot": state.live, "to_slot": target,
                        "release": state.slots[target].release,
                        "version": state.slots[target].version}
-            try:
+            with self.audited(outcome, began):
                 self._ensure_warm(state, target)
                 env = self.hook_env("switch", target, state.slots[target].release,
                                     state.slots[target].version)
                 self.hook("pre-switch", env)
-                self._switch_traffic(state, target, "switch")
+                self._switch_traffic(state, target)
                 self.hook("post-switch", env)
-            except BluegreenError as exc:
-                outcome.update(result="failed", phase=exc.phase, error=exc.what,
-                               seconds=round(time.monotonic() - began, 3))
-                self.record(outcome)
-                self._on_failure(exc, outcome)
-                raise
         outcome.update(result="ok", seconds=round(time.monotonic() - began, 3))
         self.record(outcome)
         self.report.say(f"=== {self.cfg.app}: live slot {target} "
@@ -459,7 +459,7 @@ class Orchestrator:
             outcome = {"action": "rollback", "from_slot": state.live, "to_slot": target,
                        "release": back_to.release, "version": back_to.version,
                        "rolled_back_release": state.slots[state.live].release}
-            try:
+            with self.audited(outcome, began):
                 held = state.slots[target]
                 warm = (not self.dry_run and held.release == back_to.release
                         and held.status == "running"
@@ -470,15 +470,9 @@ class Orchestrator:
                 self._ensure_warm(state, target)
                 env = self.hook_env("rollback", target, back_to.release, back_to.version)
                 self.hook("pre-switch", env)
-                self._switch_traffic(state, target, "rollback")
+                self._switch_traffic(state, target)
                 self.hook("post-switch", env)
                 self.hook("post-rollback", env)
-            except BluegreenError as exc:
-                outcome.update(result="failed", phase=exc.phase, error=exc.what,
-                               seconds=round(time.monotonic() - began, 3))
-                self.record(outcome)
-                self._on_failure(exc, outcome)
-                raise
         outcome.update(result="ok", seconds=round(time.monotonic() - began, 3))
         self.record(outcome)
         self.report.say(f"=== rolled back {self.cfg.app} to {back_to.version or back_to.release}"
@@ -557,14 +551,6 @@ class Orchestrator:
         self.record({"action": "unlock", "result": "ok",
                      "broken_lock": owner.__dict__ if owner else None})
         return owner
-
-
-class _nullcontext:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 __all__ = ["Orchestrator", "Who", "other_slot"]

@@ -159,7 +159,7 @@ class SupervisorBackend(Backend):
             "stopasgroup=true",
             "killasgroup=true",
             f"stopwaitsecs={int(self.cfg.process.stop_timeout)}",
-            f"stdout_logfile={_sv_value(self.layout(host).logfile(slot), 'stdout_logfile')}",
+            f"stdout_logfile={_sv_value(self.layout(host).logfile(slot), 'stdout_logfile', 2)}",
             "redirect_stderr=true",
             "",
         ])
@@ -272,15 +272,16 @@ class SystemdBackend(Backend):
                         check=False, mutates=False).ok
 
 
-def _sv_value(value: str, key: str) -> str:
-    """A value for supervisor's config parser: % doubled (it expands %(name)s), and refused
-    where no escape exists: a newline, or ";" / "#" after whitespace (an inline comment)."""
+def _sv_value(value: str, key: str, expansions: int = 1) -> str:
+    """A value for supervisor's config parser: % escaped once per %(name)s expansion
+    supervisor applies (two for *_logfile), and refused where no escape exists: a newline,
+    or ";" / "#" after whitespace (an inline comment)."""
     if "\n" in value or "\r" in value or re.search(r"\s[;#]", value):
         raise BluegreenError(
             f"cannot write {key}={value!r} into a supervisor program file: supervisor reads "
             "a newline, or ';' / '#' after a space, as the end of the value",
             phase="start", hint="use a paths.root without such characters")
-    return value.replace("%", "%%")
+    return value.replace("%", "%" * (2 ** expansions))
 
 
 def _sd_escape(value: str) -> str:
