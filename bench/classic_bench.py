@@ -118,6 +118,7 @@ def run_classic(
     nginx_workers: int = 2,
     mix: dict[str, ClassConfig] | None = None,
     label: str = "classic",
+    slow_seconds: float = 1.5,
 ) -> LoadResult:
     """K classic deploys back to back under load; returns the LoadResult.
 
@@ -149,7 +150,8 @@ def run_classic(
                        capture_output=True, timeout=60)
         switcher.setup(slots[0].port)
         nginx.start()
-        gen = LoadGen(nginx.url(), label=label, max_duration=175.0, mix=mix).start()
+        gen = LoadGen(nginx.url(), label=label, max_duration=175.0, mix=mix,
+                      slow_seconds=slow_seconds).start()
         gen.wait(warmup)
         for i in range(k):
             slot = slots[(i + 1) % 2]

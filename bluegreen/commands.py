@@ -302,11 +302,13 @@ def drain_stop_free(port: int, drain_timeout: float, stop_script: str,
     Free: whatever still listens on the port now is not ours; exit 7 names it instead of
     killing it.
     """
+    drain = "" if drain_timeout <= 0 else (  # 0: drained elsewhere (lua mode counts requests)
+        f"i=0; while [ \"$(bg_established {port})\" -gt 0 ] && "
+        f"[ $i -lt {_loops(drain_timeout)} ]; do sleep {POLL}; i=$((i+1)); done; "
+        f'echo "drain-left $(bg_established {port})"; ')
     return (
         SHELL_LIB
-        + f"i=0; while [ \"$(bg_established {port})\" -gt 0 ] && "
-        + f"[ $i -lt {_loops(drain_timeout)} ]; do sleep {POLL}; i=$((i+1)); done; "
-        + f'echo "drain-left $(bg_established {port})"; '
+        + drain
         + f"( {stop_script} ) || exit $?; "
         + f"i=0; while bg_listening {port} && [ $i -lt {_loops(free_timeout)} ]; do "
         + f"sleep {POLL}; i=$((i+1)); done; "

@@ -173,3 +173,22 @@ def test_prune_keeps_newest_and_protected(tmp_path: Path) -> None:
     assert left == ["r0", "r3", "r4", "r5"]
     arts = sorted(p.name for p in Path(layout.artifacts).iterdir())
     assert arts == ["sum0.tar.gz", "sum3.tar.gz", "sum4.tar.gz", "sum5.tar.gz"]
+
+
+def test_drain_stop_free_with_zero_drain_does_not_count_connections() -> None:
+    import socket
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    cli = socket.create_connection(("127.0.0.1", port))
+    conn, _ = srv.accept()
+    srv.close()  # the port is free again; only an idle pooled connection stays open
+    try:
+        res = run(commands.drain_stop_free(port, 0, "echo stopped", 0.2))
+    finally:
+        cli.close()
+        conn.close()
+    assert res.returncode == 0, res.stderr
+    assert "drain-left" not in res.stdout and "stopped" in res.stdout
