@@ -239,9 +239,18 @@ class Orchestrator:
         except BluegreenError as exc:  # the audit trail must not mask the real outcome
             self.report.say(f"    warning: could not append to history: {exc.what}")
 
-    def save_state(self, state: State) -> None:
-        if not self.dry_run:
+    def save_state(self, state: State, *, failing: bool = False) -> None:
+        """Record state. While handling a failure (`failing`), a failed write is a warning:
+        the error being reported is the one the user must see, and traffic is untouched."""
+        if self.dry_run:
+            return
+        try:
             write_state(self.primary, self.layout(self.primary), state)
+        except BluegreenError as exc:
+            if not failing:
+                raise
+            self.report.say(f"    warning: could not record the failed slot in state: "
+                            f"{exc.what}")
 
     def owner(self, action: str) -> lock.Owner:
         return lock.new_owner(self.who.name, action, self.who.build_url)
@@ -336,7 +345,7 @@ class Orchestrator:
             with self.report.phase("stop", f"failed release in slot {idle}"):
                 self.stop_slot_quietly(idle)
             state.slots[idle].status = "failed"
-            self.save_state(state)
+            self.save_state(state, failing=True)
             exc.hint = (f"traffic was NOT switched: it stays on {state.live or 'nothing'}. "
                         + exc.hint)
             raise
@@ -368,7 +377,7 @@ class Orchestrator:
                                    rec.version)
             except BluegreenError as exc:
                 rec.status = "running"
-                self.save_state(state)
+                self.save_state(state, failing=True)
                 exc.hint = (f"{exc.hint}. Traffic stays on {state.live or 'nothing'}; the new "
                             f"release keeps running idle in {target}: fix, then `fab switch` "
                             "or `fab deploy` again")

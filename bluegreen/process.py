@@ -265,7 +265,10 @@ class SystemdBackend(Backend):
                  timeout=60, hint=f"see `journalctl -u {self.unit_name(slot)}` on the host")
 
     def stop_script(self, host: Host, slot: str) -> str:
-        return f"systemctl stop {q(self.unit_name(slot))} 2>/dev/null; echo stopped"
+        # exit 5: the unit was never loaded (first deploy to this slot): nothing to stop
+        return (f"out=$(systemctl stop {q(self.unit_name(slot))} 2>&1); rc=$?; "
+                'case $rc in 0) echo stopped;; 5) echo none;; '
+                '*) echo "systemctl stop failed (exit $rc): $out" >&2; exit 1;; esac')
 
     def running(self, host: Host, slot: str) -> bool:
         return host.run(f"systemctl is-active --quiet {q(self.unit_name(slot))}", timeout=30,

@@ -23,6 +23,9 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
             dry_run: bool = False, who: str = "", as_json: bool = False,
             artifact: str = "", version: str = "", to: str = "", history: int = 10) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
+    # paramiko warns about every refused direct-tcpip channel, i.e. every health probe of
+    # an app that is still booting; the health phase reports what matters
+    logging.getLogger("paramiko.transport").setLevel(logging.ERROR)
     try:
         cfg = config_mod.load(config or None, overrides=overrides or [])
         orch = Orchestrator(cfg, Who.from_env(who), dry_run=dry_run)
