@@ -20,7 +20,7 @@ import requests
 from tests.support.netns import NetnsHost, NetnsSshHost, list_namespaces
 from tests.support.nginx import NginxError, PrivateNginx
 from tests.support.ports import free_port, port_open, wait_port
-from tests.support.procs import descendant_pids, pid_alive, stop_pid
+from tests.support.procs import descendant_pids, pid_alive, stop_pid, wait_until
 from tests.support.sshd import TestSshd
 
 pytestmark = pytest.mark.integration
@@ -145,6 +145,8 @@ def test_nginx_stop_leaves_no_processes(tmp_path: Path, http: requests.Session) 
     with nginx:
         assert http.get(nginx.url(), timeout=5).text == "up"
         master = nginx.master_pid
+        # the master forks its workers one by one: the second may not exist yet
+        wait_until(lambda: len(nginx.worker_pids()) == 2, 10, "nginx's second worker")
         workers = nginx.worker_pids()
         assert master is not None and len(workers) == 2
         # cmd_prefix is what the deploy tool runs; it must address this very nginx.
