@@ -91,11 +91,17 @@ bg_group_alive() {  # $1=pgid: any live member left (zombies do not count: some 
     $3 == g && $1 != "Z" && $1 != "X" { f = 1 } END { exit !f }'
 }
 bg_hexport() { printf ':%04X' "$1"; }
+# ss answers from a filtered kernel query; scanning /proc/net/tcp gets slow on a host with
+# tens of thousands of TIME_WAIT sockets, so it is only the fallback where ss is missing.
 bg_listening() {
+  if command -v ss >/dev/null 2>&1; then [ -n "$(ss -Htln "sport = :$1" 2>/dev/null)" ]; return; fi
   awk -v p="$(bg_hexport "$1")" 'FNR>1 && $4=="0A" && substr($2, length($2)-4)==p {f=1}
     END {exit !f}' /proc/net/tcp /proc/net/tcp6 2>/dev/null
 }
 bg_established() {
+  if command -v ss >/dev/null 2>&1; then
+    ss -Htn state established "( sport = :$1 )" 2>/dev/null | wc -l; return
+  fi
   awk -v p="$(bg_hexport "$1")" 'FNR>1 && $4=="01" && substr($2, length($2)-4)==p {n++}
     END {print n+0}' /proc/net/tcp /proc/net/tcp6 2>/dev/null
 }
@@ -112,14 +118,6 @@ bg_ours() {  # $1=pidfile: the recorded pid is still the process we started
 
 def _loops(seconds: float) -> int:
     return max(1, int(seconds / POLL))
-
-
-def ensure_layout(layout: Layout) -> str:
-    return "mkdir -p " + " ".join(
-        q(d) for d in (layout.artifacts, layout.releases, layout.slot_dir("blue"),
-                       layout.slot_dir("green")))
-
-
 
 
 def unpack(artifact: str, release_dir: str, checksum: str, file_name: str) -> str:
@@ -273,12 +271,6 @@ def nginx_reload_and_wait(nginx_command: str, pid_file: str, timeout: float) -> 
         + 'echo "nginx kept its old workers accepting after the reload: the master did not '
         + 'apply the new config (see its error log)" >&2; exit 8'
     )
-
-
-def prepare_upload(layout: Layout, stored: str) -> str:
-    """Make the layout and print the stored artifact's checksum, if any: one round trip."""
-    return (ensure_layout(layout) + f" && if [ -f {q(stored)} ]; then "
-            f"sha256sum -- {q(stored)} | cut -c1-64; fi")
 
 
 def finalize_upload(tmp: str, final: str, checksum: str) -> str:

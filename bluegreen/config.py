@@ -65,7 +65,7 @@ class Health:
     path: str = "/health"
     status: int = 200
     timeout: float = 60.0  # seconds for a new slot to become healthy
-    interval: float = 0.1  # the longest gap between probes; probing starts faster
+    interval: float = 0.05  # the longest gap between probes; probing starts faster
     successes: int = 2  # consecutive successes required
     request_timeout: float = 2.0
     host_header: str = ""  # some apps route on Host; empty sends "localhost"

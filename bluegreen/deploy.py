@@ -202,17 +202,18 @@ class Orchestrator:
         self.on_all(self.app_hosts, "start", lambda h: backend.start(
             h, slot, self.layout(h).release(release_id), version, artifact_name))
 
-    def wait_slot_healthy(self, slot: str) -> float:
+    def wait_slot_healthy(self, slot: str) -> health.HealthReport:
+        """All app hosts healthy; the slowest host's report."""
         if self.dry_run:
             self.planned.append(f"[app hosts] poll GET {self.cfg.health.path} on port "
                                 f"{self.cfg.port_of(slot)} until HTTP {self.cfg.health.status} "
                                 f"x{self.cfg.health.successes} (at most "
                                 f"{self.cfg.health.timeout:g}s)")
-            return 0.0
+            return health.HealthReport(0.0, 0, "dry run")
         backend, port = self.backend, self.cfg.port_of(slot)
         reports = self.on_all(self.app_hosts, "health", lambda h: health.wait_healthy(
             h, port, self.cfg.health, alive=lambda: backend.running(h, slot)))
-        return max(r.elapsed for r in reports)
+        return max(reports, key=lambda r: r.elapsed)
 
     def last_logs(self, slot: str, lines: int = 20) -> str:
         chunks = []
@@ -338,8 +339,9 @@ class Orchestrator:
                 self.start_slot(idle, release_id, version, file_name)
             with self.report.phase("health", f"GET {cfg.health.path} on port "
                                              f"{cfg.port_of(idle)}") as note:
-                outcome["health_seconds"] = round(self.wait_slot_healthy(idle), 3)
-                note.text = f"healthy after {outcome['health_seconds']:.3f}s"
+                report = self.wait_slot_healthy(idle)
+                outcome["health_seconds"] = round(report.elapsed, 3)
+                note.text = f"healthy after {report.elapsed:.3f}s ({report.probes} probes)"
         except BluegreenError as exc:
             exc.what += "\n" + self.last_logs(idle)
             with self.report.phase("stop", f"failed release in slot {idle}"):

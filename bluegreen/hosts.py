@@ -363,9 +363,24 @@ class SshHost(Host):
                 self._sftp = conn.client.open_sftp()
             return self._sftp
 
+    # OpenSSH's sftp-server accepts writes up to 255 KiB; paramiko's default 32 KiB means
+    # twice the packets and Python work per byte (measured: 0.54x scp vs ~0.75x).
+    OPENSSH_MAX_WRITE = 261120
+
     def put(self, local: Path, remote: str) -> None:
+        """Stream the file in large pipelined writes (never all in memory), check the size."""
         try:
-            self.sftp().put(str(local), remote, confirm=True)
+            sftp = self.sftp()
+            banner = (self.conn.transport.remote_version or "").lower()
+            chunk = self.OPENSSH_MAX_WRITE if "openssh" in banner else 32768
+            size = local.stat().st_size
+            with open(local, "rb") as src, sftp.open(remote, "wb") as dst:
+                dst.set_pipelined(True)  # don't wait for each write's ack
+                dst.MAX_REQUEST_SIZE = chunk
+                for block in iter(lambda: src.read(chunk), b""):
+                    dst.write(block)
+            if sftp.stat(remote).st_size != size:
+                raise OSError(f"size mismatch after upload (expected {size} bytes)")
         except Exception as exc:
             self._drop()
             raise CommandFailed(f"upload of {local} to {remote} failed: {exc}", host=self.label,

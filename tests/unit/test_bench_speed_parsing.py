@@ -167,3 +167,12 @@ def test_count_app_and_artifact(tmp_path: Path) -> None:
     with tarfile.open(big) as tar:
         assert tar.getmember("blob.bin").size == 3 << 20
     compile(speed.COUNT_APP, "count_app.py", "exec")
+
+
+def test_targets_reports_met_missed_and_not_measured() -> None:
+    t = speed.targets({"switch": {"lua": {"switch_ok": True, "rollback_ok": False}},
+                       "deploy": {"ok": True}, "history": {"status_ok": True}})
+    assert t["switch[lua]"] is True and t["rollback[lua]"] is False
+    assert t["switch[reload]"] is None and t["deploy_overhead"] is True
+    assert t["history"] is None  # deploy half not measured
+    assert t["upload_vs_scp"] is None
