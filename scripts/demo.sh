@@ -36,7 +36,7 @@ echo "curl $front -> $(curl -fsS "$front")"
 step "3. fab status: v2 live on green, v1 still warm on blue"
 "$fab" status
 
-step "4. fab switch: back to v1, instantly (no upload, no start: one health check + one reload)"
+step "4. fab switch: back to v1, instantly (no upload, no start: a health check, then nginx flips)"
 "$fab" switch
 echo "curl $front -> $(curl -fsS "$front")"
 
