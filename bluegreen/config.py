@@ -338,8 +338,11 @@ def parse_host(text: str, key: str = "host", where: str = "<host>") -> HostSpec:
 
 
 def _check_semantics(cfg: Config, origins: dict[str, str]) -> None:
-    def fail(key: str, problem: str) -> None:
-        raise ConfigError(_where(key, cfg.source, origins), key, problem)
+    def fail(key: str, problem: str, *related: str) -> None:
+        """Blame the override that set `key` or a related key, else the file."""
+        where = next((_where(k, cfg.source, origins) for k in (key, *related)
+                      if _where(k, cfg.source, origins) != cfg.source), cfg.source)
+        raise ConfigError(where, key, problem)
 
     if not _NAME_RE.match(cfg.app):
         fail("app", "expected a short name of letters, digits, '.', '_' or '-'")
@@ -355,7 +358,8 @@ def _check_semantics(cfg: Config, origins: dict[str, str]) -> None:
         if not 1 <= port <= 65535:
             fail(f"slots.{slot}", f"expected a TCP port 1-65535, got {port}")
     if cfg.slots.blue == cfg.slots.green:
-        fail("slots.green", "blue and green must use different ports")
+        fail("slots.green", f"blue and green must use different ports (both "
+                            f"{cfg.slots.blue})", "slots.blue")
     if cfg.process.backend not in ("plain", "supervisor", "systemd"):
         fail("process.backend", "expected plain, supervisor or systemd")
     if cfg.process.backend == "supervisor" and not cfg.process.supervisor_conf:

@@ -408,7 +408,9 @@ class Orchestrator:
         """Flip traffic to the other (or the named) slot, health-checked first."""
         began = time.monotonic()
         if to and to not in ("blue", "green"):
-            raise BluegreenError(f"--to must be blue or green, not {to!r}", phase="switch")
+            raise BluegreenError(f"--to must be blue or green, not {to!r}", phase="switch",
+                                 hint="use --to blue or --to green, or leave it out to switch "
+                                      "to the idle slot")
         with self.locked("switch"):
             state = read_state(self.primary, self.layout(self.primary), self.cfg.app)
             if not to:
