@@ -232,10 +232,6 @@ def list_releases(layout: Layout) -> str:
 
 
 
-def nginx_reload(nginx_command: str) -> str:
-    return f"{nginx_command} -s reload 2>&1"
-
-
 NGINX_LIB = r"""
 bg_accepting_workers() {  # $1=master pid: workers of this master not yet shutting down
   cat /proc/[0-9]*/stat 2>/dev/null | awk -v m="$1" '{ pid = $1; sub(/^.*\) /, "") }
@@ -259,8 +255,8 @@ def nginx_reload_and_wait(nginx_command: str, pid_file: str, timeout: float) -> 
     return (
         NGINX_LIB
         + f"m=$(cat {pf} 2>/dev/null); "
-        + f'if [ -z "$m" ] || [ ! -d "/proc/$m" ]; then echo "nginx master pid file {pid_file} '
-        + 'is missing or stale: is nginx running?" >&2; exit 6; fi; '
+        + f'if [ -z "$m" ] || [ ! -d "/proc/$m" ]; then echo "nginx master pid file "{pf}'
+        + '" is missing or stale: is nginx running?" >&2; exit 6; fi; '
         + 'before=" $(bg_accepting_workers "$m" | tr "\n" " ")"; '
         + f"{nginx_command} -s reload 2>&1 || exit $?; "
         + f"i=0; while [ $i -lt {_loops(timeout) * 2} ]; do "

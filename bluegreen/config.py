@@ -8,6 +8,7 @@ error names where the bad value came from.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -192,14 +193,19 @@ def load(
     origins: dict[str, str] = {}
     for name, value in sorted(environ.items()):
         if name.startswith(ENV_PREFIX) and len(name) > len(ENV_PREFIX):
-            dotted = ".".join(name[len(ENV_PREFIX):].lower().split("__"))
-            _set_dotted(raw, dotted, _parse_scalar(value))
+            parts = name[len(ENV_PREFIX):].split("__")
+            if parts[0].lower() == "env" and len(parts) == 2:
+                dotted = f"env.{parts[1]}"  # the app's own variable names keep their case
+            else:
+                dotted = ".".join(p.lower() for p in parts)
+            _set_dotted(raw, dotted, _override_value(dotted, value))
             origins[dotted] = f"environment {name}"
     for item in overrides or []:
         dotted, sep, value = item.partition("=")
         if not sep or not dotted.strip():
-            raise ConfigError("--set", item, "expected KEY=VALUE, e.g. health.timeout=90")
-        _set_dotted(raw, dotted.strip(), _parse_scalar(value))
+            raise ConfigError("--set", item.partition("=")[0],
+                              "expected KEY=VALUE, e.g. health.timeout=90")
+        _set_dotted(raw, dotted.strip(), _override_value(dotted.strip(), value))
         origins[dotted.strip()] = f"--set {dotted.strip()}"
     return from_dict(raw, source=source, base_dir=str(path.resolve().parent), origins=origins)
 
@@ -287,7 +293,9 @@ def _coerce(tp: Any, value: Any, key: str, source: str, origins: dict[str, str])
         out = {}
         for k, v in value.items():
             if not isinstance(v, (str, int, float)) or isinstance(v, bool):
-                raise ConfigError(where, f"{key}.{k}", f"expected a string, got {v!r}")
+                # no value in the message: [env] often holds secrets
+                raise ConfigError(where, f"{key}.{k}", f"expected a string, got a "
+                                                       f"{type(v).__name__}")
             out[str(k)] = str(v)
         return out
     raise ConfigError(where, key, f"unsupported type {tp}")  # a bug in this module
@@ -369,6 +377,14 @@ def _check_semantics(cfg: Config, origins: dict[str, str]) -> None:
         fail("nginx.mode", "expected reload or lua")
     if cfg.nginx.mode == "lua" and not cfg.nginx.control_port:
         fail("nginx.control_port", "required with mode = \"lua\": a free loopback port")
+    if cfg.nginx.mode == "lua":
+        for i, h in enumerate(cfg.hosts.app):
+            addr = h.upstream or ("127.0.0.1" if h.is_local else h.address)
+            try:
+                ipaddress.ip_address(addr)
+            except ValueError:
+                fail(f"hosts.app[{i}]", f"lua mode routes by IP address and {addr!r} is a "
+                                        "name: give the host `upstream = \"<its IP>\"`")
     if not cfg.health.path.startswith("/"):
         fail("health.path", "expected a path starting with /, e.g. /health")
     if cfg.health.successes < 1:
@@ -387,6 +403,12 @@ def _check_semantics(cfg: Config, origins: dict[str, str]) -> None:
 
 
 # ---------------------------------------------------------------- overrides
+
+
+def _override_value(dotted: str, text: str) -> Any:
+    """App environment values stay verbatim strings (a secret is never reinterpreted as a
+    number, a date or a boolean); everything else is read as a TOML value."""
+    return text if dotted.startswith("env.") else _parse_scalar(text)
 
 
 def _parse_scalar(text: str) -> Any:

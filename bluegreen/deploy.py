@@ -148,12 +148,14 @@ class Orchestrator:
     def check_consistency(self, state: State) -> None:
         """Recorded state and the live nginx config must agree before we change anything."""
         for h in self.traffic_hosts:
-            marker = traffic.parse_marker(h.read(self.cfg.nginx_target))
-            routed = marker.slot if marker else ""
-            if routed != state.live:
+            routed, in_file = traffic.routed_slot(self.cfg, h)
+            if routed != state.live or in_file != state.live:
+                where = (f"routes to {routed or '(no bluegreen config)'}" if routed == in_file
+                         else f"routes to {routed} while its file {self.cfg.nginx_target} says "
+                              f"{in_file}")
                 raise BluegreenError(
                     f"state says live slot is {state.live or '(none)'} but nginx on {h.label} "
-                    f"routes to {routed or '(no bluegreen config)'} ({self.cfg.nginx_target})",
+                    f"{where}",
                     host=h.label, phase="state",
                     hint="someone changed nginx by hand or a switch was interrupted: run "
                          f"`fab switch --to {routed or state.live or 'blue'}` to converge")
@@ -320,20 +322,25 @@ class Orchestrator:
                         outcome: dict[str, Any]) -> None:
         cfg = self.cfg
         file_name = cfg.artifact_name or art.name
-        protected = [r.release for r in state.slots.values() if r.release]
+        # never prune what a slot holds, nor what rollback would go back to
+        protected = [r.release for r in (*state.slots.values(), state.previous_release)
+                     if r.release]
         with self.report.phase("upload", f"{art.name} to {len(self.app_hosts)} host(s)") as note:
             shipped = self.on_all(self.app_hosts, "upload", lambda h: release.ship(
                 h, self.layout(h), art, release_id, file_name, cfg.keep_releases, protected))
             sent = sum(s.uploaded_bytes for s in shipped)
             note.text = f"{sent} bytes sent" + ("" if sent else " (already on every host)")
             outcome["uploaded_bytes"] = sent
+        # Record the slot's new content before touching it: whatever happens from here on
+        # (a failure, Ctrl-C, a vetoing pre-switch hook), state never claims the idle slot
+        # still holds its old release, so rollback never trusts a slot that was reused.
+        state.slots[idle] = SlotRecord(release=release_id, version=version,
+                                       checksum=art.checksum, artifact=file_name,
+                                       deployed_at=time.time(), status="starting")
+        self.save_state(state)
         with self.report.phase("stop", f"drain and stop slot {idle} (port "
                                        f"{cfg.port_of(idle)})") as note:
             note.text = self.stop_slot(idle)
-        state.slots[idle] = SlotRecord(release=release_id, version=version,
-                                       checksum=art.checksum, artifact=file_name,
-                                       deployed_at=time.time(),
-                                       status="starting")
         try:
             with self.report.phase("start", f"{release_id} in slot {idle}"):
                 self.start_slot(idle, release_id, version, file_name)
@@ -351,7 +358,12 @@ class Orchestrator:
             exc.hint = (f"traffic was NOT switched: it stays on {state.live or 'nothing'}. "
                         + exc.hint)
             raise
-        self.hook("pre-switch", env)
+        try:
+            self.hook("pre-switch", env)
+        except BluegreenError:
+            state.slots[idle].status = "vetoed"  # healthy, but not to be switched to
+            self.save_state(state, failing=True)
+            raise
         self._switch_traffic(state, idle)
         self.hook("post-switch", env)
         self.hook("post-deploy", env)
@@ -441,6 +453,12 @@ class Orchestrator:
         if not rec.release:
             raise BluegreenError(f"slot {slot} has never held a release", phase="switch",
                                  hint="run `fab deploy` first")
+        if rec.status != "running":
+            raise BluegreenError(
+                f"slot {slot} holds {rec.version or rec.release}, whose deploy did not finish "
+                f"(status: {rec.status})", phase="switch",
+                hint="traffic was not touched; `fab deploy` again, or `fab rollback` to "
+                     "restart the previous release")
         traffic.render(self.cfg, slot, rec.release, rec.version)  # fail before any change
         with self.report.phase("health", f"slot {slot} ({rec.version or rec.release})"):
             if not self.dry_run:
@@ -500,6 +518,7 @@ class Orchestrator:
             raise BluegreenError(f"release {rec.release} is no longer on {', '.join(missing)}",
                                  phase="rollback", host=",".join(missing),
                                  hint="deploy that version again with `fab deploy`")
+        self.save_state(state)  # the slot is about to change hands: say so first
         with self.report.phase("stop", f"drain and stop slot {slot}"):
             self.stop_slot(slot)
         with self.report.phase("start", f"{rec.release} again in slot {slot}"):
@@ -529,8 +548,9 @@ class Orchestrator:
             return view
 
         def traffic_view(h: Host) -> dict[str, Any]:
+            routed, in_file = traffic.routed_slot(self.cfg, h)
             marker = traffic.parse_marker(h.read(self.cfg.nginx_target))
-            return {"routes_to": marker.slot if marker else None,
+            return {"routes_to": routed or None, "file_says": in_file or None,
                     "release": marker.release if marker else None}
 
         hosts = self.on_all(self.app_hosts, "status", host_view)

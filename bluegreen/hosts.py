@@ -78,10 +78,14 @@ class Host(ABC):
                                 stdout=result.stdout, stderr=result.stderr,
                                 hint=hint or "raise the timeout or check the host's load")
         if check and not result.ok:
-            detail = (result.stderr or result.stdout).strip().splitlines()[-5:]
+            # Our scripts say what went wrong on their last stderr line: lead with it, and
+            # show the command (minus the helper library) only as detail.
+            said = [line for line in (result.stderr or result.stdout).strip().splitlines()
+                    if line.strip()]
+            headline = said[-1] if said else f"command failed (exit {result.rc})"
+            detail = [*said[-5:-1], f"(exit {result.rc}) $ {_short(command)}"]
             raise CommandFailed(
-                f"command failed (exit {result.rc}): {_short(command)}"
-                + (f"\n    {chr(10).join('    ' + d for d in detail).lstrip()}" if detail else ""),
+                headline + "".join(f"\n    {d}" for d in detail),
                 host=self.label, phase=self.phase, command=command, rc=result.rc,
                 stdout=result.stdout, stderr=result.stderr, hint=hint)
         return Result(command, result.rc, result.stdout, result.stderr)
@@ -361,6 +365,9 @@ class SshHost(Host):
         with self._lock:
             if self._sftp is None:
                 self._sftp = conn.client.open_sftp()
+                # a black-holed link would otherwise hang a file operation for as long as
+                # TCP retries (~15 min), with the lock held
+                self._sftp.get_channel().settimeout(self.cfg.ssh.command_timeout)
             return self._sftp
 
     # OpenSSH's sftp-server accepts writes up to 255 KiB; paramiko's default 32 KiB costs
@@ -536,6 +543,8 @@ def open_host(spec: HostSpec, cfg: Config) -> Host:
 
 
 def _short(command: str, limit: int = 160) -> str:
+    for lib in (commands.SHELL_LIB, commands.NGINX_LIB):
+        command = command.replace(lib, "")
     one = " ".join(command.split())
     return one if len(one) <= limit else one[: limit - 3] + "..."
 

@@ -57,7 +57,11 @@ def parse_owner(text: str) -> Owner | None:
 
 def acquire(host: Host, layout: Layout, owner: Owner) -> None:
     if host.mkdir_exclusive(layout.lock):
-        host.write_atomic(f"{layout.lock}/owner.json", owner.to_json() + "\n")
+        try:
+            host.write_atomic(f"{layout.lock}/owner.json", owner.to_json() + "\n")
+        except BluegreenError:
+            host.remove(layout.lock, directory=True)  # an ownerless lock would stay forever
+            raise
         return
     held_by = parse_owner(host.read(f"{layout.lock}/owner.json") or "")
     who = held_by.describe() if held_by else "an unknown owner (no owner record yet)"

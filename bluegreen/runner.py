@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,9 +21,20 @@ from bluegreen.deploy import Orchestrator, Who
 from bluegreen.errors import BluegreenError
 
 
+def _sigterm_as_interrupt() -> None:
+    """Jenkins' abort and the webhook worker stop a deploy with SIGTERM. Turned into
+    KeyboardInterrupt, it runs the same cleanup as Ctrl-C: the lock is released, a
+    half-done switch is restored, state says what the slots hold."""
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, handler)
+
+
 def execute(action: str, *, config: str = "", overrides: list[str] | None = None,
             dry_run: bool = False, who: str = "", as_json: bool = False,
             artifact: str = "", version: str = "", to: str = "", history: int = 10) -> int:
+    _sigterm_as_interrupt()
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     # paramiko warns about every refused direct-tcpip channel, i.e. every health probe of
     # an app that is still booting; the health phase reports what matters

@@ -169,7 +169,7 @@ def switch(cfg: Config, hosts: list[Host], slot: str, release: str, version: str
     Every host must pass `nginx -t` before any of them applies. With one host in reload
     mode, test and reload are one round trip.
     """
-    text = render(cfg, slot, release, version)
+    text = render(cfg, slot, release, version, generation=_next_generation(cfg, hosts))
     shape = parse_marker(text).shape  # type: ignore[union-attr]
     one_step = len(hosts) == 1 and cfg.nginx.mode == "reload"
     installed: list[Installed] = []
@@ -185,6 +185,21 @@ def switch(cfg: Config, hosts: list[Host], slot: str, release: str, version: str
         if isinstance(exc, BluegreenError):
             exc.hint = (exc.hint + "; " if exc.hint else "") + restored
         raise
+
+
+def _next_generation(cfg: Config, hosts: list[Host]) -> int:
+    """Newer than anything a lua zone has seen: a deployer whose clock is behind must still
+    win when a reload installs its file (the zone keeps the highest generation)."""
+    now = int(time.time() * 1000)
+    if cfg.nginx.mode != "lua":
+        return now
+    seen = [now - 1]
+    for h in hosts:
+        try:
+            seen.append(int(control(cfg, h, "/bluegreen/status").get("gen", 0)))
+        except BluegreenError:
+            pass  # no lua config there yet
+    return max(now, max(seen) + 1)
 
 
 def _parallel(items: list[Any], fn: Callable[[Any], Any]) -> list[Any]:
@@ -207,13 +222,15 @@ def _install_and_test(cfg: Config, host: Host, text: str, *, reload: bool) -> St
         host.write_atomic(target, text)
     except BluegreenError as exc:
         return Step(error=exc)
+    # From here on the host holds our file: every way out must be able to undo it.
     inst = Installed(host, previous, offset, reloaded=reload)
     script = commands.nginx_test(cfg.nginx.command)
     if reload:
-        script = (f"{script} || exit 10; "
-                  + commands.nginx_reload_and_wait(cfg.nginx.command, cfg.nginx.pid_file,
-                                                   cfg.nginx.verify_timeout))
-    result = host.run(script, timeout=cfg.nginx.verify_timeout + 30, check=False)
+        script = f"{script} || exit 10; " + _reload_script(cfg)
+    try:
+        result = host.run(script, timeout=cfg.nginx.verify_timeout + 30, check=False)
+    except BluegreenError as exc:  # a timeout or a dropped link, after the file was written
+        return Step(inst, exc)
     if result.rc == 10 or (not reload and not result.ok):
         _restore_one(cfg, Installed(host, previous))
         return Step(error=BluegreenError(
@@ -231,17 +248,27 @@ def _apply(cfg: Config, inst: Installed, slot: str, shape: str) -> BluegreenErro
     """Lua mode with an unchanged shape: flip the live port, no reload. Otherwise reload."""
     before = parse_marker(inst.previous)
     if cfg.nginx.mode == "lua" and before is not None and before.shape == shape:
+        inst.switched_live = True  # before the call: a lost reply may still have applied it
         try:
             set_live_port(cfg, inst.host, cfg.port_of(slot))
-            inst.switched_live = True
             return None
         except BluegreenError as exc:
             return exc
     inst.reloaded = True
-    result = inst.host.run(commands.nginx_reload_and_wait(
-        cfg.nginx.command, cfg.nginx.pid_file, cfg.nginx.verify_timeout),
-        timeout=cfg.nginx.verify_timeout + 30, check=False)
+    try:
+        result = _reload(cfg, inst.host)
+    except BluegreenError as exc:
+        return exc
     return None if result.ok else _reload_error(inst.host, result)
+
+
+def _reload_script(cfg: Config) -> str:
+    return commands.nginx_reload_and_wait(cfg.nginx.command, cfg.nginx.pid_file,
+                                          cfg.nginx.verify_timeout)
+
+
+def _reload(cfg: Config, host: Host) -> Any:
+    return host.run(_reload_script(cfg), timeout=cfg.nginx.verify_timeout + 30, check=False)
 
 
 def control(cfg: Config, host: Host, path: str, method: str = "GET") -> dict[str, Any]:
@@ -323,13 +350,38 @@ def _restore_one(cfg: Config, inst: Installed) -> None:
         host.remove(target)
     else:
         host.write_atomic(target, inst.previous)
-    before = parse_marker(inst.previous)
-    if inst.switched_live and before is not None:
-        set_live_port(cfg, host, before.port)
     if inst.reloaded:
-        host.run(commands.nginx_reload_and_wait(cfg.nginx.command, cfg.nginx.pid_file,
-                                                cfg.nginx.verify_timeout),
-                 timeout=cfg.nginx.verify_timeout + 30, check=False)
+        _reload(cfg, host)
+    before = parse_marker(inst.previous)
+    if before is not None and is_lua_config(inst.previous) and (inst.reloaded
+                                                                or inst.switched_live):
+        # The zone keeps the newest generation, so after reloading the older file it would
+        # still route to the new port: set the old port explicitly.
+        set_live_port(cfg, host, before.port)
+
+
+def is_lua_config(text: str | None) -> bool:
+    return bool(text) and "/bluegreen/live" in text  # type: ignore[operator]
+
+
+def routed_slot(cfg: Config, host: Host) -> tuple[str, str]:
+    """(slot nginx really routes to, the installed file's slot) on one traffic host.
+
+    In lua mode the zone, not the file, decides; the two can only differ after a switch
+    was cut off halfway, which is exactly what the consistency check must notice.
+    """
+    text = host.read(cfg.nginx_target)
+    marker = parse_marker(text)
+    if marker is None:
+        return "", ""
+    if not is_lua_config(text):
+        return marker.slot, marker.slot
+    try:
+        live = int(control(cfg, host, "/bluegreen/status").get("live", 0))
+    except BluegreenError:
+        return marker.slot, marker.slot  # nginx has not loaded the lua file yet
+    ports = {cfg.slots.blue: "blue", cfg.slots.green: "green"}
+    return ports.get(live, f"port {live}"), marker.slot
 
 
 def _restore_all(cfg: Config, installed: list[Installed]) -> str:

@@ -232,3 +232,42 @@ def test_lua_mode_switches_without_a_reload(project: Project) -> None:
     assert sorted(project.nginx.worker_pids()) == workers  # same workers: nothing reloaded
     marker = (project.nginx.conf_dir / "demo.conf").read_text()
     assert f"port={project.green}" in marker  # the file on disk stays the truth
+
+
+def test_vetoed_switch_then_rollback_serves_the_previous_release(project: Project) -> None:
+    project.deploy("v1")
+    project.deploy("v2")  # v1 warm in blue
+    hooks = project.dir / "hooks"
+    hooks.mkdir()
+    (hooks / "pre-switch").write_text("#!/bin/sh\necho 'smoke test failed' >&2\nexit 1\n")
+    (hooks / "pre-switch").chmod(0o755)
+    proc = project.deploy("v3", check=False)  # reuses blue, healthy, then vetoed
+    assert "hook pre-switch failed" in proc.stderr
+    assert project.front_version() == "v2"
+    (hooks / "pre-switch").unlink()
+    refused = project.fab("switch", check=False)  # blue holds v3, which never finished
+    assert "did not finish" in refused.stderr and project.front_version() == "v2"
+    project.fab("rollback")
+    assert project.front_version() == "v1"  # v1 restarted in blue, not the vetoed v3
+
+
+def test_failed_verify_after_apply_restores_traffic(project: Project) -> None:
+    project.deploy("v1")
+    source = (Path(__file__).resolve().parents[2] / "bluegreen" / "templates"
+              / ("nginx-lua.conf.j2" if project.mode == "lua" else "nginx.conf.j2"))
+    text = source.read_text()
+    text = text.replace("add_header X-Bluegreen-Slot {{ live_slot }} always;",
+                        "add_header X-Bluegreen-Slot nope always;")
+    text = text.replace("add_header X-Bluegreen-Slot $bluegreen_slot always;",
+                        "add_header X-Bluegreen-Slot nope always;")
+    assert "X-Bluegreen-Slot nope" in text
+    (project.dir / "lying.conf.j2").write_text(text)
+    proc = project.deploy("v2", "--set", 'nginx.template="lying.conf.j2"',
+                          "--set", "nginx.verify_timeout=1.5", check=False)
+    assert proc.returncode != 0 and "phase=verify" in proc.stderr
+    assert "restored" in proc.stderr
+    assert project.front_version() == "v1"  # in lua mode too: the zone was set back
+    st = project.status()
+    assert st["live"] == "blue" and st["consistent"]
+    project.deploy("v2")  # and the next deploy converges
+    assert project.front_version() == "v2"

@@ -117,3 +117,19 @@ def test_parse_host_rejects_garbage() -> None:
     with pytest.raises(ConfigError):
         config.parse_host("user@host:port:extra")
     assert config.parse_host("[::1]:2200").address == "::1"
+
+
+def test_env_overrides_keep_name_case_and_raw_value(tmp_path: Path) -> None:
+    env = {"BLUEGREEN__ENV__API_KEY": "1e5", "BLUEGREEN__ENV__FLAG": "true"}
+    cfg = config.load(write(tmp_path, MINIMAL), environ=env, overrides=["env.Token=0x1F"])
+    assert cfg.env == {"API_KEY": "1e5", "FLAG": "true", "Token": "0x1F"}
+
+
+def test_lua_mode_needs_ip_addresses(tmp_path: Path) -> None:
+    text = MINIMAL + ('[hosts]\napp = ["deploy@app1.example.com"]\n'
+                      '[nginx]\nmode = "lua"\ncontrol_port = 9000\n')
+    with pytest.raises(ConfigError, match="upstream"):
+        config.load(write(tmp_path, text), environ={})
+    ok = text.replace('"deploy@app1.example.com"',
+                      '{address = "app1.example.com", upstream = "10.0.0.5"}')
+    assert config.load(write(tmp_path, ok), environ={}).nginx.mode == "lua"
