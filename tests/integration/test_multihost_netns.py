@@ -138,7 +138,7 @@ def test_two_hosts_behind_one_nginx(cluster: Cluster) -> None:
         for slot in ("green", "blue"):  # the live slot and the warm old one
             view = st["app_hosts"][name][slot]
             assert view["running"] and view["healthy"], (name, slot, view)
-    assert st["traffic_hosts"] == {"local": {"routes_to": "green",
+    assert st["traffic_hosts"] == {"local": {"routes_to": "green", "file_says": "green",
                                              "release": st["slots"]["green"]["release"]}}
 
 
