@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 from bluegreen import commands, health, hooks, lock, release, traffic
 from bluegreen.commands import Layout
 from bluegreen.config import Config, HostSpec, other_slot
-from bluegreen.errors import BluegreenError
+from bluegreen.errors import BluegreenError, LockHeld
 from bluegreen.hosts import DryRunHost, Host, open_host
 from bluegreen.process import Backend, backend_for
 from bluegreen.report import Reporter
@@ -66,6 +66,7 @@ class Orchestrator:
     report: Reporter = field(default_factory=Reporter)
     planned: list[str] = field(default_factory=list)  # dry-run: the commands we would send
     _hosts: dict[HostSpec, Host] = field(default_factory=dict)
+    _owner: lock.Owner | None = None  # the lock this run holds, re-checked before changes
 
     # ------------------------------------------------------------ hosts
 
@@ -248,6 +249,8 @@ class Orchestrator:
         if self.dry_run:
             return
         try:
+            if not failing:
+                self.ensure_still_locked()
             write_state(self.primary, self.layout(self.primary), state)
         except BluegreenError as exc:
             if not failing:
@@ -261,7 +264,22 @@ class Orchestrator:
     def locked(self, action: str) -> AbstractContextManager[Any]:
         if self.dry_run:
             return nullcontext()
-        return lock.held(self.primary, self.layout(self.primary), self.owner(action))
+        self._owner = self.owner(action)
+        return lock.held(self.primary, self.layout(self.primary), self._owner)
+
+    def ensure_still_locked(self) -> None:
+        """Before traffic or state changes: is the lock still ours? `fab unlock` on a run
+        that was in fact alive lets a second deploy in; two writers must not both switch."""
+        if self.dry_run or self._owner is None:
+            return
+        held = lock.status(self.primary, self.layout(self.primary))
+        if held is None or held.token != self._owner.token:
+            raise LockHeld(
+                "the deploy lock was broken while this run held it"
+                + (f"; it is now held by {held.describe()}" if held else ""),
+                host=self.primary.label, phase="lock",
+                hint="someone ran `fab unlock`: nothing more was changed by this run; check "
+                     "`fab status`, then re-run")
 
     @contextmanager
     def audited(self, outcome: dict[str, Any], began: float) -> Iterator[None]:
@@ -377,6 +395,7 @@ class Orchestrator:
     def _switch_traffic(self, state: State, target: str) -> None:
         """Switch every traffic host to `target` and record it; state is written only after."""
         rec = state.slots[target]
+        self.ensure_still_locked()
         with self.report.phase("switch", f"nginx -> {target} (port "
                                          f"{self.cfg.port_of(target)}) on "
                                          f"{len(self.traffic_hosts)} traffic host(s)"):

@@ -271,3 +271,16 @@ def test_failed_verify_after_apply_restores_traffic(project: Project) -> None:
     assert st["live"] == "blue" and st["consistent"]
     project.deploy("v2")  # and the next deploy converges
     assert project.front_version() == "v2"
+
+
+def test_deploy_whose_lock_was_broken_does_not_switch(project: Project) -> None:
+    project.deploy("v1")
+    hooks = project.dir / "hooks"
+    hooks.mkdir()
+    # someone believes this deploy is dead and breaks its lock while it runs
+    (hooks / "pre-switch").write_text(f"#!/bin/sh\nexec {FAB} unlock --who bob >/dev/null\n")
+    (hooks / "pre-switch").chmod(0o755)
+    proc = project.deploy("v2", check=False)
+    assert proc.returncode == 3
+    assert "lock was broken while this run held it" in proc.stderr
+    assert project.front_version() == "v1"
