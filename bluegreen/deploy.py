@@ -173,9 +173,8 @@ class Orchestrator:
             # nginx counts in-flight requests per port; idle pooled upstream connections
             # stay open in lua mode, so connection counts would never reach 0
             in_flight = traffic.drain(self.cfg, self.traffic_hosts, port, conn_drain)
-            if in_flight:
-                self.report.say(f"    drain timeout ({conn_drain:g}s) expired; requests "
-                                f"still in flight to port {port}: {in_flight}")
+            self._report_cut("requests still in flight", port,
+                             [f"{h}: {n}" for h, n in (in_flight or {}).items()])
             if in_flight is not None:
                 conn_drain = 0
 
@@ -192,12 +191,15 @@ class Orchestrator:
                             if w in ("none", "gone", "stopped", "killed")), "stopped")
             return left, outcome
         results = self.on_all(self.app_hosts, "stop", one)
-        cut = [f"{h.label}: {left}" for h, (left, _) in zip(self.app_hosts, results, strict=True)
-               if left]
-        if cut:
-            self.report.say(f"    drain timeout ({self.cfg.nginx.drain_timeout:g}s) expired; "
-                            f"connections cut on port {port}: {', '.join(cut)}")
+        self._report_cut("connections cut", port, [
+            f"{h.label}: {left}" for h, (left, _) in zip(self.app_hosts, results, strict=True)
+            if left])
         return ", ".join(sorted({outcome for _, outcome in results}))
+
+    def _report_cut(self, what: str, port: int, per_host: list[str]) -> None:
+        if per_host:
+            self.report.say(f"    drain timeout ({self.cfg.nginx.drain_timeout:g}s) expired; "
+                            f"{what} on port {port}: {', '.join(per_host)}")
 
     def start_slot(self, slot: str, release_id: str, version: str, artifact_name: str) -> None:
         backend = self.backend
@@ -344,9 +346,8 @@ class Orchestrator:
         protected = [r.release for r in (*state.slots.values(), state.previous_release)
                      if r.release]
         with self.report.phase("upload", f"{art.name} to {len(self.app_hosts)} host(s)") as note:
-            shipped = self.on_all(self.app_hosts, "upload", lambda h: release.ship(
-                h, self.layout(h), art, release_id, file_name, cfg.keep_releases, protected))
-            sent = sum(s.uploaded_bytes for s in shipped)
+            sent = sum(self.on_all(self.app_hosts, "upload", lambda h: release.ship(
+                h, self.layout(h), art, release_id, file_name, cfg.keep_releases, protected)))
             note.text = f"{sent} bytes sent" + ("" if sent else " (already on every host)")
             outcome["uploaded_bytes"] = sent
         # Record the slot's new content before touching it: whatever happens from here on

@@ -9,6 +9,7 @@ closed we stay at the short interval.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from bluegreen.config import Health
@@ -48,15 +49,15 @@ def next_interval(current: float, last: Probe, cfg: Health) -> float:
     return min(cfg.interval, max(MIN_INTERVAL, current * 2))
 
 
-def wait_healthy(host: Host, port: int, cfg: Health, *, timeout: float | None = None,
-                 alive: callable | None = None) -> HealthReport:  # type: ignore[valid-type]
+def wait_healthy(host: Host, port: int, cfg: Health, *,
+                 alive: Callable[[], bool] | None = None) -> HealthReport:
     """Return once `cfg.successes` consecutive probes pass; raise BluegreenError on timeout.
 
     `alive` (optional) is checked between probes so a crashed app fails fast instead of
     burning the whole timeout.
     """
     start = time.monotonic()
-    deadline = start + (timeout if timeout is not None else cfg.timeout)
+    deadline = start + cfg.timeout
     interval, streak, probes = MIN_INTERVAL, 0, 0
     last = Probe(False, "not probed yet")
     next_alive_check = start + 0.5
@@ -80,7 +81,7 @@ def wait_healthy(host: Host, port: int, cfg: Health, *, timeout: float | None = 
         interval = MIN_INTERVAL * 2 if last.ok else next_interval(interval, last, cfg)
         time.sleep(min(interval, max(0.0, deadline - now)))
     raise BluegreenError(
-        f"port {port} did not become healthy within {timeout or cfg.timeout:g}s: "
+        f"port {port} did not become healthy within {cfg.timeout:g}s: "
         f"GET {cfg.path} wanted HTTP {cfg.status}, last probe: {last.detail} "
         f"({probes} probes)", host=host.label, phase="health",
         hint="read the app log below; raise health.timeout if the app is just slow to boot")

@@ -156,6 +156,8 @@ class Host(ABC):
             return None
 
     def makedirs(self, path: str) -> None:
+        if self.exists(path):  # the usual case: one stat, not one per path component
+            return
         parts = [p for p in path.split("/") if p]
         current = ""
         for part in parts:

@@ -33,6 +33,9 @@ def inspect(path: Path) -> Artifact:
     if not path.is_file():
         raise BluegreenError(f"artifact {path} not found (or not a file)", host="local",
                              phase="upload", hint="build it first, or pass --artifact PATH")
+    if path.stat().st_size == 0:
+        raise BluegreenError(f"artifact {path} is empty", host="local", phase="upload",
+                             hint="the build produced no output: check the build step")
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -40,16 +43,11 @@ def inspect(path: Path) -> Artifact:
     return Artifact(path, digest.hexdigest(), path.stat().st_size)
 
 
-@dataclass(frozen=True)
-class Shipped:
-    release_dir: str
-    uploaded_bytes: int
-    unpacked: bool
-
-
 def ship(host: Host, layout: Layout, artifact: Artifact, release_id: str, file_name: str,
-         keep: int, protected: list[str]) -> Shipped:
-    """Upload unless the same bytes are there, unpack once, prune: two round trips."""
+         keep: int, protected: list[str]) -> int:
+    """Upload unless the same bytes are there, unpack once, prune; returns bytes sent.
+
+    One remote command: the directories and the stored artifact are checked over SFTP."""
     stored = f"{layout.artifacts}/{artifact.stored_name}"
     for d in (layout.artifacts, layout.releases, layout.slot_dir("blue"), layout.slot_dir("green")):
         host.makedirs(d)
@@ -57,7 +55,8 @@ def ship(host: Host, layout: Layout, artifact: Artifact, release_id: str, file_n
     finalize = ""
     # The stored name is the checksum, and only a verified upload is ever renamed to it
     # (finalize_upload), so the same name and size mean the same bytes: no re-hash.
-    if host.size(stored) != artifact.size or not host.exists(stored):
+    # (size() is 0 for a missing file, and artifacts are never empty.)
+    if host.size(stored) != artifact.size:
         tmp = f"{layout.artifacts}/.upload-{uuid.uuid4().hex[:8]}"
         try:
             host.put(artifact.path, tmp)
@@ -67,10 +66,10 @@ def ship(host: Host, layout: Layout, artifact: Artifact, release_id: str, file_n
         finalize = commands.finalize_upload(tmp, stored, artifact.checksum) + " && "
         uploaded = artifact.size
     release_dir = layout.release(release_id)
-    out = host.run(finalize + commands.unpack(stored, release_dir, artifact.checksum, file_name)
-                   + " && " + commands.prune_releases(layout, keep, [*protected, release_id]),
-                   timeout=300, hint="is the artifact a valid tarball, and is there disk space?")
-    return Shipped(release_dir, uploaded, "unpacked" in out.stdout)
+    host.run(finalize + commands.unpack(stored, release_dir, artifact.checksum, file_name)
+             + " && " + commands.prune_releases(layout, keep, [*protected, release_id]),
+             timeout=300, hint="is the artifact a valid tarball, and is there disk space?")
+    return uploaded
 
 
 def has_release(host: Host, layout: Layout, release_id: str) -> bool:

@@ -47,9 +47,6 @@ class State:
     def idle(self) -> str:
         return "green" if self.live == "blue" else "blue"
 
-    def slot(self, name: str) -> SlotRecord:
-        return self.slots[name]
-
     def to_json(self) -> str:
         data = asdict(self)
         data["format"] = STATE_VERSION
