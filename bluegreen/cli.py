@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from bluegreen.automation.cli import add_commands
 from bluegreen.runner import execute
 
+CORE_COMMANDS = ("deploy", "switch", "rollback", "status", "releases", "unlock")
 
-def build_parser() -> argparse.ArgumentParser:
+
+def build_parser(with_automation: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bluegreen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -23,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
                        metavar="KEY=VALUE", help="override a config value (repeatable)")
         if mutating:
             p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
+            p.add_argument("--verbose", action="store_true",
+                           help="with --dry-run: the exact commands under each step")
             p.add_argument("--who", default="", help="name recorded in the lock and history")
 
     p = sub.add_parser("deploy", help="ship a build to the idle slot and switch to it")
@@ -43,16 +46,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("unlock", help="break a stale deploy lock")
     common(p, mutating=False)
     p.add_argument("--who", default="")
-    add_commands(sub)  # serve, poll, jobs, history: the automatic entry points
+    if with_automation:  # serve, poll, jobs...: the automatic entry points
+        from bluegreen.automation.cli import add_commands
+        add_commands(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    # a deploy never loads the automation package: start-up time is part of every switch
+    first = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(with_automation=first not in CORE_COMMANDS).parse_args(argv)
     if hasattr(args, "func"):  # subcommands registered by bluegreen.automation
         return int(args.func(args) or 0)
     return execute(args.command, config=args.config, overrides=args.overrides,
-                   dry_run=getattr(args, "dry_run", False), who=getattr(args, "who", ""),
+                   dry_run=getattr(args, "dry_run", False),
+                   verbose=getattr(args, "verbose", False), who=getattr(args, "who", ""),
                    as_json=getattr(args, "json", False), artifact=getattr(args, "artifact", ""),
                    version=getattr(args, "version", ""), to=getattr(args, "to", ""),
                    history=getattr(args, "history", 10))

@@ -8,72 +8,13 @@ bound every wait by a loop count.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass
 
+from bluegreen.layout import Layout, is_tarball
+
 q = shlex.quote
 POLL = 0.05  # seconds between checks in remote wait loops
-
-TARBALL_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.xz", ".txz", ".tar.bz2", ".tbz2")
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where things live on a host, under {paths.root}/{app}."""
-
-    root: str
-
-    @property
-    def artifacts(self) -> str:
-        return f"{self.root}/artifacts"
-
-    @property
-    def releases(self) -> str:
-        return f"{self.root}/releases"
-
-    def release(self, release_id: str) -> str:
-        return f"{self.releases}/{release_id}"
-
-    def slot_dir(self, slot: str) -> str:
-        return f"{self.root}/slots/{slot}"
-
-    def pidfile(self, slot: str) -> str:
-        return f"{self.slot_dir(slot)}/pid"
-
-    def logfile(self, slot: str) -> str:
-        return f"{self.slot_dir(slot)}/app.log"
-
-    @property
-    def state(self) -> str:
-        return f"{self.root}/state.json"
-
-    @property
-    def history(self) -> str:
-        return f"{self.root}/history.jsonl"
-
-    @property
-    def lock(self) -> str:
-        return f"{self.root}/lock"
-
-
-def is_tarball(name: str) -> bool:
-    return name.lower().endswith(TARBALL_SUFFIXES)
-
-
-def artifact_suffix(name: str) -> str:
-    lower = name.lower()
-    for suffix in TARBALL_SUFFIXES:
-        if lower.endswith(suffix):
-            return suffix
-    return ""
-
-
-def release_id(version: str, checksum: str) -> str:
-    """Same artifact and version -> same id, so re-running a deploy converges on one dir."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", version).strip("._-")[:40]
-    return f"{safe}-{checksum[:12]}" if safe else checksum[:12]
-
 
 # ---------------------------------------------------------------- shell helpers
 
@@ -226,47 +167,20 @@ def list_releases(layout: Layout) -> str:
             f"[ -f \"$d/.bluegreen-release\" ] && echo \"$d $(stat -c %Y \"$d\")\"; done; true")
 
 
+def parse_list_releases(stdout: str) -> list[tuple[str, int]]:
+    """(release id, mtime) per line of what `list_releases` prints, newest first."""
+    rows = []
+    for line in stdout.splitlines():
+        name, _, mtime = line.partition(" ")
+        if name:
+            rows.append((name, int(mtime) if mtime.isdigit() else 0))
+    return rows
 
 
 
 
 
 
-NGINX_LIB = r"""
-bg_accepting_workers() {  # $1=master pid: workers of this master not yet shutting down
-  cat /proc/[0-9]*/stat 2>/dev/null | awk -v m="$1" '{ pid = $1; sub(/^.*\) /, "") }
-    $2 == m && $1 != "Z" { print pid }' | while read -r p; do
-      c=$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)
-      case "$c" in *"shutting down"*|"") ;; *) echo "$p";; esac
-    done
-}
-"""
-
-
-def nginx_reload_and_wait(nginx_command: str, pid_file: str, timeout: float) -> str:
-    """Reload, then wait until every worker that was accepting before has stopped accepting.
-
-    `nginx -s reload` only signals the master. Until the old workers get their turn to
-    shut down, they still accept new connections with the old config; a master that
-    rejects the config (say, a busy listen port) never replaces them at all. Exit 8 when
-    the old generation is still accepting at the deadline.
-    """
-    pf = q(pid_file)
-    return (
-        NGINX_LIB
-        + f"m=$(cat {pf} 2>/dev/null); "
-        + f'if [ -z "$m" ] || [ ! -d "/proc/$m" ]; then echo "nginx master pid file "{pf}'
-        + '" is missing or stale: is nginx running?" >&2; exit 6; fi; '
-        + 'before=" $(bg_accepting_workers "$m" | tr "\n" " ")"; '
-        + f"{nginx_command} -s reload 2>&1 || exit $?; "
-        + f"i=0; while [ $i -lt {_loops(timeout) * 2} ]; do "
-        + 'now=$(bg_accepting_workers "$m"); old=0; '
-        + 'for p in $now; do case "$before" in *" $p "*) old=1;; esac; done; '
-        + '[ $old = 0 ] && [ -n "$now" ] && exit 0; '
-        + f"sleep {POLL / 2}; i=$((i+1)); done; "
-        + 'echo "nginx kept its old workers accepting after the reload: the master did not '
-        + 'apply the new config (see its error log)" >&2; exit 8'
-    )
 
 
 def finalize_upload(tmp: str, final: str, checksum: str) -> str:
@@ -305,5 +219,21 @@ def drain_stop_free(port: int, drain_timeout: float, stop_script: str,
     )
 
 
-def nginx_test(nginx_command: str) -> str:
-    return f"{nginx_command} -t 2>&1"
+STOP_OUTCOMES = ("none", "gone", "stopped", "killed")
+
+
+@dataclass(frozen=True)
+class StopReport:
+    connections_left: int  # still established when the drain timeout expired
+    outcome: str  # none | gone | stopped | killed
+
+
+def parse_drain_stop_free(stdout: str) -> StopReport:
+    """What `drain_stop_free` printed: `drain-left N`, then the stop script's last word."""
+    words = stdout.split()
+    left = 0
+    if "drain-left" in words:
+        after = words.index("drain-left") + 1
+        left = int(words[after]) if after < len(words) and words[after].isdigit() else 0
+    outcome = next((w for w in reversed(words) if w in STOP_OUTCOMES), "stopped")
+    return StopReport(left, outcome)

@@ -22,20 +22,21 @@ def hook_path(cfg: Config, name: str) -> Path:
     return cfg.resolve(cfg.hooks.dir) / name
 
 
-def run_hook(cfg: Config, name: str, env: Mapping[str, str], *, dry_run: bool = False,
-             out: list[str] | None = None) -> bool:
-    """Run hook `name` if it exists. Returns whether it ran; raises when it fails."""
+def check_hook(cfg: Config, name: str) -> Path:
+    """The hook's path; raises when it exists but cannot run (a dry run checks this too)."""
     if name not in HOOK_NAMES:
         raise ValueError(f"unknown hook {name}")
     path = hook_path(cfg, name)
-    if not path.exists():
-        return False
-    if not os.access(path, os.X_OK):
+    if path.exists() and not os.access(path, os.X_OK):
         raise BluegreenError(f"hook {path} exists but is not executable", phase=name,
                              hint=f"chmod +x {path}, or remove it")
-    if dry_run:
-        if out is not None:
-            out.append(f"[local] hook {path}")
+    return path
+
+
+def run_hook(cfg: Config, name: str, env: Mapping[str, str]) -> bool:
+    """Run hook `name` if it exists. Returns whether it ran; raises when it fails."""
+    path = check_hook(cfg, name)
+    if not path.exists():
         return False
     try:
         proc = subprocess.run([str(path)], env={**os.environ, **env}, cwd=cfg.base_dir,

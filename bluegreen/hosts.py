@@ -9,6 +9,7 @@ atomically writes small files, and makes an HTTP GET to a port on that machine's
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import shlex
@@ -26,8 +27,11 @@ from bluegreen import commands, httpwire
 from bluegreen.config import Config, HostSpec
 from bluegreen.errors import BluegreenError, CommandFailed
 from bluegreen.httpwire import HttpReply
+from bluegreen.plan import Plan
 
 log = logging.getLogger("bluegreen.hosts")
+# registered by the modules that prefix scripts with a helper library (commands, routers)
+SHELL_LIBS: list[str] = [commands.SHELL_LIB]
 
 T = TypeVar("T")
 KILL_GRACE = 5  # seconds `timeout` waits after TERM before KILL on a remote command
@@ -63,12 +67,13 @@ class Host(ABC):
         return self.cfg.root_on(self.spec)
 
     def run(self, command: str, *, timeout: float | None = None, check: bool = True,
-            mutates: bool = True, hint: str = "") -> Result:
+            mutates: bool = True, hint: str = "", says: str = "") -> Result:
         """Run `command` under bash, bounded by `timeout` on both ends.
 
-        `mutates` marks commands that change the machine; a dry run prints those instead.
+        `mutates` marks commands that change the machine; a dry run plans those instead,
+        in the words of `says`.
         """
-        del mutates  # used by DryRunHost
+        del mutates, says  # used by DryRunHost
         limit = float(timeout or self.default_timeout)
         wrapped = f"timeout -k {KILL_GRACE} {limit:g} bash -c {shlex.quote(command)}"
         result = self._exec(wrapped, limit + KILL_GRACE + 5)
@@ -462,12 +467,15 @@ class SshHost(Host):
 
 
 class DryRunHost(Host):
-    """Runs reads for real, prints every change instead of making it."""
+    """Reads go to the real host; every change lands in the plan instead, and in an overlay
+    that later reads see: a dry run takes the lock, writes state and checks the lock again
+    exactly as a real run does, without touching the machine."""
 
-    def __init__(self, inner: Host, out: list[str]) -> None:
+    def __init__(self, inner: Host, plan: Plan) -> None:
         super().__init__(inner.spec, inner.cfg)
         self.inner = inner
-        self.out = out
+        self.plan = plan
+        self.overlay: dict[str, str | None] = {}  # path -> planned content (None: removed)
 
     @property
     def phase(self) -> str:  # type: ignore[override]
@@ -478,11 +486,14 @@ class DryRunHost(Host):
         if hasattr(self, "inner"):
             self.inner.phase = value
 
+    def _plan(self, words: str, command: str = "") -> None:
+        self.plan.add(self.label, words, command)
+
     def run(self, command: str, *, timeout: float | None = None, check: bool = True,
-            mutates: bool = True, hint: str = "") -> Result:
+            mutates: bool = True, hint: str = "", says: str = "") -> Result:
         if mutates:
-            shown = command.replace(commands.SHELL_LIB, "")  # the helper functions are noise
-            self.out.append(f"[{self.label}] $ {shown.strip()}")
+            shown = _strip_libs(command).strip()
+            self._plan(says or _short(shown, 100), shown)
             return Result(command, 0, "", "")
         return self.inner.run(command, timeout=timeout, check=check, mutates=False, hint=hint)
 
@@ -490,25 +501,35 @@ class DryRunHost(Host):
         raise AssertionError("DryRunHost delegates run()")
 
     def put(self, local: Path, remote: str) -> None:
-        self.out.append(f"[{self.label}] upload {local} -> {remote}")
+        self._plan(f"upload {local.name} ({local.stat().st_size} bytes) to {remote}")
 
-    # reads go to the real host; every change is printed instead
     def _open(self, path: str, mode: str) -> IO[bytes]:
         if "r" not in mode:
             raise AssertionError("DryRunHost writes through write_atomic/append_line")
+        if path in self.overlay:
+            planned = self.overlay[path]
+            if planned is None:
+                raise FileNotFoundError(path)
+            return io.BytesIO(planned.encode())
         return self.inner._open(path, mode)
 
     def _size(self, path: str) -> int:
+        if path in self.overlay:
+            planned = self.overlay[path]
+            if planned is None:
+                raise FileNotFoundError(path)
+            return len(planned.encode())
         return self.inner._size(path)
 
     def _mkdir(self, path: str) -> None:
-        self.out.append(f"[{self.label}] mkdir {path}")
+        pass
 
-    def _rename(self, src: str, dst: str) -> None:
-        self.out.append(f"[{self.label}] rename {src} -> {dst}")
+    def _rename(self, src: str, dst: str) -> None:  # pragma: no cover - write_atomic overridden
+        raise AssertionError("DryRunHost writes through write_atomic")
 
     def _remove(self, path: str, *, directory: bool = False) -> None:
-        self.out.append(f"[{self.label}] remove {path}")
+        self._plan(f"remove {path}")
+        self.overlay[path] = None
 
     def _chmod(self, path: str, mode: int) -> None:
         pass
@@ -517,22 +538,26 @@ class DryRunHost(Host):
         pass
 
     def mkdir_exclusive(self, path: str) -> bool:
-        self.out.append(f"[{self.label}] mkdir {path} (exclusive)")
+        if self.overlay.get(path) is not None or (path not in self.overlay and self.exists(path)):
+            return False
+        self._plan(f"take {path}")
+        self.overlay[path] = ""
         return True
 
     def write_atomic(self, path: str, content: str, mode: int = 0o644) -> None:
-        self.out.append(f"[{self.label}] write {path} ({len(content)} bytes, mode "
-                        f"{mode:o}, atomic rename)")
+        self._plan(f"write {path} ({len(content)} bytes)")
+        self.overlay[path] = content
 
     def append_line(self, path: str, line: str) -> None:
-        self.out.append(f"[{self.label}] append one line to {path}")
+        self._plan(f"append a line to {path}")
+        self.overlay[path] = (self.read(path) or "") + line.rstrip("\n") + "\n"
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost",
                  method: str = "GET") -> HttpReply:
         if method != "GET":
-            self.out.append(f"[{self.label}] {method} http://{address}:{port}{path}")
-            return HttpReply(200)
+            self._plan(f"{method} http://{address}:{port}{path}")
+            return HttpReply(200, body=b"{}")
         return self.inner.http_get(port, path, timeout=timeout, address=address,
                                    headers=headers, host_header=host_header)
 
@@ -544,10 +569,15 @@ def open_host(spec: HostSpec, cfg: Config) -> Host:
     return LocalHost(spec, cfg) if spec.is_local else SshHost(spec, cfg)
 
 
-def _short(command: str, limit: int = 160) -> str:
-    for lib in (commands.SHELL_LIB, commands.NGINX_LIB):
+def _strip_libs(command: str) -> str:
+    """The shell helper libraries prefixed to scripts are noise in messages and plans."""
+    for lib in SHELL_LIBS:
         command = command.replace(lib, "")
-    one = " ".join(command.split())
+    return command
+
+
+def _short(command: str, limit: int = 160) -> str:
+    one = " ".join(_strip_libs(command).split())
     return one if len(one) <= limit else one[: limit - 3] + "..."
 
 

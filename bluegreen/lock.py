@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from bluegreen.commands import Layout
 from bluegreen.errors import BluegreenError, LockHeld
 from bluegreen.hosts import Host
+from bluegreen.layout import Layout
 
 log = logging.getLogger("bluegreen.lock")
 

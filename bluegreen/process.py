@@ -15,10 +15,11 @@ import shlex
 from abc import ABC, abstractmethod
 
 from bluegreen import commands
-from bluegreen.commands import Layout, q
+from bluegreen.commands import q
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Host
+from bluegreen.layout import Layout
 
 
 def app_env(cfg: Config, slot: str, release_dir: str, version: str) -> dict[str, str]:
@@ -76,7 +77,8 @@ class PlainBackend(Backend):
                           mode=0o600)
         host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
                  + commands.plain_start(layout, slot, release_dir, cmd), timeout=30,
-                 hint="check the start command and that the release unpacked")
+                 hint="check the start command and that the release unpacked",
+                 says=f"start {release_dir} in slot {slot} (port {self.cfg.port_of(slot)})")
 
     def stop_script(self, host: Host, slot: str) -> str:
         return commands.plain_stop(self.layout(host), slot, self.cfg.process.stop_timeout)
@@ -182,7 +184,8 @@ class SupervisorBackend(Backend):
         out = host.run(commands.link_slot_release(self.layout(host), slot, release_dir) + "; "
                        f"{self.ctl('reread')} >/dev/null 2>&1; "
                        f"{self.ctl('update', prog)} 2>&1 || echo \"ERROR: supervisorctl update "
-                       f"exited $?\"; {self.ctl('start', prog)} 2>&1 || true", timeout=60).stdout
+                       f"exited $?\"; {self.ctl('start', prog)} 2>&1 || true", timeout=60,
+                       says=f"supervisorctl update and start {self.program(slot)}").stdout
         bad = [line for line in out.splitlines()
                if ("ERROR" in line or line.startswith("error:"))
                and "already started" not in line]
@@ -262,7 +265,8 @@ class SystemdBackend(Backend):
                           self.env_file(slot, release_dir, version, artifact_name), mode=0o600)
         host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
                  f"systemctl daemon-reload && systemctl restart {q(self.unit_name(slot))}",
-                 timeout=60, hint=f"see `journalctl -u {self.unit_name(slot)}` on the host")
+                 timeout=60, hint=f"see `journalctl -u {self.unit_name(slot)}` on the host",
+                 says=f"systemctl restart {self.unit_name(slot)}")
 
     def stop_script(self, host: Host, slot: str) -> str:
         # exit 5: the unit was never loaded (first deploy to this slot): nothing to stop

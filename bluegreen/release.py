@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bluegreen import commands
-from bluegreen.commands import Layout
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Host
+from bluegreen.layout import Layout, artifact_suffix
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Artifact:
     @property
     def stored_name(self) -> str:
         """Content-addressed on the host: the same bytes are never uploaded twice."""
-        return self.checksum + commands.artifact_suffix(self.name)
+        return self.checksum + artifact_suffix(self.name)
 
 
 def inspect(path: Path) -> Artifact:
@@ -68,7 +68,8 @@ def ship(host: Host, layout: Layout, artifact: Artifact, release_id: str, file_n
     release_dir = layout.release(release_id)
     host.run(finalize + commands.unpack(stored, release_dir, artifact.checksum, file_name)
              + " && " + commands.prune_releases(layout, keep, [*protected, release_id]),
-             timeout=300, hint="is the artifact a valid tarball, and is there disk space?")
+             timeout=300, hint="is the artifact a valid tarball, and is there disk space?",
+             says=f"verify, unpack into {release_dir}, prune old releases")
     return uploaded
 
 
@@ -78,9 +79,4 @@ def has_release(host: Host, layout: Layout, release_id: str) -> bool:
 
 def list_releases(host: Host, layout: Layout) -> list[tuple[str, int]]:
     out = host.run(commands.list_releases(layout), timeout=30, mutates=False).stdout
-    rows = []
-    for line in out.splitlines():
-        name, _, mtime = line.partition(" ")
-        if name:
-            rows.append((name, int(mtime or 0)))
-    return rows
+    return commands.parse_list_releases(out)

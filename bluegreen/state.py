@@ -13,9 +13,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bluegreen.commands import Layout
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Host
+from bluegreen.layout import Layout
 
 STATE_VERSION = 1
 

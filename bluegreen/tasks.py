@@ -15,7 +15,8 @@ from bluegreen.runner import execute
 COMMON_HELP = {
     "config": "bluegreen.toml to use (default: ./bluegreen.toml or $BLUEGREEN_CONFIG)",
     "set_": "override a config value, e.g. --set health.timeout=90 (repeatable)",
-    "dry_run": "print the plan and the commands; change nothing",
+    "dry_run": "print the plan, one line per change; change nothing",
+    "verbose": "with --dry-run: the exact commands under each step",
     "who": "name recorded in the lock and history (default: Jenkins job or user@host)",
 }
 
@@ -30,29 +31,33 @@ def _finish(rc: int) -> None:
 
 
 @task(iterable=["set_"], help=_help(
-    "config", "set_", "dry_run", "who",
+    "config", "set_", "dry_run", "verbose", "who",
     artifact="the build to ship: a jar, a binary, or a tarball with a runner",
     version="version label for this release (default: $GIT_COMMIT)"))
 def deploy(c: Context, artifact: str = "", version: str = "", config: str = "",
-           set_: list[str] | None = None, dry_run: bool = False, who: str = "") -> None:
+           set_: list[str] | None = None, dry_run: bool = False, verbose: bool = False,
+           who: str = "") -> None:
     """Ship a build to the idle slot, health-check it, and switch traffic to it."""
-    _finish(execute("deploy", config=config, overrides=set_, dry_run=dry_run, who=who,
+    _finish(execute("deploy", config=config, overrides=set_, dry_run=dry_run, verbose=verbose,
+                    who=who,
                     artifact=artifact, version=version))
 
 
-@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "who",
+@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "verbose", "who",
                                     to="blue or green (default: the idle slot)"))
 def switch(c: Context, to: str = "", config: str = "", set_: list[str] | None = None,
-           dry_run: bool = False, who: str = "") -> None:
+           dry_run: bool = False, verbose: bool = False, who: str = "") -> None:
     """Flip traffic to the other slot (health-checked first)."""
-    _finish(execute("switch", config=config, overrides=set_, dry_run=dry_run, who=who, to=to))
+    _finish(execute("switch", config=config, overrides=set_, dry_run=dry_run, verbose=verbose,
+                    who=who, to=to))
 
 
-@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "who"))
+@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "verbose", "who"))
 def rollback(c: Context, config: str = "", set_: list[str] | None = None,
-             dry_run: bool = False, who: str = "") -> None:
+             dry_run: bool = False, verbose: bool = False, who: str = "") -> None:
     """Go back to the previous release: instant while its slot is warm."""
-    _finish(execute("rollback", config=config, overrides=set_, dry_run=dry_run, who=who))
+    _finish(execute("rollback", config=config, overrides=set_, dry_run=dry_run,
+                    verbose=verbose, who=who))
 
 
 @task(iterable=["set_"], help=_help("config", "set_", json="machine-readable output",

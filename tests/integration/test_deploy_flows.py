@@ -178,7 +178,16 @@ def test_dry_run_changes_nothing(project: Project) -> None:
     state = (project.dir / "srv" / "demo" / "state.json").read_text()
     out = project.deploy("v2", "--dry-run").stdout
     assert "DRY RUN: nothing was changed" in out
-    assert "upload" in out and "setsid" in out and "-s reload" in out
+    plan = out.split("DRY RUN: nothing was changed")[1]
+    # one line per step in words, true to the mode; the commands only under --verbose
+    assert "upload demo-v2.tar.gz" in plan and "start " in plan and "setsid" not in plan
+    if project.mode == "lua":
+        assert "/bluegreen/live?port=" in plan and "-s reload" not in plan
+    else:
+        assert "reload nginx" in plan
+    verbose = project.deploy("v2", "--dry-run", "--verbose").stdout
+    assert "upload" in verbose and "setsid" in verbose
+    assert ("-s reload" in verbose) == (project.mode == "reload")
     assert (project.dir / "srv" / "demo" / "state.json").read_text() == state
     assert project.front_version() == "v1"
     assert not list((project.dir / "srv" / "demo" / "releases").glob("v2-*"))

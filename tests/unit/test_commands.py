@@ -1,8 +1,8 @@
 import subprocess
 from pathlib import Path
 
-from bluegreen import commands
-from bluegreen.commands import Layout
+from bluegreen import commands, layout
+from bluegreen.layout import Layout
 
 NASTY = "v1; touch /tmp/bluegreen-pwned $(id) `id` 'q' \"dq\""
 
@@ -13,17 +13,17 @@ def run(script: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_release_id_is_stable_and_filesystem_safe() -> None:
-    rid = commands.release_id(NASTY, "ab" * 32)
-    assert rid == commands.release_id(NASTY, "ab" * 32)
+    rid = layout.release_id(NASTY, "ab" * 32)
+    assert rid == layout.release_id(NASTY, "ab" * 32)
     assert rid.endswith("-abababababab")
     assert all(c.isalnum() or c in "._-" for c in rid)
-    assert commands.release_id("", "cd" * 32) == "cd" * 6
+    assert layout.release_id("", "cd" * 32) == "cd" * 6
 
 
 def test_tarball_detection() -> None:
-    assert commands.is_tarball("app-1.2.tar.gz") and commands.is_tarball("x.TGZ")
-    assert not commands.is_tarball("app.jar")
-    assert commands.artifact_suffix("a.tar.xz") == ".tar.xz"
+    assert layout.is_tarball("app-1.2.tar.gz") and layout.is_tarball("x.TGZ")
+    assert not layout.is_tarball("app.jar")
+    assert layout.artifact_suffix("a.tar.xz") == ".tar.xz"
 
 
 def test_env_file_values_are_data_not_code(tmp_path: Path) -> None:

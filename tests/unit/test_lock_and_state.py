@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 
 from bluegreen import config, lock
-from bluegreen.commands import Layout
 from bluegreen.errors import LockHeld
 from bluegreen.hosts import LocalHost
+from bluegreen.layout import Layout
 from bluegreen.state import State, append_history, read_history, read_state, write_state
 
 

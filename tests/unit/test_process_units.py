@@ -24,10 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from bluegreen.commands import Layout, env_file
+from bluegreen.commands import env_file
 from bluegreen.config import Config, HostSpec, from_dict
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import LocalHost
+from bluegreen.layout import Layout
 from bluegreen.process import (
     PlainBackend,
     SupervisorBackend,

@@ -1,0 +1,265 @@
+"""The phases the flows are made of. Each is a small function over one Run.
+
+deploy.py lists them per flow; run.py runs them and handles failure once for all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from bluegreen import release, render
+from bluegreen.errors import BluegreenError
+from bluegreen.layout import release_id
+from bluegreen.run import Run
+from bluegreen.state import SlotRecord
+from bluegreen.traffic import TrafficChange
+
+# ---------------------------------------------------------------- taking hold
+
+
+def inspect(run: Run, path: Path, version: str) -> str:
+    art = release.inspect(path)
+    run.artifact = art
+    run.version = version or run.ledger.who.commit[:12]
+    run.release_id = release_id(run.version, art.checksum)
+    run.artifact_name = run.cfg.artifact_name or art.name
+    o = run.outcome
+    o.version, o.release, o.checksum = run.version, run.release_id, art.checksum
+    return f"{art.size} bytes sha256 {art.checksum[:12]}"
+
+
+def lock(run: Run) -> None:
+    run.stack.enter_context(run.ledger.locked(run.outcome.action))
+
+
+def read_state(run: Run) -> None:
+    run.state = run.ledger.read_state()
+
+
+def check_consistency(run: Run) -> None:
+    """Recorded state and what every router routes to must agree before we change anything."""
+    state = run.live
+    for router in run.routers:
+        routed = router.routed()
+        if routed.slot != state.live or routed.file_slot != state.live:
+            where = (f"routes to {routed.slot or '(no bluegreen config)'}"
+                     if routed.slot == routed.file_slot
+                     else f"routes to {routed.slot} while its file {router.target} says "
+                          f"{routed.file_slot}")
+            raise BluegreenError(
+                f"state says live slot is {state.live or '(none)'} but nginx on {router.label} "
+                f"{where}", host=router.label, phase="state",
+                hint="someone changed nginx by hand or a switch was interrupted: run "
+                     f"`fab switch --to {routed.slot or state.live or 'blue'}` to converge")
+
+
+# ---------------------------------------------------------------- deploy: prepare the idle slot
+
+
+def plan_deploy(run: Run) -> None:
+    """State, consistency, and the target: the idle slot. A template error stops us before
+    anything is uploaded or stopped."""
+    read_state(run)
+    check_consistency(run)
+    state = run.live
+    run.target = state.idle
+    render.render(run.cfg, run.target, run.release_id, run.version)
+    run.outcome.from_slot, run.outcome.to_slot = state.live, run.target
+
+
+def announce_deploy(run: Run) -> None:
+    cfg, state = run.cfg, run.live
+    run.report.say(f"=== deploy {cfg.app} {run.version or run.release_id} -> {run.target} (port "
+                   f"{cfg.port_of(run.target)}), live now: {state.live or 'nothing'}; "
+                   f"{len(cfg.hosts.app)} app host(s), {len(cfg.traffic_hosts)} traffic host(s)")
+
+
+def upload(run: Run) -> str:
+    """Ship the artifact to every app host, then record the idle slot's new content before
+    touching it: whatever happens from here on (a failure, Ctrl-C, a vetoing pre-switch
+    hook), state never claims the idle slot still holds its old release, so rollback never
+    trusts a slot that was reused."""
+    state, art, fleet = run.live, run.artifact, run.fleet
+    assert art is not None
+    # never prune what a slot holds, nor what rollback would go back to
+    protected = [r.release for r in (*state.slots.values(), state.previous_release)
+                 if r.release]
+    sent = sum(fleet.on_all(fleet.app_hosts, "upload", lambda h: release.ship(
+        h, fleet.layout(h), art, run.release_id, run.artifact_name, run.cfg.keep_releases,
+        protected)))
+    run.outcome.uploaded_bytes = sent
+    state.slots[run.target] = SlotRecord(release=run.release_id, version=run.version,
+                                         checksum=art.checksum, artifact=run.artifact_name,
+                                         deployed_at=time.time(), status="starting")
+    run.ledger.save_state(state)
+    return f"{sent} bytes sent" + ("" if sent else " (already on every host)")
+
+
+def stop_target(run: Run) -> str:
+    return run.slots.stop(run.target)
+
+
+def start_target(run: Run) -> None:
+    run.slots.start(run.target, run.release_id, run.version, run.artifact_name)
+
+
+def wait_target_healthy(run: Run) -> str:
+    report = run.slots.wait_healthy(run.target)
+    run.outcome.health_seconds = round(report.elapsed, 3)
+    return f"healthy after {report.elapsed:.3f}s ({report.probes} probes)"
+
+
+def abandon_new_release(run: Run, exc: BluegreenError) -> None:
+    """The new release did not come up: show its log, stop it, say traffic was not moved."""
+    state, slot = run.live, run.target
+    exc.what += "\n" + run.slots.last_logs(slot)
+    with run.report.phase("stop", f"failed release in slot {slot}"):
+        run.slots.stop_quietly(slot)
+    state.slots[slot].status = "failed"
+    run.ledger.save_state(state, failing=True)
+    exc.hint = f"traffic was NOT switched: it stays on {state.live or 'nothing'}. " + exc.hint
+
+
+def mark_vetoed(run: Run, exc: BluegreenError) -> None:
+    run.live.slots[run.target].status = "vetoed"  # healthy, but not to be switched to
+    run.ledger.save_state(run.live, failing=True)
+
+
+# ---------------------------------------------------------------- switch and rollback: choose
+
+
+def choose_switch_target(run: Run, to: str) -> None:
+    state = run.live
+    if not to:
+        check_consistency(run)  # an explicit --to is how you converge
+        if not state.live:
+            raise BluegreenError("nothing is live yet", phase="switch",
+                                 hint="run `fab deploy` first")
+    run.target = to or state.idle
+    rec = state.slots[run.target]
+    o = run.outcome
+    o.from_slot, o.to_slot, o.release, o.version = state.live, run.target, rec.release, \
+        rec.version
+    run.release_id, run.version = rec.release, rec.version
+
+
+def choose_rollback_target(run: Run) -> None:
+    check_consistency(run)
+    state = run.live
+    back_to = state.previous_release
+    if not state.live or not back_to.release:
+        raise BluegreenError("there is no previous release to roll back to",
+                             phase="rollback", hint="`fab status` shows the history")
+    run.target = state.idle
+    o = run.outcome
+    o.from_slot, o.to_slot, o.release, o.version = state.live, run.target, back_to.release, \
+        back_to.version
+    o.rolled_back_release = state.slots[state.live].release
+    run.release_id, run.version = back_to.release, back_to.version
+
+
+def restart_if_cold(run: Run) -> None:
+    """Rollback is instant while the previous release still runs warm in the idle slot. If
+    that slot was reused since (say, by a failed deploy), start the previous release again
+    from its release dir, which keep_releases retains."""
+    state, slot = run.live, run.target
+    back_to, held = state.previous_release, state.slots[slot]
+    if (held.release == back_to.release and held.status == "running"
+            and not run.slots.not_running_on(slot)):
+        return
+    state.slots[slot] = dataclasses.replace(back_to, status="starting")
+    fleet = run.fleet
+    missing = [h.label for h in fleet.app_hosts
+               if not release.has_release(h, fleet.layout(h), back_to.release)]
+    if missing:
+        raise BluegreenError(f"release {back_to.release} is no longer on {', '.join(missing)}",
+                             phase="rollback", host=",".join(missing),
+                             hint="deploy that version again with `fab deploy`")
+    run.ledger.save_state(state)  # the slot is about to change hands: say so first
+    with run.report.phase("stop", f"drain and stop slot {slot}"):
+        run.slots.stop(slot)
+    with run.report.phase("start", f"{back_to.release} again in slot {slot}"):
+        run.slots.start(slot, back_to.release, back_to.version,
+                        run.cfg.artifact_name or back_to.artifact)
+    state.slots[slot].status = "running"
+
+
+def check_target_ready(run: Run) -> None:
+    """Only a slot whose deploy finished may take traffic; a template error stops us here."""
+    rec = run.live.slots[run.target]
+    if not rec.release:
+        raise BluegreenError(f"slot {run.target} has never held a release", phase="switch",
+                             hint="run `fab deploy` first")
+    if rec.status != "running":
+        raise BluegreenError(
+            f"slot {run.target} holds {rec.version or rec.release}, whose deploy did not "
+            f"finish (status: {rec.status})", phase="switch",
+            hint="traffic was not touched; `fab deploy` again, or `fab rollback` to "
+                 "restart the previous release")
+    render.render(run.cfg, run.target, rec.release, rec.version)
+
+
+def check_target_healthy(run: Run) -> str:
+    down = run.slots.not_running_on(run.target)
+    if down:
+        rec = run.live.slots[run.target]
+        raise BluegreenError(
+            f"slot {run.target} ({rec.release}) is not running on {', '.join(down)}",
+            phase="switch", host=",".join(down),
+            hint="traffic was not touched; `fab rollback` restarts the previous "
+                 "release, or `fab deploy` ships a new one")
+    return wait_target_healthy(run)
+
+
+# ---------------------------------------------------------------- moving traffic
+
+
+def switch_traffic(run: Run) -> None:
+    run.ledger.ensure_still_locked()
+    rec = run.live.slots[run.target]
+    run.change = TrafficChange(run.cfg, run.routers, run.target, rec.release, rec.version)
+    run.change.apply()
+
+
+def verify_traffic(run: Run) -> str:
+    assert run.change is not None
+    run.change.verify()
+    return f"answers from {run.target} in {run.change.verified_in:.3f}s"
+
+
+def keep_new_release_idle(run: Run, exc: BluegreenError) -> None:
+    """The switch failed and was undone: the new release keeps running, idle."""
+    state = run.live
+    state.slots[run.target].status = "running"
+    run.ledger.save_state(state, failing=True)
+    exc.hint = (f"{exc.hint}. Traffic stays on {state.live or 'nothing'}; the new "
+                f"release keeps running idle in {run.target}: fix, then `fab switch` "
+                "or `fab deploy` again")
+
+
+def record_live(run: Run) -> None:
+    """Commit: state says the target is live; the traffic change has nothing left to undo."""
+    state, target = run.live, run.target
+    if state.live and state.live != target:
+        state.previous = state.live
+        state.previous_release = dataclasses.replace(state.slots[state.live])
+    state.live = target
+    state.slots[target].status = "running"
+    run.ledger.save_state(state)
+    if run.change is not None:
+        run.change.commit()
+
+
+def hook(name: str) -> object:
+    def run_it(run: Run) -> None:
+        run.ledger.run_hook(name, run.hook_env())
+    return run_it
+
+
+def check_slot_name(to: str) -> None:
+    if to and to not in ("blue", "green"):
+        raise BluegreenError(f"--to must be blue or green, not {to!r}", phase="switch",
+                             hint="use --to blue or --to green, or leave it out to switch "
+                                  "to the idle slot")

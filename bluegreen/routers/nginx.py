@@ -1,0 +1,163 @@
+"""What both nginx drivers share: `nginx -t`, a reload that waits for the old workers, the
+front-door check, the error-log scan, and putting the previous file back.
+
+Each shell command here sits next to the code that reads its output.
+"""
+
+from __future__ import annotations
+
+import time
+
+from bluegreen import hosts
+from bluegreen.commands import POLL, q
+from bluegreen.errors import BluegreenError
+from bluegreen.hosts import Result
+from bluegreen.render import SLOT_HEADER, front_door, template_path
+from bluegreen.routers.base import Applied, ConfigRejected, Router
+
+NGINX_LIB = r"""
+bg_accepting_workers() {  # $1=master pid: workers of this master not yet shutting down
+  cat /proc/[0-9]*/stat 2>/dev/null | awk -v m="$1" '{ pid = $1; sub(/^.*\) /, "") }
+    $2 == m && $1 != "Z" { print pid }' | while read -r p; do
+      c=$(tr '\0' ' ' < "/proc/$p/cmdline" 2>/dev/null)
+      case "$c" in *"shutting down"*|"") ;; *) echo "$p";; esac
+    done
+}
+"""
+
+
+def nginx_reload_and_wait(nginx_command: str, pid_file: str, timeout: float) -> str:
+    """Reload, then wait until every worker that was accepting before has stopped accepting.
+
+    `nginx -s reload` only signals the master. Until the old workers get their turn to
+    shut down, they still accept new connections with the old config; a master that
+    rejects the config (say, a busy listen port) never replaces them at all. Exit 8 when
+    the old generation is still accepting at the deadline.
+    """
+    pf = q(pid_file)
+    return (
+        NGINX_LIB
+        + f"m=$(cat {pf} 2>/dev/null); "
+        + f'if [ -z "$m" ] || [ ! -d "/proc/$m" ]; then echo "nginx master pid file "{pf}'
+        + '" is missing or stale: is nginx running?" >&2; exit 6; fi; '
+        + 'before=" $(bg_accepting_workers "$m" | tr "\n" " ")"; '
+        + f"{nginx_command} -s reload 2>&1 || exit $?; "
+        + f"i=0; while [ $i -lt {max(1, int(timeout / POLL)) * 2} ]; do "
+        + 'now=$(bg_accepting_workers "$m"); old=0; '
+        + 'for p in $now; do case "$before" in *" $p "*) old=1;; esac; done; '
+        + '[ $old = 0 ] && [ -n "$now" ] && exit 0; '
+        + f"sleep {POLL / 2}; i=$((i+1)); done; "
+        + 'echo "nginx kept its old workers accepting after the reload: the master did not '
+        + 'apply the new config (see its error log)" >&2; exit 8'
+    )
+
+
+
+def nginx_test(nginx_command: str) -> str:
+    return f"{nginx_command} -t 2>&1"
+
+hosts.SHELL_LIBS.append(NGINX_LIB)
+TEST_REJECTED = 10  # exit code of a combined test-and-reload whose test failed
+
+
+def test_rejection(result: Result) -> str:
+    """The last lines of what `nginx -t` said."""
+    return "\n    ".join(result.stdout.strip().splitlines()[-6:])
+
+
+def reload_failure(result: Result) -> str:
+    detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+    return "nginx reload did not take: " + " / ".join(detail)
+
+
+class NginxRouter(Router):
+    """nginx with a rendered file; subclasses decide how a change takes effect."""
+
+    def _reload_script(self) -> str:
+        n = self.cfg.nginx
+        return nginx_reload_and_wait(n.command, n.pid_file, n.verify_timeout)
+
+    def reload(self) -> None:
+        result = self.host.run(self._reload_script(), timeout=self.cfg.nginx.verify_timeout + 30,
+                               check=False, says="reload nginx, wait for its old workers")
+        if not result.ok:
+            raise BluegreenError(reload_failure(result), host=self.label, phase="switch",
+                                 hint="check the nginx error log and nginx.pid_file")
+
+    def test(self, applied: Applied, *, and_apply: bool = False) -> None:
+        script = nginx_test(self.cfg.nginx.command)
+        says = "test the new config with nginx -t"
+        if and_apply:
+            script = f"{script} || exit {TEST_REJECTED}; " + self._reload_script()
+            says = "test the new config with nginx -t, then reload nginx (waits for old workers)"
+            applied.reloaded = True
+        result = self.host.run(script, timeout=self.cfg.nginx.verify_timeout + 30, check=False,
+                               says=says)
+        if result.rc == TEST_REJECTED or (not and_apply and not result.ok):
+            self.restore(Applied(applied.previous))
+            raise ConfigRejected(
+                "nginx -t rejected the rendered config:\n    " + test_rejection(result),
+                host=self.label, phase="switch",
+                hint=f"the previous {self.target} is back and nginx was not reloaded; fix "
+                     f"{template_path(self.cfg)} and re-run")
+        if not result.ok:
+            raise BluegreenError(reload_failure(result), host=self.label, phase="switch",
+                                 hint="check the nginx error log and nginx.pid_file")
+
+    def verify(self, applied: Applied, slot: str) -> float:
+        took = self.wait_front_door(slot)
+        self.check_error_log(applied.log_offset)
+        return took
+
+    def wait_front_door(self, slot: str) -> float:
+        """Wait until the front door answers from `slot` with a healthy status."""
+        cfg = self.cfg
+        addr, port = front_door(cfg.nginx.listen)
+        start = time.monotonic()
+        deadline = start + cfg.nginx.verify_timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            answered, last = self.probe_front_door()
+            if answered == slot and last.startswith(f"HTTP {cfg.health.status} "):
+                return time.monotonic() - start
+            time.sleep(0.01)
+        raise BluegreenError(
+            f"after the switch, {addr}:{port}{cfg.verify_path} did not answer from slot {slot} "
+            f"within {cfg.nginx.verify_timeout:g}s (last: {last})", host=self.label,
+            phase="verify",
+            hint="check the nginx error log; the template must keep the X-Bluegreen-Slot header")
+
+    def probe_front_door(self) -> tuple[str, str]:
+        """(slot that answered, or "", what happened) for one request through the front
+        door: the router's view as a client sees it."""
+        cfg = self.cfg
+        addr, port = front_door(cfg.nginx.listen)
+        server_name = cfg.nginx.server_name if cfg.nginx.server_name not in ("_", "") \
+            else "localhost"
+        try:
+            reply = self.host.http_get(port, cfg.verify_path, timeout=2.0, address=addr,
+                                       host_header=server_name.split()[0])
+        except (OSError, ValueError, EOFError) as exc:
+            return "", f"{type(exc).__name__}: {exc}"
+        answered = reply.header(SLOT_HEADER) or ""
+        return answered, (f"HTTP {reply.status} from slot "
+                          f"{answered or '(no X-Bluegreen-Slot header)'}")
+
+    def check_error_log(self, offset: int) -> None:
+        """A master can reject a config that passed -t (a busy listen port): only the log
+        says so."""
+        log = self.cfg.nginx.error_log
+        if not log:
+            return
+        new = self.host.read(log, offset=offset, limit=256 * 1024) or ""
+        bad = [line for line in new.splitlines() if "[emerg]" in line or "[alert]" in line]
+        if bad:
+            raise BluegreenError("nginx logged errors while applying the new config:\n    "
+                                 + "\n    ".join(bad[-5:]), host=self.label, phase="verify",
+                                 hint=f"see {log}")
+
+    def put_back_file(self, applied: Applied) -> None:
+        if applied.previous is None:
+            self.host.remove(self.target)
+        else:
+            self.host.write_atomic(self.target, applied.previous)

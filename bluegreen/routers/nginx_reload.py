@@ -1,0 +1,32 @@
+"""nginx, switched by re-rendering the file and reloading: works on any nginx.
+
+On nginx < 1.27.4 a reload closes idle client keep-alive connections at once, so a client
+may see a reset (README, "Switch modes"). Cannot count in-flight requests: draining is by
+established connections on the app hosts.
+"""
+
+from __future__ import annotations
+
+from bluegreen.render import parse_marker
+from bluegreen.routers.base import Applied, Routed
+from bluegreen.routers.nginx import NginxRouter
+
+
+class NginxReloadRouter(NginxRouter):
+    kind = "reload"
+    tests_and_applies_at_once = True
+
+    def apply(self, applied: Applied, slot: str, shape: str) -> None:
+        applied.reloaded = True  # before the call: a lost reply may still have applied it
+        self.reload()
+
+    def restore(self, applied: Applied) -> None:
+        self.put_back_file(applied)
+        if applied.reloaded:
+            self.host.run(self._reload_script(), timeout=self.cfg.nginx.verify_timeout + 30,
+                          check=False, says="reload nginx with the previous file")
+
+    def routed(self) -> Routed:
+        marker = parse_marker(self.installed())
+        slot = marker.slot if marker else ""
+        return Routed(slot, slot, "from the installed file")

@@ -1,0 +1,145 @@
+"""One run of a flow: the typed object every phase works on, and the loop that runs phases.
+
+Failure handling lives here once, not in every phase: a phase that fails gets its own
+`on_failure` (say, stop the new slot), a traffic change still pending is undone, the failure
+is recorded in history and the on-failure hook runs; then the error goes to the user.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from bluegreen.config import Config
+from bluegreen.errors import BluegreenError
+from bluegreen.fleet import Fleet
+from bluegreen.ledger import Ledger
+from bluegreen.release import Artifact
+from bluegreen.report import Reporter
+from bluegreen.routers import Router, router_for
+from bluegreen.slots import Slots
+from bluegreen.state import State
+from bluegreen.traffic import TrafficChange
+
+
+@dataclass
+class Outcome:
+    """What a run did, as recorded in history (unset fields are left out)."""
+
+    action: str
+    version: str | None = None
+    release: str | None = None
+    checksum: str | None = None
+    from_slot: str | None = None
+    to_slot: str | None = None
+    rolled_back_release: str | None = None
+    uploaded_bytes: int | None = None
+    health_seconds: float | None = None
+    result: str | None = None
+    phase: str | None = None
+    error: str | None = None
+    failed_host: str | None = None
+    seconds: float | None = None
+
+    def entry(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+@dataclass
+class Run:
+    cfg: Config
+    fleet: Fleet
+    ledger: Ledger
+    report: Reporter
+    outcome: Outcome
+    began: float = field(default_factory=time.monotonic)
+    stack: ExitStack = field(default_factory=ExitStack)  # what the run holds: the lock
+    state: State | None = None
+    target: str = ""  # the slot traffic moves to
+    artifact: Artifact | None = None
+    release_id: str = ""
+    version: str = ""
+    artifact_name: str = ""
+    change: TrafficChange | None = None
+    _routers: list[Router] | None = None
+
+    @property
+    def routers(self) -> list[Router]:
+        if self._routers is None:
+            self._routers = [router_for(self.cfg, h) for h in self.fleet.traffic_hosts]
+        return self._routers
+
+    @property
+    def slots(self) -> Slots:
+        return Slots(self.cfg, self.fleet, self.routers, self.report)
+
+    @property
+    def live(self) -> State:
+        """The state read in the `state` phase (phases after it may rely on it)."""
+        assert self.state is not None, "the state phase runs first"
+        return self.state
+
+    def hook_env(self) -> dict[str, str]:
+        return self.ledger.hook_env(self.outcome.action, self.target, self.release_id,
+                                    self.version)
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self.began, 3)
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    fn: Callable[[Run], str | None]  # may return a note for the phase's closing line
+    detail: Callable[[Run], str] | None = None  # the opening line; None: no lines at all
+    observes: bool = False  # only watches effects: a dry run puts it in the plan instead
+    on_failure: Callable[[Run, BluegreenError], None] | None = None
+    hook: str = ""  # a user hook: shown and run only when it exists
+
+
+def run_phase(run: Run, phase: Phase) -> None:
+    if phase.hook and not run.ledger.has_hook(phase.hook):
+        return
+    if phase.detail is None:
+        phase.fn(run)
+        return
+    with run.report.phase(phase.name, phase.detail(run)) as note:
+        if phase.observes and run.fleet.plan is not None:
+            run.fleet.plan.add("all", f"{phase.name}: {phase.detail(run)}")
+            return
+        note.text = phase.fn(run) or ""
+
+
+def perform(run: Run, phases: list[Phase], summary: Callable[[Run], str]) -> Outcome:
+    """Run the phases in order; on any failure undo what is pending, record, re-raise."""
+    with run.stack:
+        current = phases[0]
+        try:
+            for current in phases:
+                run_phase(run, current)
+        except BaseException as exc:
+            restored = run.change.undo() if run.change is not None else ""
+            if isinstance(exc, BluegreenError):
+                if restored:
+                    exc.hint = (exc.hint + "; " if exc.hint else "") + restored
+                if current.on_failure is not None:
+                    current.on_failure(run, exc)
+                _record_failure(run, exc)
+            raise
+        run.outcome.result, run.outcome.seconds = "ok", run.elapsed()
+        run.ledger.record(run.outcome.entry())
+    run.report.say(("(dry run) " if run.fleet.dry_run else "") + summary(run))
+    return run.outcome
+
+
+def _record_failure(run: Run, exc: BluegreenError) -> None:
+    if run.ledger.owner is None:
+        return  # nothing was changed before the lock, and history is the lock holder's
+    o = run.outcome
+    o.result, o.phase, o.error, o.failed_host = "failed", exc.phase, exc.what, exc.host
+    o.seconds = run.elapsed()
+    run.ledger.record(o.entry())
+    run.ledger.on_failure(exc, run.hook_env())
