@@ -232,7 +232,10 @@ def make_workspace(dest: Path) -> str:
                             timeout=30, check=True).stdout.decode().split("\0")
     for name in filter(None, listed):
         source = ROOT / name
-        if source.is_file():  # listed but deleted meanwhile: not in the checkout either
+        if source.is_symlink():  # git checks a link out as a link (bluegreen/templates)
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            (dest / name).symlink_to(os.readlink(source))
+        elif source.is_file():  # listed but deleted meanwhile: not in the checkout either
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, dest / name)
     (dest / ".venv").symlink_to(VENV, target_is_directory=True)

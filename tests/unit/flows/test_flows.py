@@ -1,0 +1,264 @@
+"""The flows against recording fake hosts: which phases run, in which order, and which
+changes they make, for deploy, switch, rollback and each failure path. No process, no
+network: milliseconds."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from bluegreen import config, deploy
+from bluegreen.errors import BluegreenError
+from bluegreen.fleet import Fleet
+from bluegreen.ledger import Ledger, Who
+from bluegreen.plan import Plan
+from bluegreen.report import Reporter
+from bluegreen.run import Outcome, Run
+from bluegreen.testing import FakeWorld
+
+TARGET = "/etc/nginx/conf.d/demo.conf"
+
+
+def make_cfg(tmp_path: Path, **nginx: object) -> config.Config:
+    return config.from_dict({
+        "app": "demo", "start": "{release}/bin/runner {port}",
+        "paths": {"root": "/srv"},
+        "health": {"timeout": 0.5, "interval": 0.01},
+        "nginx": {"target": TARGET, "listen": "80", "verify_timeout": 0.3,
+                  "drain_timeout": 0.1, **nginx},
+        "hooks": {"dir": str(tmp_path / "hooks")},
+    })
+
+
+def artifact(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        data = f"#!/bin/sh\necho {name}\n".encode()
+        info = tarfile.TarInfo("bin/runner")
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, **nginx: object) -> None:
+        self.tmp_path = tmp_path
+        self.cfg = make_cfg(tmp_path, **nginx)
+        self.world = FakeWorld()
+        self.out = io.StringIO()
+
+    def run(self, action: str, *, dry_run: bool = False) -> Run:
+        self.world.log.clear()
+        self.out = io.StringIO()
+        fleet = Fleet(self.cfg, plan=Plan() if dry_run else None, opener=self.world.opener)
+        report = Reporter(stream=self.out)
+        return Run(self.cfg, fleet, Ledger(self.cfg, fleet, Who("tester"), report), report,
+                   Outcome(action))
+
+    def deploy(self, version: str, **kw: bool) -> Run:
+        run = self.run("deploy", **kw)
+        deploy.deploy(run, artifact(self.tmp_path, version), version)
+        return run
+
+    def phases(self) -> list[str]:
+        """The phases that ran, as `name ok|FAILED`."""
+        return [" ".join(line[4:].split()[:2]) for line in self.out.getvalue().splitlines()
+                if line.startswith("<-- ")]
+
+    def changes(self) -> list[str]:
+        return [line.split(": ", 1)[1] for line in self.world.log]
+
+    def state(self) -> dict:
+        return json.loads(self.world.files["local"]["/srv/demo/state.json"])
+
+    def history(self) -> list[dict]:
+        text = self.world.files["local"]["/srv/demo/history.jsonl"].decode()
+        return [json.loads(line) for line in text.splitlines()]
+
+    def front_slot(self) -> str | None:
+        port = self.world.routed.get("local")
+        return {self.cfg.slots.blue: "blue", self.cfg.slots.green: "green"}.get(port or 0)
+
+    def hook(self, name: str, body: str = "") -> Path:
+        marker = self.tmp_path / f"{name}.ran"
+        path = self.tmp_path / "hooks" / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"#!/bin/sh\nenv | grep ^BLUEGREEN_ > {marker}\n{body}\n")
+        path.chmod(0o755)
+        return marker
+
+
+@pytest.fixture
+def h(tmp_path: Path) -> Harness:
+    return Harness(tmp_path)
+
+
+def test_first_deploy_runs_every_phase_in_order_and_goes_live_on_blue(h: Harness) -> None:
+    h.deploy("v1")
+    assert h.phases() == ["inspect ok", "lock ok", "state ok", "upload ok", "stop ok",
+                          "start ok", "health ok", "switch ok", "verify ok"]
+    assert h.changes() == [
+        "take /srv/demo/lock", "write /srv/demo/lock/owner.json", "upload v1.tar.gz",
+        "verify, unpack into /srv/demo/releases/v1-" + h.state()["slots"]["blue"]["checksum"][:12]
+        + ", prune old releases",
+        "write state.json",
+        "drain and stop slot blue (port 8081), check the port is free",
+        "write /srv/demo/slots/blue/env",
+        "start /srv/demo/releases/" + h.state()["slots"]["blue"]["release"]
+        + " in slot blue (port 8081)",
+        f"write {TARGET}",
+        "test the new config with nginx -t, then reload nginx (waits for old workers)",
+        "write state.json", "append history.jsonl"]
+    assert h.front_slot() == "blue" and h.state()["live"] == "blue"
+    assert h.history()[-1]["result"] == "ok" and h.history()[-1]["to_slot"] == "blue"
+    assert "/srv/demo/lock" not in h.world.files["local"]
+
+
+def test_second_deploy_moves_traffic_to_green_and_keeps_blue_warm(h: Harness) -> None:
+    h.deploy("v1")
+    h.deploy("v2")
+    state = h.state()
+    assert state["live"] == "green" and state["previous"] == "blue"
+    assert state["slots"]["blue"]["status"] == "running"
+    assert state["previous_release"]["version"] == "v1"
+    assert h.front_slot() == "green"
+    assert ("local", 8081) in h.world.running and ("local", 8082) in h.world.running
+
+
+def test_health_failure_stops_new_slot_leaves_traffic_runs_on_failure_and_records(
+        h: Harness) -> None:
+    h.deploy("v1")
+    ran = h.hook("on-failure")
+    h.world.unhealthy.add(h.state()["slots"]["blue"]["release"].replace("v1", "v2"))
+    h.world.unhealthy = {r for r in h.world.unhealthy}
+    run = h.run("deploy")
+    v2 = artifact(h.tmp_path, "v2")
+    from bluegreen import layout, release
+    h.world.unhealthy.add(layout.release_id("v2", release.inspect(v2).checksum))
+    with pytest.raises(BluegreenError) as err:
+        deploy.deploy(run, v2, "v2")
+    assert err.value.phase == "health"
+    assert "traffic was NOT switched: it stays on blue" in err.value.hint
+    assert h.phases() == ["inspect ok", "lock ok", "state ok", "upload ok", "stop ok",
+                          "start ok", "health FAILED", "stop ok", "on-failure ok"]
+    assert not any(c.startswith(f"write {TARGET}") for c in h.changes())
+    assert ("local", 8082) not in h.world.running  # the new slot was stopped again
+    assert h.front_slot() == "blue" and h.state()["slots"]["green"]["status"] == "failed"
+    last = h.history()[-1]
+    assert last["result"] == "failed" and last["phase"] == "health"
+    assert "BLUEGREEN_FAILED_PHASE=health" in ran.read_text()
+    assert "/srv/demo/lock" not in h.world.files["local"]
+
+
+def test_rejected_nginx_config_restores_the_file_and_keeps_new_release_idle(
+        h: Harness) -> None:
+    h.deploy("v1")
+    before = h.world.files["local"][TARGET]
+    h.world.nginx_rejects = True
+    with pytest.raises(BluegreenError) as err:
+        h.deploy("v2")
+    assert err.value.phase == "switch" and "nginx -t rejected" in err.value.what
+    assert "the new release keeps running idle in green" in err.value.hint
+    assert h.world.files["local"][TARGET] == before and h.front_slot() == "blue"
+    assert h.state()["live"] == "blue" and h.state()["slots"]["green"]["status"] == "running"
+    assert h.history()[-1]["phase"] == "switch"
+
+
+def test_failed_verify_puts_the_previous_config_back_and_reloads(h: Harness) -> None:
+    h.deploy("v1")
+    before = h.world.files["local"][TARGET]
+    h.world.fail_on["-s reload"] = "nginx: [alert] kill(1234, 1) failed"
+    with pytest.raises(BluegreenError) as err:
+        h.deploy("v2")
+    assert err.value.phase == "switch"
+    assert "the previous nginx config was restored on local" in err.value.hint
+    assert h.world.files["local"][TARGET] == before and h.front_slot() == "blue"
+
+
+def test_interrupt_during_verify_undoes_the_switch(h: Harness, monkeypatch) -> None:
+    h.deploy("v1")
+    before = h.world.files["local"][TARGET]
+
+    def interrupted(self: object, applied: object, slot: str) -> float:
+        raise KeyboardInterrupt
+    monkeypatch.setattr("bluegreen.routers.nginx.NginxRouter.verify", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        h.deploy("v2")
+    assert h.world.files["local"][TARGET] == before and h.front_slot() == "blue"
+    assert h.changes()[-2:] == [f"write {TARGET}", "reload nginx with the previous file"]
+    assert h.state()["live"] == "blue"
+    assert "/srv/demo/lock" not in h.world.files["local"]
+
+
+def test_switch_goes_back_to_the_warm_slot_with_a_health_check(h: Harness) -> None:
+    h.deploy("v1")
+    h.deploy("v2")
+    run = h.run("switch")
+    deploy.switch(run)
+    assert h.phases() == ["lock ok", "health ok", "switch ok", "verify ok"]
+    assert h.front_slot() == "blue" and h.state()["live"] == "blue"
+    assert not any("start" in c or "upload" in c for c in h.changes())
+
+
+def test_switch_refuses_a_slot_whose_deploy_did_not_finish(h: Harness) -> None:
+    h.deploy("v1")
+    h.world.nginx_rejects = True
+    with pytest.raises(BluegreenError):
+        h.deploy("v2")
+    h.world.nginx_rejects = False
+    state = h.state()
+    state["slots"]["green"]["status"] = "starting"
+    h.world.files["local"]["/srv/demo/state.json"] = json.dumps(state).encode()
+    with pytest.raises(BluegreenError) as err:
+        deploy.switch(h.run("switch"))
+    assert "status: starting" in err.value.what and h.front_slot() == "blue"
+
+
+def test_rollback_is_instant_while_the_old_slot_is_warm(h: Harness) -> None:
+    h.deploy("v1")
+    h.deploy("v2")
+    deploy.rollback(h.run("rollback"))
+    assert h.phases() == ["lock ok", "health ok", "switch ok", "verify ok"]
+    assert h.front_slot() == "blue" and h.state()["slots"]["blue"]["version"] == "v1"
+    assert h.history()[-1]["rolled_back_release"].startswith("v2-")
+
+
+def test_rollback_restarts_the_previous_release_when_its_slot_was_reused(h: Harness) -> None:
+    h.deploy("v1")
+    h.deploy("v2")  # live green, v1 warm in blue
+    from bluegreen import layout, release
+    v3 = artifact(h.tmp_path, "v3")
+    h.world.unhealthy.add(layout.release_id("v3", release.inspect(v3).checksum))
+    with pytest.raises(BluegreenError):
+        deploy.deploy(h.run("deploy"), v3, "v3")  # reuses blue, fails health
+    deploy.rollback(h.run("rollback"))
+    assert h.phases() == ["lock ok", "stop ok", "start ok", "health ok", "switch ok",
+                          "verify ok"]
+    assert h.front_slot() == "blue" and h.state()["slots"]["blue"]["version"] == "v1"
+
+
+def test_dry_run_plans_in_words_and_changes_nothing(h: Harness) -> None:
+    h.deploy("v1")
+    files = {k: dict(v) for k, v in h.world.files.items()}
+    run = h.deploy("v2", dry_run=True)
+    assert h.world.files == files and h.front_slot() == "blue"
+    assert h.world.log == []  # not one change reached a host
+    lines = run.fleet.plan.lines()  # type: ignore[union-attr]
+    assert "[local] upload v2.tar.gz" in lines[2]
+    assert any(line.startswith("[all] health: GET /health on port 8082") for line in lines)
+    assert any("then reload nginx" in line for line in lines)
+    assert not any("setsid" in line for line in lines)
+    assert any("setsid" in line for line in run.fleet.plan.lines(verbose=True))  # type: ignore[union-attr]
+
+
+def test_lua_mode_flips_the_live_port_without_a_reload(tmp_path: Path) -> None:
+    h = Harness(tmp_path, mode="lua", control_port=9999)
+    h.deploy("v1")  # the first install needs a reload: there was no lua config before
+    h.deploy("v2")
+    assert "set live port 8082" in h.changes()
+    assert not any("reload" in c for c in h.changes())
+    assert h.world.lua_live["local"] == 8082 and h.state()["live"] == "green"
