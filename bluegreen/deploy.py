@@ -1,9 +1,9 @@
 """The flows, as lists of named phases. Read top to bottom, each list is the whole story.
 
-deploy:   inspect lock state pre-deploy upload stop start health pre-switch switch verify
+deploy:   inspect lock recover state pre-deploy upload stop start health pre-switch switch verify
           record post-switch post-deploy
-switch:   lock state ready health pre-switch switch verify record post-switch
-rollback: lock state restart ready health pre-switch switch verify record post-switch
+switch:   lock recover state ready health pre-switch switch verify record post-switch
+rollback: lock recover state restart ready health pre-switch switch verify record post-switch
           post-rollback
 
 The old slot stays up, warm, so switching back is one health check and one router change.
@@ -26,6 +26,7 @@ def _switch_detail(run: Run) -> str:
 
 
 LOCK = Phase("lock", p.lock, lambda r: f"on {r.cfg.primary.label}")
+RECOVER = Phase("recover", p.recover_interrupted)
 PRE_SWITCH = Phase("pre-switch", p.hook("pre-switch"), lambda r: "hook", hook="pre-switch")
 SWITCH = Phase("switch", p.switch_traffic, _switch_detail, on_failure=p.keep_new_release_idle)
 VERIFY = Phase("verify", p.verify_traffic,
@@ -41,7 +42,7 @@ HEALTH = Phase("health", p.check_target_healthy,
 def deploy_phases(artifact: Path, version: str) -> list[Phase]:
     return [
         Phase("inspect", lambda r: p.inspect(r, artifact, version), lambda r: str(artifact)),
-        LOCK,
+        LOCK, RECOVER,
         Phase("state", p.plan_deploy, lambda r: ""),
         Phase("announce", p.announce_deploy),
         Phase("pre-deploy", p.hook("pre-deploy"), lambda r: "hook", hook="pre-deploy"),
@@ -64,7 +65,7 @@ def deploy_phases(artifact: Path, version: str) -> list[Phase]:
 def switch_phases(to: str) -> list[Phase]:
     return [
         Phase("arguments", lambda r: p.check_slot_name(to)),
-        LOCK,
+        LOCK, RECOVER,
         Phase("state", p.read_state),
         Phase("target", lambda r: p.choose_switch_target(r, to)),
         READY, HEALTH, PRE_SWITCH, SWITCH, VERIFY, RECORD, POST_SWITCH,
@@ -72,7 +73,7 @@ def switch_phases(to: str) -> list[Phase]:
 
 
 ROLLBACK = [
-    LOCK,
+    LOCK, RECOVER,
     Phase("state", p.read_state),
     Phase("target", p.choose_rollback_target),
     Phase("restart", p.restart_if_cold),

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from bluegreen import commands, httpwire
+from bluegreen import commands, httpwire, interrupts
 from bluegreen.config import Config, HostSpec
 from bluegreen.errors import BluegreenError, CommandFailed
 from bluegreen.httpwire import HttpReply
@@ -76,7 +76,8 @@ class Host(ABC):
         del mutates, says  # used by DryRunHost
         limit = float(timeout or self.default_timeout)
         wrapped = f"timeout -k {KILL_GRACE} {limit:g} bash -c {shlex.quote(command)}"
-        result = self._exec(wrapped, limit + KILL_GRACE + 5)
+        with interrupts.step():  # a signal waits for the command; none starts after one
+            result = self._exec(wrapped, limit + KILL_GRACE + 5)
         if result.rc == 124:
             raise CommandFailed(f"command timed out after {limit:g}s: {_short(command)}",
                                 host=self.label, phase=self.phase, command=command, rc=124,
@@ -197,7 +198,8 @@ class Host(ABC):
                 self._chmod(tmp, mode)  # before the content: a secret is never world-readable
                 f.write(content.encode())
             self._rename(tmp, path)
-        self._fs("write", path, go)
+        with interrupts.step():
+            self._fs("write", path, go)
 
     def append_line(self, path: str, line: str) -> None:
         """One append of one line (O_APPEND): concurrent writers never interleave a line."""
@@ -205,7 +207,8 @@ class Host(ABC):
             self.makedirs(os.path.dirname(path))
             with self._open(path, "ab") as f:
                 f.write((line.rstrip("\n") + "\n").encode())
-        self._fs("append to", path, go)
+        with interrupts.step():
+            self._fs("append to", path, go)
 
     def remove(self, path: str, *, directory: bool = False) -> None:
         try:

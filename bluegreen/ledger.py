@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from bluegreen import hooks, lock
+from bluegreen import hooks, journal, lock
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError, LockHeld
 from bluegreen.fleet import Fleet
@@ -109,6 +109,23 @@ class Ledger:
             append_history(primary, self.fleet.layout(primary), entry)
         except BluegreenError as exc:  # the audit trail must not mask the real outcome
             self.report.say(f"    warning: could not append to history: {exc.what}")
+
+    # ------------------------------------------------------------ the switch journal
+
+    def read_intent(self) -> journal.Intent | None:
+        primary = self.fleet.primary
+        return journal.read(primary, self.fleet.layout(primary))
+
+    def write_intent(self, intent: journal.Intent) -> None:
+        primary = self.fleet.primary
+        journal.write(primary, self.fleet.layout(primary), intent)
+
+    def clear_intent(self) -> None:
+        primary = self.fleet.primary
+        try:
+            journal.clear(primary, self.fleet.layout(primary))
+        except BluegreenError as exc:  # the next command recovers (a no-op) and clears it
+            self.report.say(f"    warning: could not clear the switch journal: {exc.what}")
 
     # ------------------------------------------------------------ hooks
 

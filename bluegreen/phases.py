@@ -9,9 +9,10 @@ import dataclasses
 import time
 from pathlib import Path
 
-from bluegreen import release, render
+from bluegreen import journal, release, render
 from bluegreen.errors import BluegreenError
 from bluegreen.layout import release_id
+from bluegreen.routers.base import Applied
 from bluegreen.run import Run
 from bluegreen.state import SlotRecord
 from bluegreen.traffic import TrafficChange
@@ -217,9 +218,16 @@ def check_target_healthy(run: Run) -> str:
 
 
 def switch_traffic(run: Run) -> None:
+    """Journal the intent first: if this process dies anywhere from here until `record`,
+    the next command finds it and puts traffic back to the committed state."""
     run.ledger.ensure_still_locked()
     rec = run.live.slots[run.target]
     run.change = TrafficChange(run.cfg, run.routers, run.target, rec.release, rec.version)
+    previous = {r.label: r.installed() for r in run.routers}
+    run.ledger.write_intent(journal.Intent(
+        action=run.outcome.action, from_slot=run.live.live, to_slot=run.target,
+        who=run.ledger.who.name, previous=previous,
+        previous_sum={label: journal.checksum(text) for label, text in previous.items()}))
     run.change.apply()
 
 
@@ -250,6 +258,38 @@ def record_live(run: Run) -> None:
     run.ledger.save_state(state)
     if run.change is not None:
         run.change.commit()
+    run.ledger.clear_intent()
+
+
+def recover_interrupted(run: Run) -> None:
+    """A journal left by a run that died mid-switch: put every traffic host back to the last
+    committed state (the file it had before, re-applied and verified), record it, go on."""
+    intent = run.ledger.read_intent()
+    if intent is None:
+        return
+    state = run.ledger.read_state()
+    run.report.say(f"    found an interrupted {intent.describe()}: restoring the committed "
+                   f"state (live: {state.live or 'nothing'})")
+    fixed = []
+    for router in run.routers:
+        routed = router.routed()
+        if routed.slot == routed.file_slot == state.live and state.live:
+            continue  # this host never changed, or the change was committed
+        previous = intent.previous.get(router.label, router.installed())
+        offset = router.error_log_size()
+        router.restore(Applied(previous, reloaded=True, flipped=True))
+        if state.live:
+            router.verify(Applied(previous, offset), state.live)
+        fixed.append(router.label)
+    run.ledger.record({"action": "recover", "result": "ok", "intent": intent.id,
+                       "interrupted": intent.action, "from_slot": intent.from_slot,
+                       "to_slot": intent.to_slot, "interrupted_who": intent.who,
+                       "restored_hosts": fixed, "live": state.live,
+                       "note": f"recovered interrupted {intent.action} {intent.id}"})
+    run.ledger.clear_intent()
+    run.report.say(f"    recovered interrupted {intent.action} {intent.id}: "
+                   + (f"restored {', '.join(fixed)}" if fixed
+                      else "nothing to undo, it had committed"))
 
 
 def hook(name: str) -> object:

@@ -13,6 +13,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bluegreen import interrupts
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError
 from bluegreen.fleet import Fleet
@@ -114,25 +115,46 @@ def run_phase(run: Run, phase: Phase) -> None:
 
 
 def perform(run: Run, phases: list[Phase], summary: Callable[[Run], str]) -> Outcome:
-    """Run the phases in order; on any failure undo what is pending, record, re-raise."""
-    with run.stack:
-        current = phases[0]
-        try:
-            for current in phases:
-                run_phase(run, current)
-        except BaseException as exc:
-            restored = run.change.undo() if run.change is not None else ""
+    """Run the phases in order; on any failure or interrupt undo what is pending, record,
+    release the lock, re-raise."""
+    current = phases[0]
+    try:
+        for current in phases:
+            run_phase(run, current)
+            interrupts.checkpoint()
+    except BaseException as exc:
+        with interrupts.cleaning_up(), run.stack:
+            restored = _undo(run)
             if isinstance(exc, BluegreenError):
                 if restored:
                     exc.hint = (exc.hint + "; " if exc.hint else "") + restored
                 if current.on_failure is not None:
                     current.on_failure(run, exc)
                 _record_failure(run, exc)
-            raise
+            elif run.ledger.owner is not None:
+                run.outcome.result, run.outcome.phase = "interrupted", current.name
+                run.outcome.error = f"interrupted in {current.name}" + (
+                    f"; {restored}" if restored else "")
+                run.outcome.seconds = run.elapsed()
+                run.ledger.record(run.outcome.entry())
+        raise
+    with run.stack:
         run.outcome.result, run.outcome.seconds = "ok", run.elapsed()
         run.ledger.record(run.outcome.entry())
     run.report.say(("(dry run) " if run.fleet.dry_run else "") + summary(run))
     return run.outcome
+
+
+def _undo(run: Run) -> str:
+    """Undo a traffic change that did not commit; the journal goes once it is undone (if
+    undoing fails, the intent stays for the next command to recover)."""
+    if run.change is None:
+        return ""
+    pending = run.change.pending
+    restored = run.change.undo()
+    if pending and "could NOT" not in restored:
+        run.ledger.clear_intent()
+    return restored
 
 
 def _record_failure(run: Run, exc: BluegreenError) -> None:

@@ -22,6 +22,10 @@ from bluegreen.httpwire import HttpReply
 from bluegreen.render import SLOT_HEADER, front_door, parse_marker
 
 
+class Killed(BaseException):
+    """The deploying process died here (SIGKILL): nothing after it runs, not even cleanup."""
+
+
 @dataclass
 class FakeWorld:
     """Everything the fake hosts share: one file system each, one log for all."""
@@ -36,6 +40,12 @@ class FakeWorld:
     nginx_rejects: bool = False  # `nginx -t` fails
     fail_on: dict[str, str] = field(default_factory=dict)  # substring of a command -> stderr
     next_pid: int = 1000
+    kill_after: str = ""  # the process dies right after the first change whose words match
+    dead: bool = False
+
+    def check_alive(self) -> None:
+        if self.dead:
+            raise Killed("the deploying process is gone")
 
     def opener(self, spec: HostSpec, cfg: Config) -> FakeHost:
         return FakeHost(spec, cfg, self)
@@ -51,7 +61,10 @@ class FakeHost(Host):
         self.fs = world.files.setdefault(spec.label, {})
 
     def _note(self, words: str) -> None:
+        self.world.check_alive()
         self.world.log.append(f"{self.label}: {words}")
+        if self.world.kill_after and self.world.kill_after in words:
+            self.world.dead = True
 
     # ---------------------------------------------------------------- commands
     def run(self, command: str, *, timeout: float | None = None, check: bool = True,
@@ -62,6 +75,7 @@ class FakeHost(Host):
             if needle in command:
                 return self._result(command, 1, "", stderr, check, hint)
         rc, out = self._simulate(command)
+        self.world.check_alive()
         return self._result(command, rc, out, "", check, hint)
 
     def _exec(self, command: str, timeout: float) -> Result:  # pragma: no cover - run() is
@@ -166,6 +180,7 @@ class FakeHost(Host):
         return len(self.fs[path])
 
     def _rename(self, src: str, dst: str) -> None:
+        self.world.check_alive()
         self.fs[dst] = self.fs.pop(src)
         if not dst.endswith((".json", ".jsonl")) or "/lock/" in dst:
             self._note(f"write {dst}")
@@ -173,9 +188,11 @@ class FakeHost(Host):
             self._note(f"write {dst.rsplit('/', 1)[-1]}")
 
     def _remove(self, path: str, *, directory: bool = False) -> None:
+        self.world.check_alive()
         if path not in self.fs:
             raise FileNotFoundError(path)
         del self.fs[path]
+        self._note(f"remove {path}")
 
     def _chmod(self, path: str, mode: int) -> None:
         pass
@@ -214,8 +231,9 @@ class FakeHost(Host):
             raise ConnectionRefusedError("no lua config loaded")
         if method == "POST":
             port = int(path.split("port=")[1])
-            self._note(f"set live port {port}")
+            self.world.check_alive()
             self.world.lua_live[self.label] = port
+            self._note(f"set live port {port}")
         live = self.world.lua_live.get(self.label, 0)
         body = {"live": live, "gen": 0, "inflight": {}}
         return HttpReply(200, {}, json.dumps(body).encode())

@@ -92,9 +92,13 @@ class Router(ABC):
     def install(self, text: str) -> Applied:
         """Write the rendered file in place, keeping what was there to undo it."""
         previous = self.host.read(self.target)
-        offset = self.host.size(self.cfg.nginx.error_log) if self.cfg.nginx.error_log else 0
+        offset = self.error_log_size()
         self.host.write_atomic(self.target, text)
         return Applied(previous, offset)
+
+    def error_log_size(self) -> int:
+        """Where the error log ends now: only what is written after this is ours."""
+        return self.host.size(self.cfg.nginx.error_log) if self.cfg.nginx.error_log else 0
 
     @abstractmethod
     def test(self, applied: Applied, *, and_apply: bool = False) -> None:

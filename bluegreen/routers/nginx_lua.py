@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from bluegreen import interrupts
 from bluegreen.errors import BluegreenError
 from bluegreen.render import is_lua_config, parse_marker
 from bluegreen.routers.base import Applied, Routed
@@ -39,7 +40,8 @@ class NginxLuaRouter(NginxRouter):
         return self.control("/bluegreen/status")
 
     def set_live_port(self, port: int) -> None:
-        status = self.control(f"/bluegreen/live?port={port}", method="POST")
+        with interrupts.step():  # a flip is never cut off half-way by a signal
+            status = self.control(f"/bluegreen/live?port={port}", method="POST")
         # (a dry run's planned POST answers {}: nothing to compare; verify would catch a
         # real endpoint that answers without `live`)
         if status.get("live", port) != port:

@@ -27,6 +27,13 @@ class NginxReloadRouter(NginxRouter):
                           check=False, says="reload nginx with the previous file")
 
     def routed(self) -> Routed:
+        """The file says what nginx should route to; only a request through the front door
+        says what it does (a run killed between writing the file and the reload leaves
+        them apart)."""
         marker = parse_marker(self.installed())
-        slot = marker.slot if marker else ""
-        return Routed(slot, slot, "from the installed file")
+        if marker is None:
+            return Routed("", "", "no bluegreen config installed")
+        answered, what = self.probe_front_door()
+        if answered in ("blue", "green"):
+            return Routed(answered, marker.slot, "answered through the front door")
+        return Routed(marker.slot, marker.slot, f"from the installed file (front door: {what})")

@@ -28,8 +28,8 @@ def test_wheel_ships_the_templates_and_renders_from_them(tmp_path: Path) -> None
     probe = (
         "import bluegreen.render as r, bluegreen.config as c;"
         "cfg = c.from_dict({'app': 'a', 'start': 'x {port}'});"
-        "assert str(r.TEMPLATES).startswith(%r), r.TEMPLATES;"
-        "print(r.parse_marker(r.render(cfg, 'green', 'rel', 'v')).slot)" % str(site))
+        f"assert str(r.TEMPLATES).startswith({str(site)!r}), r.TEMPLATES;"
+        "print(r.parse_marker(r.render(cfg, 'green', 'rel', 'v')).slot)")
     out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True,
                          text=True, timeout=60, env={"PYTHONPATH": str(site), "PATH": "/usr/bin"})
     assert out.returncode == 0, out.stderr

@@ -110,9 +110,10 @@ def test_first_deploy_runs_every_phase_in_order_and_goes_live_on_blue(h: Harness
         "write /srv/demo/slots/blue/env",
         "start /srv/demo/releases/" + h.state()["slots"]["blue"]["release"]
         + " in slot blue (port 8081)",
-        f"write {TARGET}",
+        "write intent.json", f"write {TARGET}",
         "test the new config with nginx -t, then reload nginx (waits for old workers)",
-        "write state.json", "append history.jsonl"]
+        "write state.json", "remove /srv/demo/intent.json", "append history.jsonl",
+        "remove /srv/demo/lock/owner.json", "remove /srv/demo/lock"]
     assert h.front_slot() == "blue" and h.state()["live"] == "blue"
     assert h.history()[-1]["result"] == "ok" and h.history()[-1]["to_slot"] == "blue"
     assert "/srv/demo/lock" not in h.world.files["local"]
@@ -189,7 +190,10 @@ def test_interrupt_during_verify_undoes_the_switch(h: Harness, monkeypatch) -> N
     with pytest.raises(KeyboardInterrupt):
         h.deploy("v2")
     assert h.world.files["local"][TARGET] == before and h.front_slot() == "blue"
-    assert h.changes()[-2:] == [f"write {TARGET}", "reload nginx with the previous file"]
+    assert h.changes()[-6:] == [
+        f"write {TARGET}", "reload nginx with the previous file", "remove /srv/demo/intent.json",
+        "append history.jsonl", "remove /srv/demo/lock/owner.json", "remove /srv/demo/lock"]
+    assert h.history()[-1]["result"] == "interrupted" and h.history()[-1]["phase"] == "verify"
     assert h.state()["live"] == "blue"
     assert "/srv/demo/lock" not in h.world.files["local"]
 
@@ -262,3 +266,75 @@ def test_lua_mode_flips_the_live_port_without_a_reload(tmp_path: Path) -> None:
     assert "set live port 8082" in h.changes()
     assert not any("reload" in c for c in h.changes())
     assert h.world.lua_live["local"] == 8082 and h.state()["live"] == "green"
+
+
+# ---------------------------------------------------------------- killed mid-switch (SIGKILL)
+
+def killed_deploy(h: Harness, version: str, after: str) -> None:
+    """A deploy whose process dies right after the change named `after`: no cleanup runs."""
+    from bluegreen.testing import Killed
+    h.world.kill_after = after
+    with pytest.raises(Killed):
+        h.deploy(version)
+    h.world.kill_after, h.world.dead = "", False
+    # what a SIGKILL leaves behind: the lock, the intent, whatever the hosts had by then
+    h.world.files["local"].pop("/srv/demo/lock/owner.json", None)
+    h.world.files["local"].pop("/srv/demo/lock", None)
+
+
+@pytest.mark.parametrize("after", [f"write {TARGET}", "then reload nginx"])
+def test_next_deploy_recovers_a_switch_killed_mid_way(h: Harness, after: str) -> None:
+    h.deploy("v1")
+    killed_deploy(h, "v2", after)
+    assert "/srv/demo/intent.json" in h.world.files["local"]
+    assert h.state()["live"] == "blue"
+    h.deploy("v3")
+    out = h.out.getvalue()
+    assert "found an interrupted deploy" in out and "recovered interrupted deploy" in out
+    recover = [e for e in h.history() if e["action"] == "recover"]
+    assert len(recover) == 1 and recover[0]["restored_hosts"] == ["local"]
+    assert h.state()["live"] == "green" and h.state()["slots"]["green"]["version"] == "v3"
+    assert h.front_slot() == "green" and "/srv/demo/intent.json" not in h.world.files["local"]
+
+
+def test_switch_killed_after_commit_but_before_clearing_the_journal(h: Harness) -> None:
+    h.deploy("v1")
+    from bluegreen.testing import Killed
+    # the second state write is the commit; die right after it, before the journal goes
+    writes = {"n": 0}
+    original = h.world.opener
+
+    def opener(spec, cfg):  # type: ignore[no-untyped-def]
+        host = original(spec, cfg)
+        note = host._note
+
+        def counting(words: str) -> None:
+            note(words)
+            if words == "write state.json":
+                writes["n"] += 1
+                if writes["n"] == 2:
+                    h.world.dead = True
+        host._note = counting  # type: ignore[method-assign]
+        return host
+    h.world.opener = opener  # type: ignore[method-assign]
+    with pytest.raises(Killed):
+        h.deploy("v2")
+    h.world.opener, h.world.dead = original, False  # type: ignore[method-assign]
+    h.world.files["local"].pop("/srv/demo/lock/owner.json")
+    h.world.files["local"].pop("/srv/demo/lock")
+    assert h.state()["live"] == "green" and "/srv/demo/intent.json" in h.world.files["local"]
+    deploy.switch(h.run("switch"))
+    assert "nothing to undo, it had committed" in h.out.getvalue()
+    assert h.front_slot() == "blue"  # and the switch it was asked for ran after
+
+
+def test_lua_flip_killed_before_the_state_write_is_flipped_back(tmp_path: Path) -> None:
+    h = Harness(tmp_path, mode="lua", control_port=9999)
+    h.deploy("v1")
+    h.deploy("v2")  # live green; the next deploy targets blue with a flip
+    killed_deploy(h, "v3", "set live port")
+    assert h.world.lua_live["local"] == h.cfg.slots.blue and h.state()["live"] == "green"
+    deploy.rollback(h.run("rollback"))
+    assert "recovered interrupted deploy" in h.out.getvalue()
+    assert h.world.lua_live["local"] == h.cfg.slots.blue  # rollback went on to blue (v1)
+    assert h.state()["live"] == "blue" and h.state()["slots"]["blue"]["version"] == "v1"
