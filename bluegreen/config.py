@@ -170,7 +170,7 @@ class Binder:
                 value = str(value)
             if not isinstance(value, str):
                 raise self.error(key, f"expected {_describe(tp, meta)}, {_got(value, meta)}")
-            return value if tp is str else self._path(value)
+            return value if tp is str else self.path(value)
         if origin in (list, tuple):
             args = get_args(tp)
             item_tp = args[0]
@@ -200,7 +200,8 @@ class Binder:
                 continue
         raise self.error(key, f"expected {_describe(tp, meta)}, {_got(value, meta)}")
 
-    def _path(self, text: str) -> Path:
+    def path(self, text: str) -> Path:
+        """A path from the file: ~ expanded, relative to base_dir when there is one."""
         path = Path(text).expanduser()
         if path.is_absolute() or self.base_dir is None:
             return path
@@ -253,6 +254,8 @@ def _describe(tp: Any, meta: Mapping[str, Any]) -> str:
     """What a key expects, in words."""
     if meta.get("what"):
         return str(meta["what"])
+    if meta.get("choices"):
+        return _either(meta["choices"])
     if tp is float and meta.get("unit"):
         return f"a number of {meta['unit']}"
     if tp in _TYPE_WORDS:
