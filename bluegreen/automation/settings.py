@@ -205,7 +205,7 @@ class _RuleFile:
 
 
 @dataclass(frozen=True, kw_only=True)
-class _AutomationFile:
+class AutomationFile:
     service: ServiceSettings = field(default_factory=ServiceSettings)
     secrets: _SecretsFile = field(default_factory=_SecretsFile)
     generic: _GenericFile = field(default_factory=_GenericFile)
@@ -306,7 +306,7 @@ def _rule(spec: _RuleFile, base: Path, index: int, binder: Binder) -> Rule:
 
 def parse_settings(data: Mapping[str, Any], source: str, base: Path) -> Settings:
     binder = Binder(source, base_dir=base)
-    raw = binder.bind(_AutomationFile, dict(data))
+    raw = binder.bind(AutomationFile, dict(data))
     secret_envs = {provider: getattr(raw.secrets, provider) for provider in PROVIDERS
                    if getattr(raw.secrets, provider)}
     rules = tuple(_rule(spec, base, i, binder) for i, spec in enumerate(raw.rules))
