@@ -170,7 +170,7 @@ class Binder:
                 value = str(value)
             if not isinstance(value, str):
                 raise self.error(key, f"expected {_describe(tp, meta)}, {_got(value, meta)}")
-            return value if tp is str else self.path(value)
+            return value if tp is str else self.path(value, key)
         if origin in (list, tuple):
             args = get_args(tp)
             item_tp = args[0]
@@ -200,12 +200,15 @@ class Binder:
                 continue
         raise self.error(key, f"expected {_describe(tp, meta)}, {_got(value, meta)}")
 
-    def path(self, text: str) -> Path:
+    def path(self, text: str, key: str) -> Path:
         """A path from the file: ~ expanded, relative to base_dir when there is one."""
-        path = Path(text).expanduser()
-        if path.is_absolute() or self.base_dir is None:
-            return path
-        return (self.base_dir / path).resolve()
+        try:
+            path = Path(text).expanduser()
+            if path.is_absolute() or self.base_dir is None:
+                return path
+            return (self.base_dir / path).resolve()
+        except (RuntimeError, ValueError, OSError) as exc:  # ~nobody/x, a NUL byte, a loop
+            raise self.error(key, f"expected a path, got {text!r} ({exc})") from None
 
     def _checked(self, value: Any, key: str, meta: Mapping[str, Any]) -> Any:
         if not meta:
@@ -489,7 +492,8 @@ class HostSpec:
     name: str = setting("", one_line=True)
     user: str = setting("", one_line=True)
     port: int = setting(0, port="the default, ssh.port")
-    root: str = ""  # per-host override of paths.root (hosts sharing a filesystem in tests)
+    # per-host override of paths.root (hosts sharing a filesystem in tests)
+    root: str = setting("", one_line=True)
     # the address nginx on traffic hosts uses to reach this host's slots
     upstream: str = setting("", one_line=True)
 
@@ -519,7 +523,8 @@ class Slots:
 
 @dataclass(frozen=True)
 class Paths:
-    root: str = "/srv/bluegreen"  # everything for app X lives in {root}/{X}
+    # everything for app X lives in {root}/{X}
+    root: str = setting("/srv/bluegreen", one_line=True)
 
 
 @dataclass(frozen=True)
@@ -539,26 +544,32 @@ class Process:
     backend: str = setting("plain", choices=("plain", "supervisor", "systemd"))
     stop_timeout: float = seconds(15.0, ge=0)  # TERM, then this long, then KILL
     port_free_timeout: float = seconds(10.0, ge=0)
-    supervisor_conf: str = ""  # supervisord.conf on the host (supervisor backend)
-    supervisor_include_dir: str = ""  # where program files go; defaults to {root}/{app}/supervisor
-    supervisorctl: str = "supervisorctl"
-    systemd_unit_dir: str = "/etc/systemd/system"
+    # supervisord.conf on the host (supervisor backend)
+    supervisor_conf: str = setting("", one_line=True)
+    # where program files go; defaults to {root}/{app}/supervisor
+    supervisor_include_dir: str = setting("", one_line=True)
+    supervisorctl: str = setting("supervisorctl", one_line=True)
+    systemd_unit_dir: str = setting("/etc/systemd/system", one_line=True)
 
 
 @dataclass(frozen=True)
 class Nginx:
     # the command line before `-t` / `-s reload`: "nginx", "sudo nginx", "nginx -p P -c C"
-    command: str = setting("nginx", nonempty=True)
-    template: str = ""  # Jinja2 template, relative to the config file; empty: bundled default
-    target: str = setting("/etc/nginx/conf.d/{app}.conf", nonempty=True)  # the rendered file
+    command: str = setting("nginx", nonempty=True, one_line=True)
+    # Jinja2 template, relative to the config file; empty: bundled default
+    template: str = setting("", one_line=True)
+    # the rendered file nginx includes
+    target: str = setting("/etc/nginx/conf.d/{app}.conf", nonempty=True, one_line=True)
     # the front door: what the rendered server block listens on
     listen: str = setting("80", number_text=True, one_line=True, check=_check_listen)
     server_name: str = setting("_", nonempty=True, one_line=True)
     # checked through the front door after a reload; default health.path
     verify_path: str = setting("", check=_url_path(optional=True))
     verify_timeout: float = seconds(10.0)
-    error_log: str = ""  # scanned for [emerg] after reload: catches what `nginx -t` cannot
-    pid_file: str = "/run/nginx.pid"  # the master's pid: we wait for the old workers to retire
+    # scanned for [emerg] after reload: catches what `nginx -t` cannot
+    error_log: str = setting("", one_line=True)
+    # the master's pid: we wait for the old workers to retire
+    pid_file: str = setting("/run/nginx.pid", one_line=True)
     # max wait for in-flight requests before stopping a slot; 0: drained elsewhere
     drain_timeout: float = seconds(30.0, ge=0)
     mode: str = setting("reload", choices=("reload", "lua"))  # see README: without a reload
@@ -570,8 +581,8 @@ class Nginx:
 class Ssh:
     user: str = setting("", one_line=True)
     port: int = setting(22, port=True)
-    key_file: str = ""
-    known_hosts: str = "~/.ssh/known_hosts"
+    key_file: str = setting("", one_line=True)
+    known_hosts: str = setting("~/.ssh/known_hosts", one_line=True)
     accept_unknown_hosts: bool = False  # explicit, logged opt-out of host-key checking
     connect_timeout: float = seconds(10.0)
     command_timeout: float = seconds(120.0)
@@ -580,7 +591,8 @@ class Ssh:
 
 @dataclass(frozen=True)
 class HooksCfg:
-    dir: str = "hooks"  # relative to the config file
+    # relative to the config file
+    dir: str = setting("hooks", one_line=True)
     timeout: float = seconds(300.0)
 
 
@@ -590,8 +602,10 @@ class Config:
                        what="a short name of letters, digits, '.', '_' or '-'")
     start: str = setting(nonempty=True,  # e.g. "{release}/bin/runner {port}"
                          what='the start command, e.g. "{release}/bin/runner {port}"')
-    artifact: str = ""  # default for --artifact
-    artifact_name: str = ""  # file name inside a release for single-file artifacts
+    # default for --artifact
+    artifact: str = setting("", one_line=True)
+    # file name inside a release for single-file artifacts
+    artifact_name: str = setting("", one_line=True)
     keep_releases: int = setting(5, ge=2, range="at least 2 (the live and the warm release)")
     hosts: Hosts = field(default_factory=Hosts)
     slots: Slots = field(default_factory=Slots)

@@ -291,7 +291,7 @@ def _rule(spec: _RuleFile, base: Path, index: int, binder: Binder) -> Rule:
         repo=spec.repo,
         job=spec.job,
         providers=tuple(spec.providers),
-        config=str(binder.path(spec.config)) if spec.config else "",
+        config=str(binder.path(spec.config, f"{key}.config")) if spec.config else "",
         clone_url=spec.clone_url,
         build_command=build_command,
         artifact=spec.artifact,

@@ -341,7 +341,8 @@ def _leaf_keys(cls: type, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]
     return keys
 
 
-HOSTILE: list[object] = ["", "x\ny", "unix:/run/x.sock", "{", "\x1b[2J", -1, 0, 1, 70000,
+HOSTILE: list[object] = ["", "x\ny", "a\x00b", "~nobody-here/x", "unix:/run/x.sock", "{",
+                         "\x1b[2J", -1, 0, 1, 70000,
                          10**30, -0.5, 0.0, float("nan"), float("inf"), -float("inf"), 1e300,
                          True, [], ["x"], [1], {}, {"a": 1}]
 
@@ -352,10 +353,12 @@ def _assert_sane(cfg: config.Config) -> None:
 
     from bluegreen.traffic import front_door
 
-    for section in (cfg.health, cfg.process, cfg.nginx, cfg.ssh, cfg.hooks):
+    for section in (cfg.health, cfg.process, cfg.nginx, cfg.ssh, cfg.hooks, cfg.paths):
         for name, value in vars(section).items():
             if isinstance(value, float):
                 assert math.isfinite(value) and value >= 0, name
+            if isinstance(value, str):  # paths, commands, headers: one line each
+                assert "\x00" not in value and "\n" not in value, name
     assert cfg.slots.blue != cfg.slots.green
     for port in (cfg.slots.blue, cfg.slots.green, cfg.ssh.port):
         assert 1 <= port <= 65535

@@ -298,7 +298,8 @@ def test_missing_jenkins_api_token_is_a_config_error_naming_the_key(tmp_path: Pa
 
 # ---- every key, hostile values: Settings or a ConfigError, nothing else
 
-HOSTILE: list[object] = ["", "x\ny", "../x", "(", "$..x", -1, 0, 1, 70000, 10**30, -0.5,
+HOSTILE: list[object] = ["", "x\ny", "../x", "(", "$..x", "~nobody-here/x", "a\x00b", -1, 0, 1,
+                         70000, 10**30, -0.5,
                          float("nan"), float("inf"), 1e300, True, [], ["x"], [1], {},
                          {"a": 1}, {"a": [1]}]
 
