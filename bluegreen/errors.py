@@ -32,17 +32,30 @@ class ConfigError(BluegreenError):
 
     exit_code = 2
 
-    def __init__(self, source: str, key: str, problem: str) -> None:
+    def __init__(self, source: str, key: str, problem: str, *, line: int | None = None,
+                 hint: str = "") -> None:
         self.source = source
         self.key = key
         self.problem = problem
+        self.line = line  # when the text itself is at fault (not TOML, not UTF-8)
+        at = f"{source}:{line}" if line else source
         super().__init__(
-            f"{source}: {key}: {problem}" if key else f"{source}: {problem}",
+            f"{at}: {key}: {problem}" if key else f"{at}: {problem}",
             phase="config",
-            hint=(f"correct the override ({source})" if source.startswith(("--set", "environment"))
-                  else f"fix {key or 'the file'} in {source}, or override it with "
-                       "--set KEY=VALUE or BLUEGREEN__SECTION__KEY"),
+            hint=hint or (
+                f"correct the override ({source})" if source.startswith(("--set", "environment"))
+                else f"fix {key or 'the file'} in {source}, or override it with "
+                     "--set KEY=VALUE or BLUEGREEN__SECTION__KEY"),
         )
+
+
+class ArgumentError(ConfigError):
+    """A command-line value is wrong (exit 2, like a config error): `source` is the flag,
+    the message says what is wrong with it and the hint how to pass it."""
+
+    def __init__(self, flag: str, problem: str, *, hint: str = "") -> None:
+        super().__init__(flag, "", problem, hint=hint or f"pass {flag} again with a valid value")
+        self.phase = "arguments"
 
 
 class LockHeld(BluegreenError):

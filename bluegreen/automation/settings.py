@@ -4,12 +4,15 @@ Fail closed: an unknown key, a wrong type or an impossible combination is a Conf
 naming the file and the key. Secrets are never in the file: the file names environment
 variables, and resolve_secrets() reads them when (and only when) a service starts, so
 `bluegreen history` works without them. Relative paths are relative to the file.
+
+The file is read by the same binder as bluegreen.toml (bluegreen.config): the dataclasses
+below describe it key by key, with their checks; what spans keys (a rule's action decides
+which of its keys are required) is checked after binding, in the same error shape.
 """
 
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +36,7 @@ from bluegreen.automation.rules import (
     match_rules,
 )
 from bluegreen.automation.signatures import Secret
+from bluegreen.config import Binder, read_toml, seconds, setting
 from bluegreen.errors import ConfigError
 
 PROVIDERS = ("github", "gitlab", "gitea", "generic", "jenkins")
@@ -40,39 +44,62 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _LANE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
 
+def _env_name(value: str) -> str:
+    if value and not _ENV_NAME.match(value):
+        raise ValueError("must be the NAME of an environment variable, not a secret")
+    return value
+
+
+def _http_url(value: str) -> str:
+    if value and not re.match(r"^https?://[^\s/]", value):
+        raise ValueError("expected a URL that starts with http:// or https://")
+    return value.rstrip("/") + "/" if value else ""
+
+
+def _json_path(value: str) -> str:
+    parse_path(value)  # its ValueError names the offending position
+    return value
+
+
+# An environment variable's NAME: never echoed, in case a secret was pasted instead.
+_ENV_VAR = {"check": _env_name, "secret": True}
+
+
 @dataclass(frozen=True)
 class ServiceSettings:
-    listen: str = "127.0.0.1"
-    port: int = 8765
+    listen: str = setting("127.0.0.1", nonempty=True, one_line=True)
+    port: int = setting(8765, port="any free port")
     state_dir: Path = Path("/var/lib/bluegreen-automation")
-    max_body_bytes: int = 1024 * 1024
-    threads: int = 4
-    quiet_period: float = 5.0  # a pending job waits this long for newer pushes to coalesce
-    shutdown_grace: float = 600.0  # on SIGTERM, let a running deploy finish this long
-    log_tail_lines: int = 30
+    max_body_bytes: int = setting(1024 * 1024, ge=1)
+    threads: int = setting(4, ge=1, le=1024)
+    # a pending job waits this long for newer pushes to coalesce
+    quiet_period: float = seconds(5.0, ge=0)
+    shutdown_grace: float = seconds(600.0, ge=0)  # on SIGTERM, let a running deploy finish
+    log_tail_lines: int = setting(30, ge=1)
 
 
 @dataclass(frozen=True)
 class JenkinsSettings:
-    url: str = ""
-    user: str = ""
-    api_token_env: str = ""
-    queue_poll_interval: float = 2.0
-    queue_timeout: float = 600.0
-    request_timeout: float = 10.0
-    artifact_timeout: float = 600.0
-    max_artifact_bytes: int = 2 * 1024**3
+    url: str = setting("", one_line=True, check=_http_url)
+    user: str = setting("", one_line=True)
+    api_token_env: str = setting("", **_ENV_VAR)
+    queue_poll_interval: float = seconds(2.0, ge=0.01)
+    queue_timeout: float = seconds(600.0, ge=0.1)
+    request_timeout: float = seconds(10.0, ge=0.1)
+    artifact_timeout: float = seconds(600.0, ge=0.1)
+    max_artifact_bytes: int = setting(2 * 1024**3, ge=1)
 
 
 @dataclass(frozen=True)
 class PollTarget:
-    remote: str
-    branch: str
-    repo: str  # the repository name rules match against (owner/name)
-    interval: float = 60.0
-    jitter: float = 0.1  # +-10 % of the interval, so many pollers do not fire together
-    max_backoff: float = 900.0
-    timeout: float = 30.0
+    remote: str = setting(nonempty=True)
+    branch: str = setting(nonempty=True, one_line=True)
+    repo: str = setting(nonempty=True, one_line=True)  # what rules match against (owner/name)
+    interval: float = seconds(60.0, ge=0.05)
+    # +-10 % of the interval, so many pollers do not fire together
+    jitter: float = setting(0.1, ge=0, lt=1, range="a fraction of the interval, >= 0 and < 1")
+    max_backoff: float = seconds(900.0, ge=0.05)
+    timeout: float = seconds(30.0, ge=0.1)
     deploy_on_start: bool = False
 
     @property
@@ -116,271 +143,174 @@ class Secrets:
     jenkins_api_token: Secret | None = None
 
 
-class _Table:
-    """One TOML table being read: typed getters, and an error for every key left unread."""
-
-    def __init__(self, source: str, prefix: str, data: Mapping[str, Any]) -> None:
-        self.source = source
-        self.prefix = prefix
-        self.data = dict(data)
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.prefix}.{name}" if self.prefix else name
-
-    def fail(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(self.source, self.key(name), problem)
-
-    def _get(self, name: str, kinds: tuple[type, ...], what: str, default: Any) -> Any:
-        self.seen.add(name)
-        if name not in self.data:
-            if default is _REQUIRED:
-                raise self.fail(name, f"is required ({what})")
-            return default
-        value = self.data[name]
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.fail(name, f"expected {what}, got a boolean")
-        if not isinstance(value, kinds):
-            raise self.fail(name, f"expected {what}, got {type(value).__name__}")
-        return value
-
-    def str(self, name: str, default: Any = "") -> str:
-        return self._get(name, (str,), "a string", default)
-
-    def int(self, name: str, default: Any, minimum: int = 0) -> int:
-        value = self._get(name, (int,), "an integer", default)
-        if value < minimum:
-            raise self.fail(name, f"must be >= {minimum}")
-        return value
-
-    def float(self, name: str, default: Any, minimum: float = 0.0) -> float:
-        value = float(self._get(name, (int, float), "a number", default))
-        if value < minimum:
-            raise self.fail(name, f"must be >= {minimum}")
-        return value
-
-    def bool(self, name: str, default: bool) -> bool:
-        return self._get(name, (bool,), "true or false", default)
-
-    def str_list(self, name: str, default: Any) -> list[str]:
-        value = self._get(name, (list,), "a list of strings", default)
-        if not all(isinstance(v, str) for v in value):
-            raise self.fail(name, "expected a list of strings")
-        return list(value)
-
-    def str_map(self, name: str, default: Any) -> dict[str, str]:
-        value = self._get(name, (dict,), "a table of strings", default)
-        if not all(isinstance(v, str) for v in value.values()):
-            raise self.fail(name, "expected a table whose values are strings")
-        return dict(value)
-
-    def table(self, name: str) -> _Table:
-        value = self._get(name, (dict,), "a table", {})
-        return _Table(self.source, self.key(name), value)
-
-    def tables(self, name: str) -> list[_Table]:
-        value = self._get(name, (list,), "an array of tables ([[...]])", [])
-        if not all(isinstance(v, dict) for v in value):
-            raise self.fail(name, "expected an array of tables ([[...]])")
-        return [_Table(self.source, f"{self.key(name)}[{i}]", v) for i, v in enumerate(value)]
-
-    def finish(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key (misspelt? see examples/automation.toml)")
+# ---------------------------------------------------------------- the file, as written
 
 
-_REQUIRED = object()
+@dataclass(frozen=True)
+class _SecretsFile:
+    """provider = "NAME_OF_ENV_VAR"; a provider without a line has its endpoint disabled."""
+
+    github: str = setting("", **_ENV_VAR)
+    gitlab: str = setting("", **_ENV_VAR)
+    gitea: str = setting("", **_ENV_VAR)
+    generic: str = setting("", **_ENV_VAR)
+    jenkins: str = setting("", **_ENV_VAR)
 
 
-def _path(base: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else (base / path).resolve()
+@dataclass(frozen=True)
+class _GenericFile:
+    ref: str = setting(GenericPaths.ref, check=_json_path)
+    sha: str = setting(GenericPaths.sha, check=_json_path)
+    repo: str = setting(GenericPaths.repo, check=_json_path)
+    pusher: str = setting(GenericPaths.pusher, check=_json_path)
+    message: str = setting(GenericPaths.message, check=_json_path)
+    delivery_header: str = setting("", one_line=True)
 
 
-def _env_name(table: _Table, name: str, value: str) -> str:
-    if value and not _ENV_NAME.match(value):
-        raise table.fail(name, "must be the NAME of an environment variable, not a secret")
-    return value
+@dataclass(frozen=True)
+class _GitFile:
+    timeout: float = seconds(600.0, ge=0.1)
 
 
-def _service(t: _Table, base: Path) -> ServiceSettings:
-    d = ServiceSettings()
-    service = ServiceSettings(
-        listen=t.str("listen", d.listen),
-        port=t.int("port", d.port),
-        state_dir=_path(base, t.str("state_dir", str(d.state_dir))),
-        max_body_bytes=t.int("max_body_bytes", d.max_body_bytes, minimum=1),
-        threads=t.int("threads", d.threads, minimum=1),
-        quiet_period=t.float("quiet_period", d.quiet_period),
-        shutdown_grace=t.float("shutdown_grace", d.shutdown_grace),
-        log_tail_lines=t.int("log_tail_lines", d.log_tail_lines, minimum=1),
-    )
-    if service.port > 65535:
-        raise t.fail("port", "must be <= 65535")
-    t.finish()
-    return service
+_NAME_PART = {"pattern": _LANE_PART, "one_line": True,
+              "what": "letters, digits, '.', '_' and '-' (it names a directory)"}
 
 
-def _jenkins(t: _Table) -> JenkinsSettings:
-    d = JenkinsSettings()
-    url = t.str("url", "")
-    if url and not re.match(r"^https?://", url):
-        raise t.fail("url", "must start with http:// or https://")
-    settings = JenkinsSettings(
-        url=url.rstrip("/") + "/" if url else "",
-        user=t.str("user", ""),
-        api_token_env=_env_name(t, "api_token_env", t.str("api_token_env", "")),
-        queue_poll_interval=t.float("queue_poll_interval", d.queue_poll_interval, 0.01),
-        queue_timeout=t.float("queue_timeout", d.queue_timeout, 0.1),
-        request_timeout=t.float("request_timeout", d.request_timeout, 0.1),
-        artifact_timeout=t.float("artifact_timeout", d.artifact_timeout, 0.1),
-        max_artifact_bytes=t.int("max_artifact_bytes", d.max_artifact_bytes, minimum=1),
-    )
-    t.finish()
-    return settings
+@dataclass(frozen=True, kw_only=True)
+class _RuleFile:
+    """One [[rules]] table. Which keys are required depends on `action`: see _rule()."""
+
+    action: str = setting(choices=tuple(sorted(ACTIONS)))
+    name: str = setting("", one_line=True)
+    app: str = setting(**_NAME_PART)
+    environment: str = setting("production", **_NAME_PART)
+    events: list[str] | None = None  # default: the one kind the action acts on
+    branch: str = setting(what="a regular expression matched against the whole branch name")
+    providers: list[str] = field(default_factory=list)
+    repo: str = setting("", one_line=True)
+    job: str = setting("", one_line=True)
+    config: str = ""
+    deploy_command: list[str] = field(default_factory=lambda: list(DEFAULT_DEPLOY_COMMAND),
+                                      metadata={"nonempty": True})
+    clone_url: str = ""
+    build_command: str | list[str] | None = field(
+        default=None, metadata={"what": "an argv list, or one string run with bash -c"})
+    artifact: str = ""
+    jenkins_job: str = setting("", one_line=True)
+    jenkins_parameters: dict[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_JENKINS_PARAMETERS))
+    require_checksum: bool = False
+    build_timeout: float = seconds(1800.0, ge=0.1)
+    deploy_timeout: float = seconds(1800.0, ge=0.1)
 
 
-def _generic(t: _Table) -> tuple[GenericPaths, str]:
-    d = GenericPaths()
-    values = {name: t.str(name, getattr(d, name))
-              for name in ("ref", "sha", "repo", "pusher", "message")}
-    for name, value in values.items():
-        try:
-            parse_path(value)
-        except ValueError as exc:
-            raise t.fail(name, str(exc)) from None
-    header = t.str("delivery_header", "")
-    t.finish()
-    return GenericPaths(**values), header
+@dataclass(frozen=True, kw_only=True)
+class AutomationFile:
+    service: ServiceSettings = field(default_factory=ServiceSettings)
+    secrets: _SecretsFile = field(default_factory=_SecretsFile)
+    generic: _GenericFile = field(default_factory=_GenericFile)
+    jenkins: JenkinsSettings = field(default_factory=JenkinsSettings)
+    git: _GitFile = field(default_factory=_GitFile)
+    rules: list[_RuleFile] = field(default_factory=list)
+    poll: list[PollTarget] = field(default_factory=list)
 
 
-def _rule(t: _Table, base: Path, index: int) -> Rule:
-    action = t.str("action", _REQUIRED)
-    if action not in ACTIONS:
-        raise t.fail("action", f"must be one of {', '.join(sorted(ACTIONS))}")
-    name = t.str("name", f"rule{index}")
-    app = t.str("app", _REQUIRED)
-    environment = t.str("environment", "production")
-    for key, value in (("app", app), ("environment", environment)):
-        if not _LANE_PART.match(value):
-            raise t.fail(key, "use letters, digits, '.', '_' and '-' (it names a directory)")
-    events = t.str_list("events", [ACTIONS[action]])
+# ---------------------------------------------------------------- across keys
+
+
+def _rule(spec: _RuleFile, base: Path, index: int, binder: Binder) -> Rule:
+    key = f"rules[{index}]"
+
+    def fail(name: str, problem: str) -> ConfigError:
+        return binder.error(f"{key}.{name}", problem)
+
+    def require(name: str, value: object, what: str) -> None:
+        if not value:
+            raise fail(name, f"required key is missing for action = {action!r} ({what})")
+
+    action = spec.action
+    events = spec.events if spec.events is not None else [ACTIONS[action]]
     if events != [ACTIONS[action]]:
-        raise t.fail("events", f"action {action!r} acts on {ACTIONS[action]!r} events only")
-    pattern = t.str("branch", _REQUIRED)
+        raise fail("events", f"action {action!r} acts on {ACTIONS[action]!r} events only")
     try:
-        branch = re.compile(pattern)
+        branch = re.compile(spec.branch)
     except re.error as exc:
-        raise t.fail("branch", f"not a valid regular expression: {exc}") from None
-    providers = tuple(t.str_list("providers", []))
-    for provider in providers:
-        allowed = PUSH_PROVIDERS if action != DEPLOY_ARTIFACT else ("jenkins",)
+        raise fail("branch", f"not a valid regular expression: {exc}") from None
+    allowed = PUSH_PROVIDERS if action != DEPLOY_ARTIFACT else ("jenkins",)
+    for provider in spec.providers:
         if provider not in allowed:
-            raise t.fail("providers", f"{provider!r} is not one of {', '.join(allowed)}")
+            raise fail("providers", f"{provider!r} is not one of {', '.join(allowed)}")
 
-    repo = t.str("repo", _REQUIRED if action != DEPLOY_ARTIFACT else "")
-    job = t.str("job", _REQUIRED if action == DEPLOY_ARTIFACT else "")
-    if action == DEPLOY_ARTIFACT and repo:
-        raise t.fail("repo", "deploy_artifact rules match the Jenkins `job`, not a repo")
-    if action != DEPLOY_ARTIFACT and job:
-        raise t.fail("job", "only deploy_artifact rules match a Jenkins job")
+    if action == DEPLOY_ARTIFACT:
+        require("job", spec.job, "the Jenkins job whose builds it deploys")
+        if spec.repo:
+            raise fail("repo", "deploy_artifact rules match the Jenkins `job`, not a repo")
+    else:
+        require("repo", spec.repo, "the repository it matches, owner/name")
+        if spec.job:
+            raise fail("job", "only deploy_artifact rules match a Jenkins job")
 
     needs_deploy = action in (BUILD, DEPLOY_ARTIFACT)
-    config = t.str("config", _REQUIRED if needs_deploy else "")
-    deploy_command = tuple(t.str_list("deploy_command", list(DEFAULT_DEPLOY_COMMAND)))
-    if not deploy_command:
-        raise t.fail("deploy_command", "must not be empty")
-    bad = unknown_placeholders(deploy_command, DEPLOY_PLACEHOLDERS)
+    if needs_deploy:
+        require("config", spec.config, "the app's bluegreen.toml")
+    bad = unknown_placeholders(spec.deploy_command, DEPLOY_PLACEHOLDERS)
     if bad:
-        raise t.fail("deploy_command", f"unknown placeholder {{{bad[0]}}}; known: "
-                     + ", ".join(f"{{{p}}}" for p in sorted(DEPLOY_PLACEHOLDERS)))
+        raise fail("deploy_command", f"unknown placeholder {{{bad[0]}}}; known: "
+                   + ", ".join(f"{{{p}}}" for p in sorted(DEPLOY_PLACEHOLDERS)))
 
-    clone_url = t.str("clone_url", _REQUIRED if action == BUILD else "")
     build_command: tuple[str, ...] | str = ()
     if action == BUILD:
-        t.seen.add("build_command")
-        raw = t.data.get("build_command")
+        require("clone_url", spec.clone_url, "where the worker fetches the commit from")
+        raw = spec.build_command
         if isinstance(raw, str) and raw.strip():
             build_command = raw
-        elif isinstance(raw, list) and raw and all(isinstance(v, str) for v in raw):
+        elif isinstance(raw, list) and raw:
             build_command = tuple(raw)
         else:
-            raise t.fail("build_command", "is required: an argv list, or one string run "
-                         "with bash -c (the commit is in $BLUEGREEN_COMMIT)")
-    artifact = t.str("artifact", _REQUIRED if needs_deploy else "")
-    if artifact and (Path(artifact).is_absolute() or ".." in Path(artifact).parts):
-        raise t.fail("artifact", "must be a relative path inside the checkout / build")
+            raise fail("build_command", "is required: an argv list, or one string run "
+                       "with bash -c (the commit is in $BLUEGREEN_COMMIT)")
+    elif spec.build_command is not None:
+        raise fail("build_command", f"only build rules run a build_command; action "
+                   f"{action!r} does not build")
+    if needs_deploy:
+        require("artifact", spec.artifact, "the file to deploy, a relative path or glob")
+    if spec.artifact and (Path(spec.artifact).is_absolute() or ".." in Path(spec.artifact).parts):
+        raise fail("artifact", "must be a relative path inside the checkout / build")
 
-    jenkins_job = t.str("jenkins_job", _REQUIRED if action == JENKINS else "")
-    jenkins_parameters = t.str_map("jenkins_parameters", dict(DEFAULT_JENKINS_PARAMETERS))
-    bad = unknown_placeholders(jenkins_parameters.values(), JENKINS_PLACEHOLDERS)
+    if action == JENKINS:
+        require("jenkins_job", spec.jenkins_job, "the Jenkins job to trigger, folders as a/b")
+    bad = unknown_placeholders(spec.jenkins_parameters.values(), JENKINS_PLACEHOLDERS)
     if bad:
-        raise t.fail("jenkins_parameters", f"unknown placeholder {{{bad[0]}}}")
-    rule = Rule(
-        name=name,
-        app=app,
-        environment=environment,
+        raise fail("jenkins_parameters", f"unknown placeholder {{{bad[0]}}}")
+    return Rule(
+        name=spec.name or f"rule{index}",
+        app=spec.app,
+        environment=spec.environment,
         action=action,
         branch=branch,
-        repo=repo,
-        job=job,
-        providers=providers,
-        config=str(_path(base, config)) if config else "",
-        clone_url=clone_url,
+        repo=spec.repo,
+        job=spec.job,
+        providers=tuple(spec.providers),
+        config=str(binder.path(spec.config, f"{key}.config")) if spec.config else "",
+        clone_url=spec.clone_url,
         build_command=build_command,
-        artifact=artifact,
-        deploy_command=deploy_command,
-        jenkins_job=jenkins_job,
-        jenkins_parameters=jenkins_parameters if action == JENKINS else {},
-        require_checksum=t.bool("require_checksum", False),
-        build_timeout=t.float("build_timeout", 1800.0, 0.1),
-        deploy_timeout=t.float("deploy_timeout", 1800.0, 0.1),
+        artifact=spec.artifact,
+        deploy_command=tuple(spec.deploy_command),
+        jenkins_job=spec.jenkins_job,
+        jenkins_parameters=spec.jenkins_parameters if action == JENKINS else {},
+        require_checksum=spec.require_checksum,
+        build_timeout=spec.build_timeout,
+        deploy_timeout=spec.deploy_timeout,
     )
-    t.finish()
-    return rule
-
-
-def _poll(t: _Table) -> PollTarget:
-    d = PollTarget(remote="", branch="", repo="")
-    remote = t.str("remote", _REQUIRED)
-    target = PollTarget(
-        remote=remote,
-        branch=t.str("branch", _REQUIRED),
-        repo=t.str("repo", _REQUIRED),
-        interval=t.float("interval", d.interval, 0.05),
-        jitter=t.float("jitter", d.jitter),
-        max_backoff=t.float("max_backoff", d.max_backoff, 0.05),
-        timeout=t.float("timeout", d.timeout, 0.1),
-        deploy_on_start=t.bool("deploy_on_start", d.deploy_on_start),
-    )
-    if target.jitter >= 1:
-        raise t.fail("jitter", "is a fraction of the interval; must be < 1")
-    t.finish()
-    return target
 
 
 def parse_settings(data: Mapping[str, Any], source: str, base: Path) -> Settings:
-    root = _Table(source, "", data)
-    service = _service(root.table("service"), base)
-    secrets_table = root.table("secrets")
-    secret_envs: dict[str, str] = {}
-    for provider in PROVIDERS:
-        value = _env_name(secrets_table, provider, secrets_table.str(provider, ""))
-        if value:
-            secret_envs[provider] = value
-    secrets_table.finish()
-    generic, delivery_header = _generic(root.table("generic"))
-    jenkins = _jenkins(root.table("jenkins"))
-    git = root.table("git")
-    git_timeout = git.float("timeout", 600.0, 0.1)
-    git.finish()
-    rule_tables = root.tables("rules")
-    rules = tuple(_rule(t, base, i) for i, t in enumerate(rule_tables))
-    poll_tables = root.tables("poll")
-    polls = tuple(_poll(t) for t in poll_tables)
-    root.finish()
-
+    binder = Binder(source, base_dir=base)
+    raw = binder.bind(AutomationFile, dict(data))
+    secret_envs = {provider: getattr(raw.secrets, provider) for provider in PROVIDERS
+                   if getattr(raw.secrets, provider)}
+    rules = tuple(_rule(spec, base, i, binder) for i, spec in enumerate(raw.rules))
+    jenkins = raw.jenkins
     names = [r.name for r in rules]
     for i, rule in enumerate(rules):
         if names.index(rule.name) != i:
@@ -391,24 +321,23 @@ def parse_settings(data: Mapping[str, Any], source: str, base: Path) -> Settings
         if rule.action == DEPLOY_ARTIFACT and not jenkins.url:
             raise ConfigError(source, "jenkins.url", f"rule {rule.name!r} fetches Jenkins "
                               "artifacts; only URLs under jenkins.url are fetched")
-    for i, target in enumerate(polls):
+    for i, target in enumerate(raw.poll):
         probe = PushEvent(provider="poll", repo=target.repo, branch=target.branch, sha="0" * 40)
         if not match_rules(rules, probe):
             raise ConfigError(source, f"poll[{i}]", f"no rule matches repo {target.repo!r} "
                               f"branch {target.branch!r}: polling it could never deploy")
-    return Settings(source=source, service=service, secret_envs=secret_envs, generic=generic,
-                    generic_delivery_header=delivery_header, jenkins=jenkins,
-                    git_timeout=git_timeout, rules=rules, polls=polls)
+    generic = raw.generic
+    return Settings(
+        source=source, service=raw.service, secret_envs=secret_envs,
+        generic=GenericPaths(ref=generic.ref, sha=generic.sha, repo=generic.repo,
+                             pusher=generic.pusher, message=generic.message),
+        generic_delivery_header=generic.delivery_header, jenkins=jenkins,
+        git_timeout=raw.git.timeout, rules=rules, polls=tuple(raw.poll))
 
 
 def load_settings(path: str | Path) -> Settings:
     file = Path(path)
-    try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(str(file), "", "file not found (pass --config)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(str(file), "", f"not valid TOML: {exc}") from None
+    data = read_toml(file, what="automation settings file", hint="pass --config PATH")
     return parse_settings(data, str(file), file.resolve().parent)
 
 
