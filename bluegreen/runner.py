@@ -9,36 +9,29 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import sys
-import threading
 from pathlib import Path
 from typing import Any
 
 from bluegreen import config as config_mod
+from bluegreen import interrupts
 from bluegreen.errors import BluegreenError
-
-
-def _sigterm_as_interrupt() -> None:
-    """Jenkins' abort and the webhook worker stop a deploy with SIGTERM. Turned into
-    KeyboardInterrupt, it runs the same cleanup as Ctrl-C: the lock is released, a
-    half-done switch is restored, state says what the slots hold."""
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, handler)
 
 
 def execute(action: str, *, config: str = "", overrides: list[str] | None = None,
             dry_run: bool = False, verbose: bool = False, who: str = "",
             as_json: bool = False, artifact: str = "", version: str = "", to: str = "",
             history: int = 10) -> int:
-    _sigterm_as_interrupt()
+    # Jenkins' abort and the webhook worker stop a deploy with SIGTERM: like Ctrl-C, it
+    # waits for the remote steps in flight, then undoes a half-done switch and unlocks
+    interrupts.install()
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
     # paramiko warns about every refused direct-tcpip channel, i.e. every health probe of
     # an app that is still booting; the health phase reports what matters
     logging.getLogger("paramiko.transport").setLevel(logging.ERROR)
     try:
+        config_mod.check_label("--version", version)
+        config_mod.check_label("--who", who)
         cfg = config_mod.load(config or None, overrides=overrides or [])
         result, plan = _dispatch(cfg, action, dry_run=dry_run, who=who, quiet=as_json,
                                  artifact=artifact, version=version, to=to, history=history)
@@ -55,8 +48,8 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
                               "host": exc.host, "hint": exc.hint}))
         return exc.exit_code
     except KeyboardInterrupt:
-        print("\nINTERRUPTED: the lock was released; traffic is wherever the last completed "
-              "phase left it. Run `fab status`, then re-run: every phase converges.",
+        print("\nINTERRUPTED: a switch in progress was undone and the lock released; traffic "
+              "stays on the live slot. Re-run the same command: every phase converges.",
               file=sys.stderr)
         return 130
 
