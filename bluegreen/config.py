@@ -468,7 +468,7 @@ _LISTEN_FORMS = ('PORT, ADDRESS:PORT or [IPv6]:PORT, optionally followed by para
 
 
 def _check_listen(value: str) -> str:
-    """The forms bluegreen can also knock on to verify a switch (traffic.front_door)."""
+    """The forms bluegreen can also knock on to verify a switch (render.front_door)."""
     words = value.split()
     if not words:
         raise ValueError(f"expected {_LISTEN_FORMS}, got an empty string")

@@ -210,7 +210,7 @@ def test_listen_forms_the_switch_cannot_verify_are_refused(tmp_path: Path, liste
 ])
 def test_supported_listen_forms_load_and_give_a_front_door(tmp_path: Path, listen: object,
                                                            door: tuple[str, int]) -> None:
-    from bluegreen.traffic import front_door
+    from bluegreen.render import front_door
 
     value = f'"{listen}"' if isinstance(listen, str) else str(listen)
     cfg = config.load(write(tmp_path, MINIMAL + f"[nginx]\nlisten = {value}\n"), environ={})
@@ -351,7 +351,7 @@ def _assert_sane(cfg: config.Config) -> None:
     """What the rest of bluegreen relies on without checking again."""
     import math
 
-    from bluegreen.traffic import front_door
+    from bluegreen.render import front_door
 
     for section in (cfg.health, cfg.process, cfg.nginx, cfg.ssh, cfg.hooks, cfg.paths):
         for name, value in vars(section).items():
