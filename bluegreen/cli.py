@@ -27,6 +27,8 @@ def build_parser(with_automation: bool = True) -> argparse.ArgumentParser:
             p.add_argument("--verbose", action="store_true",
                            help="with --dry-run: the exact commands under each step")
             p.add_argument("--who", default="", help="name recorded in the lock and history")
+            p.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
+                           help="wait this long for a lock another live run holds")
 
     p = sub.add_parser("deploy", help="ship a build to the idle slot and switch to it")
     common(p)
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     return execute(args.command, config=args.config, overrides=args.overrides,
                    dry_run=getattr(args, "dry_run", False),
                    verbose=getattr(args, "verbose", False), who=getattr(args, "who", ""),
+                   lock_wait=getattr(args, "lock_wait", 0.0),
                    as_json=getattr(args, "json", False), artifact=getattr(args, "artifact", ""),
                    version=getattr(args, "version", ""), to=getattr(args, "to", ""),
                    history=getattr(args, "history", 10))

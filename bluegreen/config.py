@@ -590,6 +590,13 @@ class Ssh:
 
 
 @dataclass(frozen=True)
+class LockCfg:
+    # a lock from another machine whose heartbeat is older than this is taken over; the
+    # holder refreshes it at every phase, so it must outlast the longest phase (health)
+    lease: float = seconds(300.0)
+
+
+@dataclass(frozen=True)
 class HooksCfg:
     # relative to the config file
     dir: str = setting("hooks", one_line=True)
@@ -615,6 +622,7 @@ class Config:
     nginx: Nginx = field(default_factory=Nginx)
     ssh: Ssh = field(default_factory=Ssh)
     hooks: HooksCfg = field(default_factory=HooksCfg)
+    lock: LockCfg = field(default_factory=LockCfg)
     # no value is ever echoed in a message: [env] often holds secrets
     env: dict[str, str] = field(default_factory=dict,
                                 metadata={"items": {"number_text": True, "secret": True}})

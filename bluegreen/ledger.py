@@ -53,6 +53,7 @@ class Ledger:
     who: Who
     report: Reporter
     owner: lock.Owner | None = field(default=None)  # the lock this run holds
+    lock_wait: float = 0.0  # seconds to wait for a lock a live run holds
 
     # ------------------------------------------------------------ the lock
 
@@ -60,8 +61,40 @@ class Ledger:
     def locked(self, action: str) -> Iterator[None]:
         primary = self.fleet.primary
         self.owner = lock.new_owner(self.who.name, action, self.who.build_url)
-        with lock.held(primary, self.fleet.layout(primary), self.owner):
+        with lock.held(primary, self.fleet.layout(primary), self.owner, lease=self.lease,
+                       wait=self.lock_wait, on_wait=self._waiting, on_break=self._broke):
             yield
+
+    @property
+    def lease(self) -> float:
+        """The configured lease, but never shorter than the longest phase (the heartbeat is
+        renewed between phases)."""
+        c = self.cfg
+        longest = max(c.health.timeout, c.nginx.drain_timeout + c.process.stop_timeout
+                      + c.process.port_free_timeout) + 60
+        return max(c.lock.lease, longest)
+
+    def _waiting(self, holder: str) -> None:
+        self.report.say(f"    lock held by {holder}: waiting up to {self.lock_wait:g}s")
+
+    def _broke(self, broken: lock.Broken) -> None:
+        held = broken.owner.describe() if broken.owner else "an unknown owner"
+        self.report.say(f"    broke a stale lock held by {held}: {broken.reason}")
+        self.record({"action": "unlock", "result": "ok", "automatic": True,
+                     "reason": broken.reason,
+                     "broken_lock": broken.owner.__dict__ if broken.owner else None})
+
+    def heartbeat(self) -> None:
+        """Between phases: the lock's holder shows it is alive."""
+        if self.owner is None or self.fleet.dry_run:
+            return
+        if time.time() - self.owner.heartbeat < min(30.0, self.lease / 10):
+            return  # fresh enough: one write per half minute at most
+        primary = self.fleet.primary
+        try:
+            self.owner = lock.heartbeat(primary, self.fleet.layout(primary), self.owner)
+        except BluegreenError as exc:  # the next phase's own step will say what is wrong
+            self.report.say(f"    warning: could not renew the lock's heartbeat: {exc.what}")
 
     def ensure_still_locked(self) -> None:
         """Before traffic or state changes: is the lock still ours? `fab unlock` on a run

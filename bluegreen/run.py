@@ -122,6 +122,7 @@ def perform(run: Run, phases: list[Phase], summary: Callable[[Run], str]) -> Out
         for current in phases:
             run_phase(run, current)
             interrupts.checkpoint()
+            run.ledger.heartbeat()
     except BaseException as exc:
         with interrupts.cleaning_up(), run.stack:
             restored = _undo(run)

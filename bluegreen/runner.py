@@ -20,6 +20,7 @@ from bluegreen.errors import BluegreenError
 
 def execute(action: str, *, config: str = "", overrides: list[str] | None = None,
             dry_run: bool = False, verbose: bool = False, who: str = "",
+            lock_wait: float = 0.0,
             as_json: bool = False, artifact: str = "", version: str = "", to: str = "",
             history: int = 10) -> int:
     # Jenkins' abort and the webhook worker stop a deploy with SIGTERM: like Ctrl-C, it
@@ -34,6 +35,7 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
         config_mod.check_label("--who", who)
         cfg = config_mod.load(config or None, overrides=overrides or [])
         result, plan = _dispatch(cfg, action, dry_run=dry_run, who=who, quiet=as_json,
+                                 lock_wait=lock_wait,
                                  artifact=artifact, version=version, to=to, history=history)
         if plan is not None:
             print("\nDRY RUN: nothing was changed. These changes would be made:")
@@ -55,7 +57,8 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
 
 
 def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, quiet: bool,
-              artifact: str, version: str, to: str, history: int) -> tuple[Any, Any]:
+              lock_wait: float, artifact: str, version: str, to: str,
+              history: int) -> tuple[Any, Any]:
     # imported here: `bluegreen --help` and the automation service need none of the flow
     from bluegreen import deploy, lock, views
     from bluegreen.fleet import Fleet
@@ -67,7 +70,7 @@ def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, q
     plan = Plan() if dry_run else None
     fleet = Fleet(cfg, plan=plan)
     report = Reporter(quiet=quiet)
-    ledger = Ledger(cfg, fleet, Who.from_env(who), report)
+    ledger = Ledger(cfg, fleet, Who.from_env(who), report, lock_wait=lock_wait)
     try:
         if action in deploy.FLOWS:
             run = Run(cfg, fleet, ledger, report, Outcome(action))

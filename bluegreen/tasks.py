@@ -17,6 +17,7 @@ COMMON_HELP = {
     "set_": "override a config value, e.g. --set health.timeout=90 (repeatable)",
     "dry_run": "print the plan, one line per change; change nothing",
     "verbose": "with --dry-run: the exact commands under each step",
+    "lock_wait": "seconds to wait for a lock another live run holds (default: fail at once)",
     "who": "name recorded in the lock and history (default: Jenkins job or user@host)",
 }
 
@@ -31,33 +32,35 @@ def _finish(rc: int) -> None:
 
 
 @task(iterable=["set_"], help=_help(
-    "config", "set_", "dry_run", "verbose", "who",
+    "config", "set_", "dry_run", "verbose", "who", "lock_wait",
     artifact="the build to ship: a jar, a binary, or a tarball with a runner",
     version="version label for this release (default: $GIT_COMMIT)"))
 def deploy(c: Context, artifact: str = "", version: str = "", config: str = "",
            set_: list[str] | None = None, dry_run: bool = False, verbose: bool = False,
-           who: str = "") -> None:
+           who: str = "", lock_wait: float = 0.0) -> None:
     """Ship a build to the idle slot, health-check it, and switch traffic to it."""
     _finish(execute("deploy", config=config, overrides=set_, dry_run=dry_run, verbose=verbose,
-                    who=who,
+                    who=who, lock_wait=lock_wait,
                     artifact=artifact, version=version))
 
 
-@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "verbose", "who",
+@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "verbose", "who", "lock_wait",
                                     to="blue or green (default: the idle slot)"))
 def switch(c: Context, to: str = "", config: str = "", set_: list[str] | None = None,
-           dry_run: bool = False, verbose: bool = False, who: str = "") -> None:
+           dry_run: bool = False, verbose: bool = False, who: str = "",
+           lock_wait: float = 0.0) -> None:
     """Flip traffic to the other slot (health-checked first)."""
     _finish(execute("switch", config=config, overrides=set_, dry_run=dry_run, verbose=verbose,
-                    who=who, to=to))
+                    who=who, to=to, lock_wait=lock_wait))
 
 
-@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "verbose", "who"))
+@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "verbose", "who", "lock_wait"))
 def rollback(c: Context, config: str = "", set_: list[str] | None = None,
-             dry_run: bool = False, verbose: bool = False, who: str = "") -> None:
+             dry_run: bool = False, verbose: bool = False, who: str = "",
+             lock_wait: float = 0.0) -> None:
     """Go back to the previous release: instant while its slot is warm."""
     _finish(execute("rollback", config=config, overrides=set_, dry_run=dry_run,
-                    verbose=verbose, who=who))
+                    verbose=verbose, who=who, lock_wait=lock_wait))
 
 
 @task(iterable=["set_"], help=_help("config", "set_", json="machine-readable output",
