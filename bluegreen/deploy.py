@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bluegreen import phases as p
+from bluegreen.errors import LockHeld
 from bluegreen.run import Outcome, Phase, Run, perform
 
 
@@ -99,6 +100,18 @@ def rollback(run: Run) -> Outcome:
     return perform(run, ROLLBACK, lambda r: (
         f"=== rolled back {r.cfg.app} to {r.version or r.release_id} (slot {r.target}) in "
         f"{r.outcome.seconds:.2f}s"))
+
+
+def recover_if_pending(run: Run) -> None:
+    """Before `status` reports: recover an interrupted switch when no live run holds the
+    lock (if one does, it is that run's switch in progress: status shows it as pending)."""
+    if run.fleet.dry_run or run.ledger.read_intent() is None:
+        return
+    try:
+        with run.ledger.locked("recover"):
+            p.recover_interrupted(run)
+    except LockHeld:
+        return
 
 
 FLOWS: dict[str, Any] = {"deploy": deploy, "switch": switch, "rollback": rollback}

@@ -42,7 +42,7 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
             for line in plan.lines(verbose=verbose):
                 print(f"  {line}")
         _print_result(action, result, as_json)
-        return 0
+        return int(result.get("exit_code", 0)) if action == "status" else 0
     except BluegreenError as exc:
         print(exc.render(), file=sys.stderr, flush=True)
         if as_json:
@@ -80,6 +80,7 @@ def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, q
                 return deploy.switch(run, to).entry(), plan
             return deploy.rollback(run).entry(), plan
         if action == "status":
+            deploy.recover_if_pending(Run(cfg, fleet, ledger, report, Outcome("recover")))
             return views.status(cfg, fleet, history), plan
         if action == "releases":
             return views.releases(cfg, fleet), plan

@@ -47,6 +47,16 @@ class FakeWorld:
         if self.dead:
             raise Killed("the deploying process is gone")
 
+    def crash(self, host: str, slot: str) -> None:
+        """The app in `slot` on `host` dies: its port closes and its process is gone."""
+        fs = self.files[host]
+        pidfile = next(p for p in fs if p.endswith(f"/slots/{slot}/pid"))
+        fs.pop(f"/proc/{fs[pidfile].split()[0].decode()}/stat", None)
+        self.running = {k: v for k, v in self.running.items()
+                        if not (k[0] == host and k[1] == self._ports[slot])}
+
+    _ports: dict[str, int] = field(default_factory=lambda: {"blue": 8081, "green": 8082})
+
     def opener(self, spec: HostSpec, cfg: Config) -> FakeHost:
         return FakeHost(spec, cfg, self)
 

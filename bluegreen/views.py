@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bluegreen import health, lock, release
+from bluegreen import health, journal, lock, release
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError
 from bluegreen.fleet import Fleet
@@ -18,48 +18,69 @@ from bluegreen.render import parse_marker
 from bluegreen.routers import Router, router_for
 from bluegreen.state import read_history, read_state
 
+# `fab status` exit codes, for monitoring checks (README, "Status")
+STATUS_OK = 0  # consistent, and the live slot is healthy on every app host
+STATUS_UNHEALTHY = 4  # the live slot is down or unhealthy somewhere, or a host is unreachable
+STATUS_INCONSISTENT = 5  # a router disagrees with recorded state, or a switch is pending
+
 
 def status(cfg: Config, fleet: Fleet, history: int = 10) -> dict[str, Any]:
+    """What is true now, asked of each router and each app host, beside what is recorded."""
     primary = fleet.primary
     layout = fleet.layout(primary)
     state = read_state(primary, layout, cfg.app)
     owner = lock.status(primary, layout)
+    intent = journal.read(primary, layout)
     backend = backend_for(cfg)
 
     def host_view(h: Host) -> dict[str, Any]:
-        view = {}
+        view: dict[str, Any] = {}
         for slot in ("blue", "green"):
-            try:
-                running = backend.running(h, slot)
-                probe = health.probe(h, cfg.port_of(slot), cfg.health) if running else None
-                view[slot] = {"running": running,
-                              "healthy": bool(probe and probe.ok),
-                              "probe": probe.detail if probe else "not running"}
-            except BluegreenError as exc:
-                view[slot] = {"running": None, "healthy": False, "probe": exc.what}
+            running = backend.running(h, slot)
+            probe = health.probe(h, cfg.port_of(slot), cfg.health) if running else None
+            view[slot] = {"running": running, "healthy": bool(probe and probe.ok),
+                          "probe": probe.detail if probe else "not running"}
         return view
 
     def traffic_view(router: Router) -> dict[str, Any]:
         routed = router.routed()
         marker = parse_marker(router.installed())
         return {"routes_to": routed.slot or None, "file_says": routed.file_slot or None,
-                "release": marker.release if marker else None}
+                "seen": routed.detail, "release": marker.release if marker else None}
 
     routers = {h.label: router_for(cfg, h) for h in fleet.traffic_hosts}
-    hosts = fleet.on_all(fleet.app_hosts, "status", host_view)
-    routes = fleet.on_all(fleet.traffic_hosts, "status", lambda h: traffic_view(routers[h.label]))
+    app_hosts = {h.label: _or_unknown(lambda h=h: host_view(h)) for h in fleet.app_hosts}
+    traffic = {label: _or_unknown(lambda r=r: traffic_view(r)) for label, r in routers.items()}
+    live = state.live or None
+    consistent = intent is None and all(
+        "unknown" not in t and t["routes_to"] == live and t["file_says"] == live
+        for t in traffic.values())
+    healthy = bool(live) and all(
+        "unknown" not in v and v[live]["healthy"] for v in app_hosts.values())  # type: ignore[index]
     return {
         "app": cfg.app,
-        "live": state.live or None,
+        "live": live,
         "previous": state.previous or None,
         "slots": {name: {**rec.__dict__, "port": cfg.port_of(name)}
                   for name, rec in state.slots.items()},
-        "app_hosts": dict(zip([h.label for h in fleet.app_hosts], hosts, strict=True)),
-        "traffic_hosts": dict(zip(list(routers), routes, strict=True)),
-        "consistent": all(r["routes_to"] == (state.live or None) for r in routes),
+        "app_hosts": app_hosts,
+        "traffic_hosts": traffic,
+        "consistent": consistent,
+        "healthy": healthy,
+        "pending_switch": intent.describe() if intent else None,
         "lock": owner.__dict__ if owner else None,
         "history": read_history(primary, layout, history),
+        "exit_code": (STATUS_INCONSISTENT if not consistent
+                      else STATUS_OK if healthy or not live else STATUS_UNHEALTHY),
     }
+
+
+def _or_unknown(fn: Any) -> dict[str, Any]:
+    """A host we cannot ask is unknown, never "down": its slots may be serving."""
+    try:
+        return fn()  # type: ignore[no-any-return]
+    except BluegreenError as exc:
+        return {"unknown": exc.what.splitlines()[0]}
 
 
 def releases(cfg: Config, fleet: Fleet) -> dict[str, list[dict[str, Any]]]:
@@ -86,19 +107,34 @@ def format_releases(result: dict[str, list[dict[str, Any]]]) -> str:
 
 
 def format_status(s: dict[str, Any]) -> str:
-    lines = [f"app {s['app']}: live slot {s['live'] or '(none)'}"
-             + ("" if s["consistent"] else "   !! nginx disagrees with recorded state")]
+    verdict = ("" if s["consistent"] else "   !! the router disagrees with recorded state"
+               if not s.get("pending_switch") else "   !! an interrupted switch is pending")
+    if s["consistent"] and s["live"] and not s.get("healthy", True):
+        verdict = "   !! the live slot is not healthy everywhere"
+    lines = [f"app {s['app']}: live slot {s['live'] or '(none)'}{verdict}"]
     for name, rec in s["slots"].items():
         mark = "*" if name == s["live"] else " "
         lines.append(f" {mark} {name:<5} port {rec['port']:<5} {rec['version'] or '-':<14} "
                      f"{rec['release'] or '-':<36} {rec['status']}")
     for host, slots in s["app_hosts"].items():
+        if "unknown" in slots:
+            lines.append(f"   app host {host}: unknown: {slots['unknown']}")
+            continue
         parts = [f"{slot}={'up' if v['running'] else 'down'}"
                  f"{'/healthy' if v['healthy'] else ('/' + v['probe'] if v['running'] else '')}"
                  for slot, v in slots.items()]
         lines.append(f"   app host {host}: {', '.join(parts)}")
     for host, t in s["traffic_hosts"].items():
-        lines.append(f"   traffic host {host}: nginx routes to {t['routes_to'] or '(nothing)'}")
+        if "unknown" in t:
+            lines.append(f"   traffic host {host}: unknown: {t['unknown']}")
+            continue
+        line = f"   traffic host {host}: routes to {t['routes_to'] or '(nothing)'}"
+        if t["file_says"] != t["routes_to"]:
+            line += f" (its file says {t['file_says'] or 'nothing'})"
+        lines.append(f"{line}  [{t['seen']}]")
+    if s.get("pending_switch"):
+        lines.append(f"   PENDING: interrupted {s['pending_switch']}; the next deploy, switch "
+                     "or rollback restores the committed state first")
     if s["lock"]:
         lines.append(f"   LOCKED by {s['lock']['who']} ({s['lock']['action']}) - `fab unlock` "
                      "if that run is dead")

@@ -338,3 +338,56 @@ def test_lua_flip_killed_before_the_state_write_is_flipped_back(tmp_path: Path) 
     assert "recovered interrupted deploy" in h.out.getvalue()
     assert h.world.lua_live["local"] == h.cfg.slots.blue  # rollback went on to blue (v1)
     assert h.state()["live"] == "blue" and h.state()["slots"]["blue"]["version"] == "v1"
+
+
+# ---------------------------------------------------------------- status tells the truth
+
+def status_of(h: Harness) -> dict:
+    from bluegreen import views
+    run = h.run("status")
+    return views.status(h.cfg, run.fleet)
+
+
+def test_status_is_ok_only_when_consistent_and_the_live_slot_is_healthy(h: Harness) -> None:
+    from bluegreen import views
+    h.deploy("v1")
+    st = status_of(h)
+    assert st["exit_code"] == views.STATUS_OK and st["healthy"] and st["consistent"]
+    h.world.crash("local", "blue")  # the live app died
+    st = status_of(h)
+    assert st["exit_code"] == views.STATUS_UNHEALTHY
+    assert st["app_hosts"]["local"]["blue"]["running"] is False
+    assert "not healthy everywhere" in views.format_status(st)
+
+
+def test_status_reads_the_front_door_not_just_the_file(h: Harness) -> None:
+    from bluegreen import views
+    h.deploy("v1")
+    h.deploy("v2")  # green live, blue warm
+    h.world.routed["local"] = h.cfg.slots.blue  # nginx serves blue, whatever the file says
+    st = status_of(h)
+    assert st["traffic_hosts"]["local"]["routes_to"] == "blue"
+    assert st["traffic_hosts"]["local"]["file_says"] == "green"
+    assert not st["consistent"] and st["exit_code"] == views.STATUS_INCONSISTENT
+    assert "(its file says green)" in views.format_status(st)
+
+
+def test_status_shows_a_pending_switch_and_an_unreachable_host_as_unknown(h: Harness) -> None:
+    from bluegreen import views
+    from bluegreen.errors import CommandFailed
+    h.deploy("v1")
+    killed_deploy(h, "v2", f"write {TARGET}")
+    st = status_of(h)
+    assert st["pending_switch"].startswith("deploy ") and st["exit_code"] == 5
+    assert "PENDING: interrupted deploy" in views.format_status(st)
+
+    def unreachable(*a: object, **k: object) -> None:
+        raise CommandFailed("SSH connection lost during a file operation", host="local")
+    import unittest.mock
+
+    from bluegreen.process import PlainBackend
+    with unittest.mock.patch.object(PlainBackend, "running", unreachable):
+        st = status_of(h)
+    assert st["app_hosts"]["local"] == {"unknown": "SSH connection lost during a file operation"}
+    assert "app host local: unknown: SSH connection lost" in views.format_status(st)
+    assert "down" not in views.format_status(st).split("app host local")[1].splitlines()[0]
