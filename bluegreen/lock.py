@@ -81,9 +81,10 @@ class Owner:
             if pid_start(self.pid) != self.pid_start:
                 return f"its process {self.pid} on this machine is gone"
             return ""
-        last = self.heartbeat or self.started_at
-        if now - last > lease:
-            return f"its heartbeat is {now - last:.0f}s old (lease {lease:g}s)"
+        if not self.heartbeat:
+            return ""  # a record without a heartbeat (an older bluegreen): liveness unknown
+        if now - self.heartbeat > lease:
+            return f"its heartbeat is {now - self.heartbeat:.0f}s old (lease {lease:g}s)"
         return ""
 
 

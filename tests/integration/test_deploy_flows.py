@@ -154,6 +154,20 @@ def test_unlock_breaks_a_stale_lock_and_says_whose_it_was(project: Project) -> N
     assert project.front_version() == "v2"
 
 
+def test_a_lock_whose_heartbeat_expired_is_taken_over_and_recorded(project: Project) -> None:
+    project.deploy("v1")
+    lock = project.dir / "srv" / "demo" / "lock"
+    lock.mkdir()
+    (lock / "owner.json").write_text(json.dumps({
+        "who": "carol", "action": "deploy", "token": "t", "started_at": time.time() - 4000,
+        "machine": "laptop-9", "pid": 4242, "build_url": "", "heartbeat": time.time() - 3600}))
+    out = project.deploy("v2").stdout
+    assert "broke a stale lock held by carol" in out and "heartbeat is 360" in out
+    assert project.front_version() == "v2"
+    broken = [h for h in project.status()["history"] if h["action"] == "unlock"]
+    assert broken and broken[-1]["automatic"] and broken[-1]["broken_lock"]["who"] == "carol"
+
+
 def test_foreign_process_on_idle_port_is_never_killed(project: Project) -> None:
     import socket
 
