@@ -1,9 +1,8 @@
 """Poll a slot until it is healthy, quickly but without hammering it.
 
-The interval starts short and doubles up to `health.interval`: an app that comes up in
-200 ms is seen within a few tens of ms, while one that takes a minute to boot gets at most
-10 probes a second. A refused connection costs the app nothing, so while the port is
-closed we stay at the short interval.
+The interval starts short and doubles up to `health.interval` (0.05 s: at most 20 probes a
+second, refused ones included: over SSH each refused probe is a channel the server opens
+and logs), so an app that comes up in 200 ms is seen within a few tens of ms.
 """
 
 from __future__ import annotations
@@ -44,8 +43,7 @@ def probe(host: Host, port: int, cfg: Health, address: str = "127.0.0.1") -> Pro
 
 
 def next_interval(current: float, last: Probe, cfg: Health) -> float:
-    if last.detail == "connection refused":
-        return min(max(MIN_INTERVAL, current), 0.02)  # cheap for the app: keep checking
+    del last  # every probe costs a channel over SSH, refused or not
     return min(cfg.interval, max(MIN_INTERVAL, current * 2))
 
 

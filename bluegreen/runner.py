@@ -18,6 +18,11 @@ from bluegreen import interrupts
 from bluegreen.errors import BluegreenError
 
 
+def _quiet_refused_channels(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("Secsh channel") or "open FAILED" not in str(
+        record.getMessage())
+
+
 def execute(action: str, *, config: str = "", overrides: list[str] | None = None,
             dry_run: bool = False, verbose: bool = False, who: str = "",
             lock_wait: float = 0.0,
@@ -27,9 +32,9 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
     # waits for the remote steps in flight, then undoes a half-done switch and unlocks
     interrupts.install()
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s", stream=sys.stderr)
-    # paramiko warns about every refused direct-tcpip channel, i.e. every health probe of
-    # an app that is still booting; the health phase reports what matters
-    logging.getLogger("paramiko.transport").setLevel(logging.ERROR)
+    # paramiko logs every refused direct-tcpip channel (a health probe of an app still
+    # booting) at ERROR: the health phase reports what matters, and nothing else is hidden
+    logging.getLogger("paramiko.transport").addFilter(_quiet_refused_channels)
     try:
         config_mod.check_label("--version", version)
         config_mod.check_label("--who", who)

@@ -192,3 +192,25 @@ def test_drain_stop_free_with_zero_drain_does_not_count_connections() -> None:
         conn.close()
     assert res.returncode == 0, res.stderr
     assert "drain-left" not in res.stdout and "stopped" in res.stdout
+
+
+def test_refused_channel_noise_is_filtered_but_other_paramiko_errors_are_not() -> None:
+    import logging
+
+    from bluegreen.runner import _quiet_refused_channels
+
+    def rec(msg: str, *args: object) -> logging.LogRecord:
+        return logging.LogRecord("paramiko.transport", logging.ERROR, "", 0, msg, args, None)
+    assert not _quiet_refused_channels(rec("Secsh channel %d open FAILED: %s: %s", 3,
+                                           "Connection refused", "Connect failed"))
+    assert _quiet_refused_channels(rec("Socket exception: Connection reset by peer"))
+
+
+def test_health_probes_never_exceed_the_configured_rate_even_when_refused() -> None:
+    from bluegreen import config, health
+    cfg = config.from_dict({"app": "a", "start": "x {port}"}).health
+    refused = health.Probe(False, "connection refused")
+    interval = health.MIN_INTERVAL
+    for _ in range(10):
+        interval = health.next_interval(interval, refused, cfg)
+    assert interval == cfg.interval == 0.05  # 20 probes/s at most, as documented
