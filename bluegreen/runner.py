@@ -15,7 +15,7 @@ from typing import Any
 
 from bluegreen import config as config_mod
 from bluegreen import interrupts
-from bluegreen.errors import BluegreenError
+from bluegreen.errors import ArgumentError, BluegreenError
 
 
 def _quiet_refused_channels(record: logging.LogRecord) -> bool:
@@ -27,7 +27,7 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
             dry_run: bool = False, verbose: bool = False, who: str = "",
             lock_wait: float = 0.0,
             as_json: bool = False, artifact: str = "", version: str = "", to: str = "",
-            history: int = 10) -> int:
+            history: int = 10, since: str = "", only_action: str = "") -> int:
     # Jenkins' abort and the webhook worker stop a deploy with SIGTERM: like Ctrl-C, it
     # waits for the remote steps in flight, then undoes a half-done switch and unlocks
     interrupts.install()
@@ -40,7 +40,7 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
         config_mod.check_label("--who", who)
         cfg = config_mod.load(config or None, overrides=overrides or [])
         result, plan = _dispatch(cfg, action, dry_run=dry_run, who=who, quiet=as_json,
-                                 lock_wait=lock_wait,
+                                 lock_wait=lock_wait, since=since, only_action=only_action,
                                  artifact=artifact, version=version, to=to, history=history)
         if plan is not None:
             print("\nDRY RUN: nothing was changed. These changes would be made:")
@@ -63,7 +63,7 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
 
 def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, quiet: bool,
               lock_wait: float, artifact: str, version: str, to: str,
-              history: int) -> tuple[Any, Any]:
+              history: int, since: str = "", only_action: str = "") -> tuple[Any, Any]:
     # imported here: `bluegreen --help` and the automation service need none of the flow
     from bluegreen import deploy, lock, views
     from bluegreen.fleet import Fleet
@@ -89,6 +89,14 @@ def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, q
             return views.status(cfg, fleet, history), plan
         if action == "releases":
             return views.releases(cfg, fleet), plan
+        if action == "history":
+            try:
+                after = views.parse_since(since)
+            except ValueError as exc:
+                raise ArgumentError(
+                    "--since", f"expected 30m, 12h, 7d or an ISO date, got {since!r}") from exc
+            return views.history(cfg, fleet, since=after, action=only_action,
+                                 limit=history), plan
         if action == "unlock":
             primary = fleet.primary
             owner = lock.break_lock(primary, fleet.layout(primary))
@@ -118,6 +126,8 @@ def _print_result(action: str, result: Any, as_json: bool) -> None:
         print(views.format_status(result))
     elif action == "releases":
         print(views.format_releases(result))
+    elif action == "history":
+        print(views.format_history(result))
     elif action == "unlock":
         print(f"lock released (it was held by {result['unlocked']})" if result["unlocked"]
               else "there was no lock")

@@ -84,4 +84,15 @@ def unlock(c: Context, config: str = "", set_: list[str] | None = None, who: str
     _finish(execute("unlock", config=config, overrides=set_, who=who))
 
 
-ns = Collection(deploy, switch, rollback, status, releases, unlock)
+@task(iterable=["set_"], help=_help(
+    "config", "set_", json="machine-readable output", limit="how many entries (default 20)",
+    since="only entries newer than this: 30m, 12h, 7d or an ISO date",
+    action="only this action: deploy, switch, rollback, recover, unlock"))
+def history(c: Context, config: str = "", set_: list[str] | None = None, json: bool = False,
+            limit: int = 20, since: str = "", action: str = "") -> None:
+    """Deploys, switches and rollbacks: who, what, when, how long, the result."""
+    _finish(execute("history", config=config, overrides=set_, as_json=json, history=limit,
+                    since=since, only_action=action))
+
+
+ns = Collection(deploy, switch, rollback, status, releases, history, unlock)

@@ -83,6 +83,50 @@ def _or_unknown(fn: Any) -> dict[str, Any]:
         return {"unknown": exc.what.splitlines()[0]}
 
 
+def parse_since(text: str, now: float | None = None) -> float:
+    """`30m`, `12h`, `7d` ago, or an ISO date/time; 0 for empty. Raises ValueError."""
+    import datetime
+    import re
+    if not text:
+        return 0.0
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhdw])", text.strip())
+    if m:
+        unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m[2]]
+        return (now or time.time()) - float(m[1]) * unit
+    return datetime.datetime.fromisoformat(text.strip()).timestamp()
+
+
+def history(cfg: Config, fleet: Fleet, *, since: float = 0.0, action: str = "",
+            limit: int = 20) -> list[dict[str, Any]]:
+    """Deploys, switches, rollbacks (and recoveries, lock breaks) from the audit trail,
+    oldest first, filtered; reads only the tail the filters need."""
+    primary = fleet.primary
+    layout = fleet.layout(primary)
+    window = limit if not (since or action) else max(limit * 20, 2000)
+    entries = read_history(primary, layout, window)
+    picked = [e for e in entries
+              if (not action or e.get("action") == action)
+              and float(e.get("at", 0)) >= since]
+    return picked[-limit:] if limit > 0 else picked
+
+
+def format_history(entries: list[dict[str, Any]]) -> str:
+    if not entries:
+        return "no history entries match"
+    lines = []
+    for h in entries:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(h.get("at", 0)))
+        what = f"{h.get('from_slot') or '-'}->{h.get('to_slot') or '-'}"
+        label = h.get("version") or h.get("release") or ""
+        tail = (f" [{h.get('phase')}] {str(h.get('error', '')).splitlines()[0][:80]}"
+                if h.get("result") in ("failed", "interrupted")
+                else f" {h['note']}" if h.get("note") else "")
+        lines.append(f"{when} {h.get('action', '?'):<8} {label:<14} {what:<12} "
+                     f"{h.get('result', '?'):<11} {h.get('seconds', '-')}s "
+                     f"{h.get('who', '')}{tail}")
+    return "\n".join(lines)
+
+
 def releases(cfg: Config, fleet: Fleet) -> dict[str, list[dict[str, Any]]]:
     primary = fleet.primary
     state = read_state(primary, fleet.layout(primary), cfg.app)

@@ -391,3 +391,21 @@ def test_status_shows_a_pending_switch_and_an_unreachable_host_as_unknown(h: Har
     assert st["app_hosts"]["local"] == {"unknown": "SSH connection lost during a file operation"}
     assert "app host local: unknown: SSH connection lost" in views.format_status(st)
     assert "down" not in views.format_status(st).split("app host local")[1].splitlines()[0]
+
+
+def test_history_filters_by_action_and_age_and_reads_like_a_log(h: Harness) -> None:
+    from bluegreen import views
+    h.deploy("v1")
+    h.deploy("v2")
+    deploy.rollback(h.run("rollback"))
+    fleet = h.run("history").fleet
+    assert [e["action"] for e in views.history(h.cfg, fleet)] == ["deploy", "deploy",
+                                                                  "rollback"]
+    assert [e["version"] for e in views.history(h.cfg, fleet, action="deploy")] == ["v1", "v2"]
+    assert views.history(h.cfg, fleet, since=views.parse_since("1h")) != []
+    assert views.history(h.cfg, fleet, since=views.parse_since("2099-01-01")) == []
+    assert views.history(h.cfg, fleet, limit=1)[0]["action"] == "rollback"
+    text = views.format_history(views.history(h.cfg, fleet))
+    assert "rollback" in text.splitlines()[-1] and "green->blue" in text.splitlines()[-1]
+    with pytest.raises(ValueError):
+        views.parse_since("yesterday")
