@@ -124,26 +124,35 @@ def perform(run: Run, phases: list[Phase], summary: Callable[[Run], str]) -> Out
             interrupts.checkpoint()
             run.ledger.heartbeat()
     except BaseException as exc:
-        with interrupts.cleaning_up(), run.stack:
-            restored = _undo(run)
-            if isinstance(exc, BluegreenError):
-                if restored:
-                    exc.hint = (exc.hint + "; " if exc.hint else "") + restored
-                if current.on_failure is not None:
-                    current.on_failure(run, exc)
-                _record_failure(run, exc)
-            elif run.ledger.owner is not None:
-                run.outcome.result, run.outcome.phase = "interrupted", current.name
-                run.outcome.error = f"interrupted in {current.name}" + (
-                    f"; {restored}" if restored else "")
-                run.outcome.seconds = run.elapsed()
-                run.ledger.record(run.outcome.entry())
+        with interrupts.cleaning_up():
+            try:
+                _clean_up_after(run, current, exc)
+            finally:
+                # the lock's context sees the failure: a release that fails now is a
+                # warning, never a new error that hides the real one
+                run.stack.__exit__(type(exc), exc, exc.__traceback__)
         raise
     with run.stack:
         run.outcome.result, run.outcome.seconds = "ok", run.elapsed()
         run.ledger.record(run.outcome.entry())
     run.report.say(("(dry run) " if run.fleet.dry_run else "") + summary(run))
     return run.outcome
+
+
+def _clean_up_after(run: Run, current: Phase, exc: BaseException) -> None:
+    restored = _undo(run)
+    if isinstance(exc, BluegreenError):
+        if restored:
+            exc.hint = (exc.hint + "; " if exc.hint else "") + restored
+        if current.on_failure is not None:
+            current.on_failure(run, exc)
+        _record_failure(run, exc)
+    elif run.ledger.owner is not None:
+        run.outcome.result, run.outcome.phase = "interrupted", current.name
+        run.outcome.error = f"interrupted in {current.name}" + (
+            f"; {restored}" if restored else "")
+        run.outcome.seconds = run.elapsed()
+        run.ledger.record(run.outcome.entry())
 
 
 def _undo(run: Run) -> str:

@@ -276,8 +276,8 @@ def test_vetoed_switch_then_rollback_serves_the_previous_release(project: Projec
 
 def test_failed_verify_after_apply_restores_traffic(project: Project) -> None:
     project.deploy("v1")
-    source = (Path(__file__).resolve().parents[2] / "bluegreen" / "templates"
-              / ("nginx-lua.conf.j2" if project.mode == "lua" else "nginx.conf.j2"))
+    source = (Path(__file__).resolve().parents[2] / "nginx_templates"
+              / ("bluegreen-lua.conf.j2" if project.mode == "lua" else "bluegreen.conf.j2"))
     text = source.read_text()
     text = text.replace("add_header X-Bluegreen-Slot {{ live_slot }} always;",
                         "add_header X-Bluegreen-Slot nope always;")
