@@ -277,9 +277,9 @@ def main(name: str, doc: str, measure: Callable[[Rig, argparse.Namespace], Outco
 
     signal.signal(signal.SIGTERM, on_term)
     work = Path(tempfile.mkdtemp(prefix=f"bluegreen-{name}-"))
+    command = shlex.join([sys.executable, "-m", f"bench.{name}", *sys.argv[1:]])
     doc_out: dict[str, Any] = {"name": name, "machine": machine(), "quick": args.quick,
-                               "command": shlex.join([sys.executable, *sys.argv]),
-                               "loadavg_start": os.getloadavg()}
+                               "command": command, "loadavg_start": os.getloadavg()}
     say(f"{name}: {doc_out['command']}")
     say(f"{name}: {doc_out['machine']}; load average {doc_out['loadavg_start'][0]:.2f}; "
         f"work dir {work}")

@@ -26,6 +26,7 @@ def measure(rig: Rig, args: argparse.Namespace) -> Outcome:
     from bluegreen.hosts import open_host
 
     proj = rig.project("lua", "lua")
+    rig.deploy_new(proj)  # nginx serves the app: http_get has something to reach
     n = args.n
     cfg = config.load(str(proj.dir / "bluegreen.toml"), overrides=[], environ={})
     host = open_host(cfg.hosts.app[0], cfg)
