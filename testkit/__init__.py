@@ -10,6 +10,7 @@
     fabout     the parser of what `fab` prints (phase lines, the summary line)
     loadgen    a load client that records every request, never retrying
     underload  N `fab` operations in a row under load: the zero-failed-requests check
+    fixtures   pytest fixtures shared by tests/ and bench/tests/ (the PID safety net)
 
 Installed with the project (`pip install -e '.[dev]'`), so `import testkit` works from
 anywhere; nothing here edits sys.path. Nothing here imports tests/ or bench/.
