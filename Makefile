@@ -31,9 +31,9 @@ test: setup
 unit: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
 
-## zero-failure and speed benchmarks; prints one result line per benchmark
+## every benchmark (bench/run.py), one result line each; `$(PY) -m bench.NAME` runs one
 bench: setup
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 clean: demo-stop
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

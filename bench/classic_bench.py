@@ -1,7 +1,7 @@
 """The baseline: the classic shell-script deploy (bench/classic/) under the same load.
 
 A private nginx serves the classic site (``proxy_pass $service_url`` + a one-line include
-file), the demo app runs with GRACEFUL=0 in one slot, bench/loadgen.py sends all four
+file), the demo app runs with GRACEFUL=0 in one slot, testkit.loadgen sends all four
 classes of traffic, and K classic deploys run back to back, alternating ports, exactly
 as the Jenkins job would run bench/classic/deploy.sh: restart.sh (kill -15 the idle port,
 sleep, nohup start), health.sh (sleep, curl loop), switch.sh (tee + nginx -s reload).
@@ -9,10 +9,10 @@ No drain and no ``nginx -t``, on purpose.
 
 Library::
 
-    from classic_bench import run_classic
+    from bench.classic_bench import run_classic
     result = run_classic(k=20)            # a loadgen.LoadResult; result.meta["ops"]
 
-CLI: ``.venv/bin/python bench/classic_bench.py --deploys 20 [--json out.json]``
+CLI: ``.venv/bin/python -m bench.classic_bench --deploys 20 [--json out.json]``
 The fixed sleeps of the original (5 s after kill, 10 s before the first health check,
 10 s between checks) are parameters, shortened by default so 20 deploys fit in about a
 minute; the shape of every script is unchanged.
@@ -30,20 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ (flat modules)
-
-from harness import (
-    CLASSIC,
-    REPO,
-    BenchNginx,
-    ClassicSwitcher,
-    DemoApps,
-    Slot,
-    established_to,
-)
-from loadgen import ClassConfig, LoadGen, LoadResult
-
-from tests.support.procs import stop_pid
+from bench.harness import CLASSIC, ClassicSwitcher, DemoApps, Slot, established_to
+from testkit import REPO
+from testkit.loadgen import ClassConfig, LoadGen, LoadResult
+from testkit.nginx import PrivateNginx
+from testkit.procs import stop_pid
 
 MAX_DEPLOYS = 40
 WINDOW_TAIL = 1.0  # the reload's effects (idle connections closed) trail the script a bit
@@ -59,7 +50,7 @@ class ClassicParams:
     health_tries: int = 20  # health.sh: curls before giving up (original 10)
 
 
-def _script_env(nginx: BenchNginx, switcher: ClassicSwitcher, apps: DemoApps,
+def _script_env(nginx: PrivateNginx, switcher: ClassicSwitcher, apps: DemoApps,
                 params: ClassicParams, app_dir: Path) -> dict[str, str]:
     ports = " ".join(str(s.port) for s in apps.slots.values())
     return {
@@ -133,7 +124,7 @@ def run_classic(
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True)
     apps = DemoApps(workdir)
-    nginx = BenchNginx(workdir / "nginx", worker_processes=nginx_workers)
+    nginx = PrivateNginx(workdir / "nginx", worker_processes=nginx_workers)
     switcher = ClassicSwitcher(nginx, apps.slots)
     slots = list(apps.slots.values())
     ops: list[dict[str, Any]] = []

@@ -1,7 +1,7 @@
 """Shared benchmark plumbing: private nginx, demo-app slots, switch modes, drain.
 
 Everything runs on loopback under one work directory and is stopped by PID (through
-tests/support/procs.py). Three switch modes share one small interface so the benchmark
+testkit.procs). Three switch modes share one small interface so the benchmark
 and the prototypes drive them the same way:
 
   ClassicSwitcher  bench/classic/*.sh: tee the include file + `nginx -s reload`
@@ -20,55 +20,24 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tarfile
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import jinja2
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # tests.support and examples are imported from the repo root
-    sys.path.insert(0, str(REPO))
-
-import jinja2  # noqa: E402
-
-from tests.support.nginx import PrivateNginx  # noqa: E402
-from tests.support.ports import free_port, wait_port  # noqa: E402
-from tests.support.procs import (  # noqa: E402
-    log_tail,
-    pid_alive,
-    start_process,
-    stop_pid,
-    wait_until,
-)
+from testkit import REPO
+from testkit.demo import build
+from testkit.nginx import PrivateNginx
+from testkit.ports import free_port, wait_port
+from testkit.procs import log_tail, pid_alive, start_process, stop_pid, wait_until
 
 BENCH = REPO / "bench"
 PROTOTYPES = BENCH / "prototypes"
 CLASSIC = BENCH / "classic"
-DEMO_BUILD = REPO / "examples" / "demo" / "build.py"
-
-
-# --------------------------------------------------------------------------------------
-# nginx
-# --------------------------------------------------------------------------------------
-class BenchNginx(PrivateNginx):
-    """PrivateNginx plus extra main-context lines (worker_shutdown_timeout lives there)."""
-
-    def __init__(self, prefix: Path, *, main_extra: Sequence[str] = (), **kwargs: Any) -> None:
-        self.main_extra = list(main_extra)  # set before super() writes nginx.conf
-        super().__init__(prefix, **kwargs)
-
-    def render_main_conf(self) -> str:
-        text = super().render_main_conf()
-        if not self.main_extra:
-            return text
-        marker = f"worker_processes {self.worker_processes};"
-        extra = "\n".join(self.main_extra)
-        return text.replace(marker, f"{marker}\n{extra}", 1)
 
 
 def established_to(port: int, host: str = "127.0.0.1") -> int:
@@ -122,15 +91,10 @@ class DemoApps:
         (workdir / "logs").mkdir(parents=True, exist_ok=True)
 
     def release(self, version: str) -> Path:
-        """examples/demo/build.py VERSION, unpacked under releases/VERSION (cached)."""
+        """The demo app at VERSION (testkit.demo), unpacked under releases/VERSION (cached)."""
         target = self.workdir / "releases" / version
         if (target / "bin" / "runner").exists():
             return target
-        sys.path.insert(0, str(DEMO_BUILD.parent))
-        try:
-            from build import build  # examples/demo/build.py
-        finally:
-            sys.path.remove(str(DEMO_BUILD.parent))
         tarball = build(version, self.workdir / "dist")
         tmp = target.with_name(version + ".tmp")
         tmp.mkdir(parents=True, exist_ok=True)
@@ -202,7 +166,7 @@ class DrainReport:
 
 
 class Switcher(Protocol):
-    nginx: BenchNginx
+    nginx: PrivateNginx
 
     def setup(self, live_port: int) -> None: ...
     def switch(self, port: int) -> None: ...
@@ -229,7 +193,7 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _wait_old_workers_gone(nginx: BenchNginx, port: int, timeout: float) -> DrainReport:
+def _wait_old_workers_gone(nginx: PrivateNginx, port: int, timeout: float) -> DrainReport:
     """Reload-mode drain: the slot we are about to stop is idle in the current config, so
     only workers of older generations ("shutting down") can still hold requests to it.
     Wait until none is left (they exit once their in-flight requests finish)."""
@@ -252,7 +216,7 @@ class ReloadSwitcher:
 
     template = "reload.conf.j2"
 
-    def __init__(self, nginx: BenchNginx, slots: dict[str, Slot], name: str = "demo",
+    def __init__(self, nginx: PrivateNginx, slots: dict[str, Slot], name: str = "demo",
                  **ctx: Any) -> None:
         self.nginx = nginx
         self.slots = slots
@@ -299,7 +263,7 @@ class ReloadSwitcher:
 class ClassicSwitcher(ReloadSwitcher):
     """bench/classic/switch.sh: tee the include file, `nginx -s reload`, nothing else."""
 
-    def __init__(self, nginx: BenchNginx, slots: dict[str, Slot], name: str = "classic",
+    def __init__(self, nginx: PrivateNginx, slots: dict[str, Slot], name: str = "classic",
                  **ctx: Any) -> None:
         super().__init__(nginx, slots, name, **ctx)
         self.include = nginx.prefix / "service_url.inc"
@@ -332,7 +296,7 @@ class LuaSwitcher:
 
     template = "lua.conf.j2"
 
-    def __init__(self, nginx: BenchNginx, slots: dict[str, Slot], name: str = "demo",
+    def __init__(self, nginx: PrivateNginx, slots: dict[str, Slot], name: str = "demo",
                  control_port: int | None = None, **ctx: Any) -> None:
         self.nginx = nginx
         self.slots = slots
@@ -429,7 +393,7 @@ def deploy_slot(apps: DemoApps, switcher: Switcher, slot: Slot, version: str, *,
                      "switch": t4 - t3})
 
 
-def wait_workers_settled(nginx: BenchNginx, timeout: float = 30.0) -> None:
+def wait_workers_settled(nginx: PrivateNginx, timeout: float = 30.0) -> None:
     """Bounded wait until no old-generation worker is left (between experiments)."""
     wait_until(lambda: nginx.worker_pids() == nginx.worker_pids(include_shutting_down=False),
                timeout, "old nginx workers still shutting down")

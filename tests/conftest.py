@@ -1,9 +1,9 @@
 """Fixtures for real nginx / sshd / network-namespace processes.
 
-The processes themselves live in tests/support (plain modules, also used by bench/).
-Every fixture stops what it started by PID in its finalizer, which pytest runs even
-when the test failed; a session-level safety net then stops anything still recorded
-by tests.support.procs.
+The processes themselves live in testkit/ (the test kit, also used by bench/). Every
+fixture stops what it started by PID in its finalizer, which pytest runs even when the
+test failed; a session-level safety net then stops anything still recorded by
+testkit.procs.
 """
 
 from __future__ import annotations
@@ -13,20 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.netns import NetnsSshCluster, NetnsSshHost, cleanup_stale, netns_available
-from tests.support.nginx import PrivateNginx
-from tests.support.procs import stop_all_started
-from tests.support.sshd import TestSshd
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _stop_leftover_processes() -> Iterator[None]:
-    yield
-    leftover = stop_all_started()
-    if leftover:
-        # Not an error of any single test, but it means a fixture or helper forgot to
-        # stop something; make it visible in the run's output.
-        print(f"\ntests/conftest.py: stopped leftover test processes {leftover}")
+from testkit.fixtures import stop_leftover_processes  # noqa: F401  (autouse, session)
+from testkit.netns import NetnsSshCluster, NetnsSshHost, cleanup_stale, netns_available
+from testkit.nginx import PrivateNginx
+from testkit.sshd import TestSshd
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Measure what switching does to live traffic on THIS nginx, one mode per run.
 
 Every run: a private nginx (2 workers) on loopback, the demo app in two slots with
-GRACEFUL=0 (dies at once on SIGTERM), bench/loadgen.py traffic in all four classes, then
+GRACEFUL=0 (dies at once on SIGTERM), testkit.loadgen traffic in all four classes, then
 N operations under load, then a result line. Runs are bounded (N <= 40, ~1 minute).
 
 Modes:
@@ -18,7 +18,7 @@ Modes:
   lua-drain       N back-to-back deploys (lua mode), draining on the in-flight counters.
 
 Usage:
-  .venv/bin/python bench/prototypes/experiment.py MODE [--ops 20] [--json out.json]
+  .venv/bin/python -m bench.prototypes.experiment MODE [--ops 20] [--json out.json]
       [--server-directive 'lingering_close always;'] [--client-keepalive-timeout 0]
       [--workers 2] [--interval 1.0] [--nodelay-app]
 """
@@ -34,11 +34,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/
-
-from harness import (
-    REPO,
-    BenchNginx,
+from bench.harness import (
     ClassicSwitcher,
     DemoApps,
     LuaSwitcher,
@@ -47,7 +43,9 @@ from harness import (
     deploy_slot,
     render,
 )
-from loadgen import LoadGen, LoadResult
+from testkit import REPO
+from testkit.loadgen import LoadGen, LoadResult
+from testkit.nginx import PrivateNginx
 
 MODES = ("idle-reloads", "classic-reloads", "reload-nodrain", "reload-drain",
          "lua-switches", "lua-nodrain", "lua-drain")
@@ -68,7 +66,7 @@ def run(mode: str, *, ops: int = 20, workers: int = 2, interval: float = 1.0,
     workdir.mkdir(parents=True)
     lua = mode.startswith("lua")
     main_extra = render("main.conf.j2", worker_shutdown_timeout="60s").splitlines()
-    nginx = BenchNginx(workdir / "nginx", lua=lua, worker_processes=workers,
+    nginx = PrivateNginx(workdir / "nginx", lua=lua, worker_processes=workers,
                        main_extra=[ln for ln in main_extra if ln and not ln.startswith("#")])
     apps = DemoApps(workdir, nodelay=nodelay_app)
     blue, green = apps.slots["blue"], apps.slots["green"]

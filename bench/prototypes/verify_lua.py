@@ -9,7 +9,7 @@
   6. in-flight counters count long requests per port and return to 0;
   7. the control endpoint refuses unknown ports and non-POST switches.
 
-Usage: .venv/bin/python bench/prototypes/verify_lua.py   (exit 0 when every check holds)
+Usage: .venv/bin/python -m bench.prototypes.verify_lua   (exit 0 when every check holds)
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # bench/
 
 import requests
-from harness import REPO, BenchNginx, DemoApps, LuaSwitcher, established_to, render, write_atomic
+
+from bench.harness import DemoApps, LuaSwitcher, established_to, render, write_atomic
+from testkit import REPO
+from testkit.nginx import PrivateNginx
 
 CHECKS: list[tuple[str, bool, str]] = []
 
@@ -38,7 +38,7 @@ def versions(session: requests.Session, url: str, n: int) -> set[str]:
 
 def main() -> int:
     workdir = REPO / ".run" / "bench" / f"verify-lua-{int(time.time())}"
-    nginx = BenchNginx(workdir / "nginx", lua=True, worker_processes=2)
+    nginx = PrivateNginx(workdir / "nginx", lua=True, worker_processes=2)
     apps = DemoApps(workdir)
     blue, green = apps.slots["blue"], apps.slots["green"]
     sw = LuaSwitcher(nginx, apps.slots)

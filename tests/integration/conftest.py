@@ -5,19 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.deploykit import Project, build_artifacts
-from tests.support.nginx import PrivateNginx
-from tests.support.sshd import TestSshd
+from testkit.demo import build_artifacts
+from testkit.nginx import PrivateNginx
+from testkit.project import Project, ssh_toml
+from testkit.sshd import TestSshd
 
 
 @pytest.fixture(scope="session")
 def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return build_artifacts(tmp_path_factory.mktemp("dist"))
-
-
-def ssh_toml(sshd: TestSshd) -> str:
-    return (f'[ssh]\nuser = "root"\nkey_file = "{sshd.user_key}"\n'
-            f'known_hosts = "{sshd.known_hosts}"\n')
 
 
 @pytest.fixture(params=["local", "ssh", "ssh-lua"])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.deploykit import FAB, Project
+from testkit.project import Project, fab_path
 
 pytestmark = pytest.mark.integration
 
@@ -120,7 +120,7 @@ def test_second_deploy_is_refused_while_the_first_holds_the_lock(project: Projec
     hooks.mkdir()
     (hooks / "pre-deploy").write_text("#!/bin/sh\nsleep 4\n")
     (hooks / "pre-deploy").chmod(0o755)
-    first = subprocess.Popen([FAB, "deploy", "--artifact", str(project.artifacts["v2"]),
+    first = subprocess.Popen([fab_path(), "deploy", "--artifact", str(project.artifacts["v2"]),
                               "--version", "v2", "--who", "alice"], cwd=project.dir,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -301,7 +301,7 @@ def test_deploy_whose_lock_was_broken_does_not_switch(project: Project) -> None:
     hooks = project.dir / "hooks"
     hooks.mkdir()
     # someone believes this deploy is dead and breaks its lock while it runs
-    (hooks / "pre-switch").write_text(f"#!/bin/sh\nexec {FAB} unlock --who bob >/dev/null\n")
+    (hooks / "pre-switch").write_text(f"#!/bin/sh\nexec {fab_path()} unlock --who bob >/dev/null\n")
     (hooks / "pre-switch").chmod(0o755)
     proc = project.deploy("v2", check=False)
     assert proc.returncode == 3

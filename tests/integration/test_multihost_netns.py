@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.deploykit import Project, wait_for
-from tests.support.netns import NetnsSshHost
-from tests.support.nginx import PrivateNginx
-from tests.support.procs import stop_pid
+from testkit.netns import NetnsSshHost
+from testkit.nginx import PrivateNginx
+from testkit.procs import stop_pid
+from testkit.project import Project, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -18,9 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ssh_toml
-from tests.integration.deploykit import FAB, Project
-from tests.support.sshd import TestSshd
+from testkit.project import Project, fab_path, ssh_toml
+from testkit.sshd import TestSshd
 
 pytestmark = pytest.mark.integration
 
@@ -140,7 +139,7 @@ class Running:
 
 
 def start_deploy(proj: Project, version: str) -> Running:
-    proc = subprocess.Popen([FAB, "deploy", "--artifact", str(proj.artifacts[version]),
+    proc = subprocess.Popen([fab_path(), "deploy", "--artifact", str(proj.artifacts[version]),
                              "--version", version], cwd=proj.dir, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     lines: queue.Queue[str | None] = queue.Queue()

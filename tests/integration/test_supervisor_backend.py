@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.deploykit import Project
-from tests.support.nginx import PrivateNginx
-from tests.support.procs import log_tail, pid_alive, start_process, stop_pids
+from testkit.nginx import PrivateNginx
+from testkit.procs import log_tail, pid_alive, start_process, stop_pids
+from testkit.project import Project
 
 pytestmark = pytest.mark.integration
 

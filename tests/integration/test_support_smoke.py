@@ -17,11 +17,11 @@ import paramiko
 import pytest
 import requests
 
-from tests.support.netns import NetnsHost, NetnsSshHost, list_namespaces
-from tests.support.nginx import NginxError, PrivateNginx
-from tests.support.ports import free_port, port_open, wait_port
-from tests.support.procs import descendant_pids, pid_alive, stop_pid, wait_until
-from tests.support.sshd import TestSshd
+from testkit.netns import NetnsHost, NetnsSshHost, list_namespaces
+from testkit.nginx import NginxError, PrivateNginx
+from testkit.ports import free_port, port_open, wait_port
+from testkit.procs import descendant_pids, pid_alive, stop_pid, wait_until
+from testkit.sshd import TestSshd
 
 pytestmark = pytest.mark.integration
 
@@ -318,7 +318,7 @@ def test_nginx_in_root_namespace_proxies_into_a_namespace(
 
 
 def test_netns_destroy_kills_processes_and_removes_links(tmp_path: Path) -> None:
-    from tests.support.netns import netns_available
+    from testkit.netns import netns_available
 
     ok, reason = netns_available()
     if not ok:

@@ -1,24 +1,23 @@
 """The short zero-failure check (issue 3) for `make test`: 8 real `fab` operations under load.
 
 bench/zero_downtime.py runs the full benchmark; this is its bounded version (about 30 s
-here, deadline 90 s). A private nginx with the lua module, the demo app with GRACEFUL=0
-(it dies at once on SIGTERM), all four load classes, then 8 operations in a row through
-`fab`: back-to-back deploys (each replaces the slot that was live moments ago, with long
-requests still in flight to it), switches and rollbacks. It asserts 0 failed requests in
-every class, and that the load really ran and really overlapped the operations, so the
-test cannot pass vacuously (no traffic, no long request in flight, no drain that waited).
+here, deadline 90 s), through the same runner (testkit/underload.py). A private nginx
+with the lua module, the demo app with GRACEFUL=0 (it dies at once on SIGTERM), all four
+load classes, then 8 operations in a row through `fab`: back-to-back deploys (each
+replaces the slot that was live moments ago, with long requests still in flight to it),
+switches and rollbacks. It asserts 0 failed requests in every class, and that the load
+really ran and really overlapped the operations, so the test cannot pass vacuously (no
+traffic, no long request in flight, no drain that waited).
 """
 
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench"
-sys.path.insert(0, str(BENCH))
+from testkit import underload
 
 pytestmark = [
     pytest.mark.integration,
@@ -42,18 +41,16 @@ SLOW_SECONDS = 3.0
 
 
 def test_lua_mode_zero_failures_across_back_to_back_deploys(tmp_path: Path) -> None:
-    import zero_downtime
-
-    run = zero_downtime.run_bluegreen("lua", ops=OPS, workdir=tmp_path / "zd", warmup=1.5,
+    run = underload.run_bluegreen("lua", ops=OPS, workdir=tmp_path / "zd", warmup=1.5,
                                       cooldown=1.5, drain_timeout=30.0, deadline=90.0,
                                       slow_seconds=SLOW_SECONDS)
     res, a = run.result, run.analysis
-    detail = zero_downtime.report(run)
+    detail = underload.report(run)
 
     # the operations: all 8 ran, in the planned mix, and each did what it should
     assert not run.stopped_early, detail
     kinds = [op.kind for op in run.ops]
-    assert kinds == list(zero_downtime.CYCLE[:OPS]), kinds
+    assert kinds == list(underload.CYCLE[:OPS]), kinds
     assert kinds[:2] == ["deploy", "deploy"]  # back to back
     assert {"deploy", "switch", "rollback"} <= set(kinds)
     assert all(op.as_expected for op in run.ops), detail

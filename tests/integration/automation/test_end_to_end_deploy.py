@@ -22,6 +22,8 @@ from typing import Any
 import pytest
 import requests
 
+from testkit.nginx import PrivateNginx
+from testkit.project import Project
 from tests.integration.automation.conftest import (
     PY,
     Harness,
@@ -30,8 +32,6 @@ from tests.integration.automation.conftest import (
     github_payload,
     wait_for,
 )
-from tests.integration.deploykit import Project
-from tests.support.nginx import PrivateNginx
 
 pytestmark = pytest.mark.integration
 

@@ -37,10 +37,10 @@ import pytest
 import requests
 
 from bluegreen import config as config_mod
+from testkit.nginx import PrivateNginx
+from testkit.ports import free_port
+from testkit.procs import stop_pid
 from tests.integration.automation.conftest import git
-from tests.support.nginx import PrivateNginx
-from tests.support.ports import free_port
-from tests.support.procs import stop_pid
 
 pytestmark = pytest.mark.integration
 

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.procs import pid_alive, start_process, stop_pids
-from tests.support.sshd import TestSshd
+from testkit.procs import pid_alive, start_process, stop_pids
+from testkit.sshd import TestSshd
 
 NS_PREFIX = "bgtest-"
 NETWORK_PREFIX = "198.18"

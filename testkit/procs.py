@@ -1,6 +1,6 @@
 """Start real processes, remember their PIDs, and stop them by PID.
 
-Every helper in tests/support starts its processes through `start_process` so that a
+Every helper in testkit starts its processes through `start_process` so that a
 session-level safety net (`stop_all_started`) can stop anything a crashed test left
 behind, and every stop goes through `stop_pids`: SIGTERM, a bounded wait, SIGKILL, a
 second bounded wait. Nothing here matches processes by name, so a test can never hit

@@ -15,12 +15,13 @@ import os
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from tests.support.ports import free_port
-from tests.support.procs import (
+from testkit.ports import free_port
+from testkit.procs import (
     descendant_pids,
     log_tail,
     pid_alive,
@@ -83,6 +84,7 @@ class TestSshd:
         netns: str | None = None,
         *,
         log_level: str = "ERROR",
+        extra_config: Sequence[str] = (),
     ) -> None:
         if netns is not None and host.startswith("127."):
             raise ValueError(
@@ -99,6 +101,9 @@ class TestSshd:
             self._port = free_port(host)
         self._netns = netns
         self.log_level = log_level
+        # lines appended to sshd_config, e.g. "SetEnv SHLVL=1" (the speed benchmarks use it
+        # so the per-command bash skips root's ~/.bashrc)
+        self.extra_config = list(extra_config)
         self._proc: subprocess.Popen[bytes] | None = None
         self._wrong_count = 0
 
@@ -210,7 +215,8 @@ class TestSshd:
             ("PrintLastLog", "no"),
             ("UseDNS", "no"),
         ]
-        return "".join(f"{key} {value}\n" for key, value in options)
+        return "".join(f"{key} {value}\n" for key, value in options) + "".join(
+            f"{line}\n" for line in self.extra_config)
 
     # ----- lifecycle ----------------------------------------------------------------
     def logs(self) -> str:
@@ -349,6 +355,13 @@ class TestSshd:
             f"{self.user}@{self._host}",
             command,
         ]
+
+    def scp_argv(self, local: Path, remote: str) -> list[str]:
+        """OpenSSH `scp` of `local` to `remote` on this server, the same keys as `ssh_argv`."""
+        return ["scp", "-q", "-F", os.devnull, "-i", str(self.user_key), "-o",
+                "IdentitiesOnly=yes", "-o", f"UserKnownHostsFile={self.known_hosts}", "-o",
+                "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-P", str(self._port),
+                str(local), f"{self.user}@{self._host}:{remote}"]
 
     def __enter__(self) -> TestSshd:
         return self.start()

@@ -24,11 +24,12 @@ import shlex
 import shutil
 import signal
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.ports import free_port, port_open
-from tests.support.procs import (
+from testkit.ports import free_port, port_open
+from testkit.procs import (
     child_pids,
     cmdline,
     log_tail,
@@ -78,6 +79,7 @@ class PrivateNginx:
         worker_processes: int = 1,
         access_log: bool = False,
         error_log_level: str = "notice",
+        main_extra: Sequence[str] = (),
     ) -> None:
         self._prefix = Path(prefix).resolve()
         self._port = port if port is not None else free_port()
@@ -85,6 +87,8 @@ class PrivateNginx:
         self.worker_processes = worker_processes
         self.access_log = access_log
         self.error_log_level = error_log_level
+        # main-context lines next to worker_processes (worker_shutdown_timeout lives there)
+        self.main_extra = list(main_extra)
         self._binary = nginx_binary()
         self._proc: subprocess.Popen[bytes] | None = None
         self._write_layout()
@@ -150,7 +154,7 @@ class PrivateNginx:
         self.conf.write_text(self.render_main_conf())
 
     def render_main_conf(self) -> str:
-        lines: list[str] = ["# Written by tests/support/nginx.py; conf.d/ is for everyone else."]
+        lines: list[str] = ["# Written by testkit/nginx.py; conf.d/ is for everyone else."]
         if self.lua:
             for module in LUA_MODULES:
                 path = NGINX_MODULES_DIR / module
@@ -167,6 +171,7 @@ class PrivateNginx:
             lines.append("user root;")
         lines += [
             f"worker_processes {self.worker_processes};",
+            *self.main_extra,
             f"pid {_q(self.pid_file)};",
             f"error_log {_q(self.error_log)} {self.error_log_level};",
             "events { worker_connections 1024; }",

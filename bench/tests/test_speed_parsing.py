@@ -1,82 +1,23 @@
-"""The pure parts of bench/speed.py: reading fab's phase lines, the app's probe log, and the
-arithmetic the speed targets are judged by. No processes, no network."""
+"""The pure parts of the speed benchmarks: the app's probe log, the counting app, history
+entries, and the arithmetic and summary the speed targets are judged by. No processes, no
+network. (fab's phase lines are read by testkit.fabout: tests/unit/test_testkit_fabout.py.)"""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-import speed
-
-DEPLOY_OUT = """\
---> inspect   /tmp/dist/demo-v2.tar.gz
-<-- inspect   ok 0.000s  2694 bytes sha256 98b8316dea57
---> lock      on 127.0.0.1
-<-- lock      ok 0.167s
---> state
-<-- state     ok 0.014s
-=== deploy demo v2 -> green (port 58261), live now: blue; 1 app host(s), 1 traffic host(s)
---> upload    demo-v2.tar.gz to 1 host(s)
-<-- upload    ok 0.455s  2694 bytes sent
---> stop      drain and stop slot green (port 58261)
-<-- stop      ok 0.345s  none
---> start     v2-98b8316dea57 in slot green
-<-- start     ok 0.262s
---> health    GET /health on port 58261
-<-- health    ok 1.136s  healthy after 1.135s
---> switch    nginx -> green (port 58261) on 1 traffic host(s)
-<-- switch    ok 0.265s
---> unlock
-<-- unlock    ok 0.002s
-=== deployed demo v2: live slot green in 2.65s; blue slot kept warm for `fab switch`
-"""
-
-
-def test_parse_phases_reads_every_phase_line_in_order() -> None:
-    phases = speed.parse_phases(DEPLOY_OUT)
-    assert [p.name for p in phases] == ["inspect", "lock", "state", "upload", "stop", "start",
-                                        "health", "switch", "unlock"]
-    assert phases[3].seconds == pytest.approx(0.455)
-    assert phases[3].note == "2694 bytes sent"
-    assert all(p.ok for p in phases)
-
-
-def test_failed_phase_and_repeated_phases() -> None:
-    out = ("<-- stop      ok 0.100s  stopped\n"
-           "<-- health    FAILED after 10.431s\n"
-           "<-- stop      ok 0.200s  stopped\n")
-    phases = speed.parse_phases(out)
-    assert [(p.name, p.ok) for p in phases] == [("stop", True), ("health", False),
-                                                ("stop", True)]
-    assert speed.phase_totals(phases)["stop"] == pytest.approx(0.3)
-
-
-def test_totals_target_slot_bytes_and_health() -> None:
-    phases = speed.parse_phases(DEPLOY_OUT)
-    assert speed.parse_total(DEPLOY_OUT) == pytest.approx(2.65)
-    assert speed.parse_total("=== demo: live slot blue (v1) in 0.43s\n") == pytest.approx(0.43)
-    assert speed.parse_total("no summary\n") is None
-    assert speed.parse_target_slot(DEPLOY_OUT) == "green"
-    assert speed.uploaded_bytes(phases) == 2694
-    assert speed.uploaded_bytes(speed.parse_phases(
-        "<-- upload    ok 0.1s  0 bytes sent (already on every host)\n")) == 0
-    assert speed.healthy_after(phases) == pytest.approx(1.135)
-    assert speed.reported_probes(phases) is None
-    assert speed.reported_probes(speed.parse_phases(
-        "<-- health    ok 1.1s  healthy after 1.100s (12 probes)\n")) == 12
+from bench import countapp, history, report, rig
 
 
 def test_overhead_ratio_median() -> None:
-    assert speed.deploy_overhead(2.65, 0.455, 1.135) == pytest.approx(1.06)
-    assert speed.ratio(0.9, 0.3) == pytest.approx(3.0)
-    assert speed.ratio(1.0, 0.0) != speed.ratio(1.0, 0.0)  # nan, never a ZeroDivisionError
-    assert speed.median([3.0, 1.0, 2.0]) == 2.0
-    assert speed.median([]) != speed.median([])
+    assert rig.deploy_overhead(2.65, 0.455, 1.135) == pytest.approx(1.06)
+    assert rig.ratio(0.9, 0.3) == pytest.approx(3.0)
+    assert rig.ratio(1.0, 0.0) != rig.ratio(1.0, 0.0)  # nan, never a ZeroDivisionError
+    assert rig.median([3.0, 1.0, 2.0]) == 2.0
+    assert rig.median([]) != rig.median([])
 
 
 def _log(lines: list[str]) -> str:
@@ -97,7 +38,7 @@ def test_app_log_timeline_counts_direct_probes_until_the_streak() -> None:
         "bench-req 101.200000 /health 200 127.0.0.1",    # post-switch verify via nginx
         "bench-req 105.000000 /health 200 -",            # a later `fab status`
     ])
-    tl = speed.parse_app_log(text)
+    tl = countapp.parse_app_log(text)
     assert tl is not None
     assert tl.probes == 6
     assert tl.probes_before_ready == 4
@@ -115,20 +56,20 @@ def test_app_log_streak_resets_on_a_failure_and_missing_start() -> None:
         "bench-req 10.8 /health 200 -",
         "bench-req 10.9 /health 200 -",
     ])
-    tl = speed.parse_app_log(text, successes=2)
+    tl = countapp.parse_app_log(text, successes=2)
     assert tl is not None
     assert tl.probes == 4
     assert tl.first_ok_delay == pytest.approx(0.1)
     assert tl.seen_delay == pytest.approx(0.4)
-    assert speed.parse_app_log("bench-req 1.0 /health 200 -\n") is None
-    never = speed.parse_app_log(_log(["bench-start 1.0 2.0", "bench-req 1.5 /health 503 -"]))
+    assert countapp.parse_app_log("bench-req 1.0 /health 200 -\n") is None
+    never = countapp.parse_app_log(_log(["bench-start 1.0 2.0", "bench-req 1.5 /health 503 -"]))
     assert never is not None and never.seen is None and never.seen_delay is None
 
 
 def test_history_entry_is_realistic_and_distinct() -> None:
     template = {"action": "deploy", "result": "ok", "version": "v2", "release": "v2-98b8316dea57",
                 "at": 1.0, "phases": {"upload": 0.4}, "who": "me"}
-    a, b = speed.history_entry(template, 1, 1e9), speed.history_entry(template, 2, 1e9)
+    a, b = history.history_entry(template, 1, 1e9), history.history_entry(template, 2, 1e9)
     assert a["release"] == "h0001-98b8316dea57" and b["version"] == "h0002"
     assert a["at"] < b["at"] < 1e9
     assert template["version"] == "v2"  # the template is not modified
@@ -136,12 +77,12 @@ def test_history_entry_is_realistic_and_distinct() -> None:
 
 
 def test_summary_line_has_every_field_even_when_parts_did_not_run() -> None:
-    line = speed.summary_line({})
+    line = report.summary_line({})
     assert line.startswith("speed: switch=n/a")
     for key in ("rollback=", "deploy_overhead=", "health_detect=", "upload_ratio=",
                 "history_ratio=", "maxrss="):
         assert key in line
-    full = speed.summary_line({
+    full = report.summary_line({
         "switch": {"lua": {"switch_s": 0.71, "floor_s": 0.3, "switch_x": 2.37,
                            "rollback_s": 0.8, "rollback_x": 2.67},
                    "reload": {"switch_s": 0.75, "switch_x": 2.5}},
@@ -157,20 +98,20 @@ def test_summary_line_has_every_field_even_when_parts_did_not_run() -> None:
 def test_count_app_and_artifact(tmp_path: Path) -> None:
     import tarfile
 
-    art = speed.build_artifact(tmp_path, "t1")
-    again = speed.build_artifact(tmp_path / "again", "t1")
+    art = countapp.build_artifact(tmp_path, "t1")
+    again = countapp.build_artifact(tmp_path / "again", "t1")
     assert art.read_bytes() == again.read_bytes()  # reproducible: same checksum
     with tarfile.open(art) as tar:
         assert {"app.py", "count_app.py", "bin/runner", "VERSION"} <= set(tar.getnames())
-    big = speed.build_artifact(tmp_path, "t2", blob_bytes=3 << 20)
+    big = countapp.build_artifact(tmp_path, "t2", blob_bytes=3 << 20)
     assert big.name.endswith(".tar") and big.stat().st_size > 3 << 20
     with tarfile.open(big) as tar:
         assert tar.getmember("blob.bin").size == 3 << 20
-    compile(speed.COUNT_APP, "count_app.py", "exec")
+    compile(countapp.COUNT_APP, "count_app.py", "exec")
 
 
 def test_targets_reports_met_missed_and_not_measured() -> None:
-    t = speed.targets({"switch": {"lua": {"switch_ok": True, "rollback_ok": False}},
+    t = report.targets({"switch": {"lua": {"switch_ok": True, "rollback_ok": False}},
                        "deploy": {"ok": True}, "history": {"status_ok": True}})
     assert t["switch[lua]"] is True and t["rollback[lua]"] is False
     assert t["switch[reload]"] is None and t["deploy_overhead"] is True

@@ -1,4 +1,4 @@
-"""Load client for the zero-failed-requests benchmark: records every single request.
+"""Load client for the zero-failed-requests check and benchmark: records every single request.
 
 Four classes of traffic run at once, each counted on its own, because each one breaks
 in a different way during a switch:
@@ -30,7 +30,7 @@ Library use::
     print(result.summary())
     print(result.result_line())
 
-CLI: ``python bench/loadgen.py http://127.0.0.1:8080 --duration 20 [--json out.json]``.
+CLI: ``python -m testkit.loadgen http://127.0.0.1:8080 --duration 20 [--json out.json]``.
 """
 
 from __future__ import annotations
