@@ -50,6 +50,12 @@ class ServiceSettings:
     quiet_period: float = 5.0  # a pending job waits this long for newer pushes to coalesce
     shutdown_grace: float = 600.0  # on SIGTERM, let a running deploy finish this long
     log_tail_lines: int = 30
+    # Hostile clients (a slowloris trickle): see httpserver.py.
+    header_timeout: float = 10.0  # a request (headers and body) must arrive within this
+    channel_timeout: float = 30.0  # an idle keep-alive connection is closed after this
+    connection_limit: int = 200  # open connections; over it the slowest incomplete go first
+    client_connection_limit: int = 50  # per client address; 0: no per-client limit
+    cleanup_interval: float = 1.0  # how often the timeouts above are enforced
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,10 @@ class Settings:
     git_timeout: float
     rules: tuple[Rule, ...]
     polls: tuple[PollTarget, ...]
+    # generic endpoint: "token", "signature" (X-Bluegreen-Signature: t=..,v1=..) or "either"
+    generic_auth: str = "either"
+    generic_signature_tolerance: float = 300.0  # seconds a signed timestamp stays valid
+    git_ls_remote_timeout: float = 30.0  # the tip check before a push job builds
 
     @property
     def db_path(self) -> Path:
@@ -215,6 +225,11 @@ def _service(t: _Table, base: Path) -> ServiceSettings:
         quiet_period=t.float("quiet_period", d.quiet_period),
         shutdown_grace=t.float("shutdown_grace", d.shutdown_grace),
         log_tail_lines=t.int("log_tail_lines", d.log_tail_lines, minimum=1),
+        header_timeout=t.float("header_timeout", d.header_timeout, 0.1),
+        channel_timeout=t.float("channel_timeout", d.channel_timeout, 1.0),
+        connection_limit=t.int("connection_limit", d.connection_limit, minimum=1),
+        client_connection_limit=t.int("client_connection_limit", d.client_connection_limit),
+        cleanup_interval=t.float("cleanup_interval", d.cleanup_interval, 0.1),
     )
     if service.port > 65535:
         raise t.fail("port", "must be <= 65535")
@@ -241,7 +256,10 @@ def _jenkins(t: _Table) -> JenkinsSettings:
     return settings
 
 
-def _generic(t: _Table) -> tuple[GenericPaths, str]:
+GENERIC_AUTH = ("token", "signature", "either")
+
+
+def _generic(t: _Table) -> tuple[GenericPaths, str, str, float]:
     d = GenericPaths()
     values = {name: t.str(name, getattr(d, name))
               for name in ("ref", "sha", "repo", "pusher", "message")}
@@ -251,8 +269,12 @@ def _generic(t: _Table) -> tuple[GenericPaths, str]:
         except ValueError as exc:
             raise t.fail(name, str(exc)) from None
     header = t.str("delivery_header", "")
+    auth = t.str("auth", "either")
+    if auth not in GENERIC_AUTH:
+        raise t.fail("auth", f"must be one of {', '.join(GENERIC_AUTH)}")
+    tolerance = t.float("signature_tolerance", 300.0, 1.0)
     t.finish()
-    return GenericPaths(**values), header
+    return GenericPaths(**values), header, auth, tolerance
 
 
 def _rule(t: _Table, base: Path, index: int) -> Rule:
@@ -370,10 +392,11 @@ def parse_settings(data: Mapping[str, Any], source: str, base: Path) -> Settings
         if value:
             secret_envs[provider] = value
     secrets_table.finish()
-    generic, delivery_header = _generic(root.table("generic"))
+    generic, delivery_header, generic_auth, tolerance = _generic(root.table("generic"))
     jenkins = _jenkins(root.table("jenkins"))
     git = root.table("git")
     git_timeout = git.float("timeout", 600.0, 0.1)
+    ls_remote_timeout = git.float("ls_remote_timeout", 30.0, 0.1)
     git.finish()
     rule_tables = root.tables("rules")
     rules = tuple(_rule(t, base, i) for i, t in enumerate(rule_tables))
@@ -398,7 +421,9 @@ def parse_settings(data: Mapping[str, Any], source: str, base: Path) -> Settings
                               f"branch {target.branch!r}: polling it could never deploy")
     return Settings(source=source, service=service, secret_envs=secret_envs, generic=generic,
                     generic_delivery_header=delivery_header, jenkins=jenkins,
-                    git_timeout=git_timeout, rules=rules, polls=polls)
+                    git_timeout=git_timeout, rules=rules, polls=polls, generic_auth=generic_auth,
+                    generic_signature_tolerance=tolerance,
+                    git_ls_remote_timeout=ls_remote_timeout)
 
 
 def load_settings(path: str | Path) -> Settings:

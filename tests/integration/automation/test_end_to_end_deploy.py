@@ -159,13 +159,13 @@ def test_pushes_deploy_for_real_and_a_failing_build_changes_nothing(world: World
     assert argv[argv.index("--who") + 1] == f"github:{PUSHER}"
     assert Path(argv[argv.index("--artifact") + 1]).name == f"demo-{second}.tar.gz"
 
-    # ---- the service's view: GET /jobs and `bluegreen history --json`
+    # ---- the service's view: GET /jobs and `bluegreen jobs --json`
     listed = harness.http.get(f"{service.url}/jobs", timeout=5).json()
     by_id = {job["id"]: job for job in listed["jobs"]}
     for job, sha in ((first_job, first), (second_job, second)):
         assert by_id[job.id]["state"] == "succeeded"
         assert (by_id[job.id]["sha"], by_id[job.id]["who"]) == (sha, f"github:{PUSHER}")
-    history = subprocess.run([BLUEGREEN, "history", "--json", "--config",
+    history = subprocess.run([BLUEGREEN, "jobs", "--json", "--config",
                               str(harness.config_path)], env=harness.env(),
                              capture_output=True, text=True, timeout=30, check=True)
     finished = {job["sha"]: job for job in json.loads(history.stdout)}

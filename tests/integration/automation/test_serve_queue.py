@@ -82,7 +82,7 @@ def test_restart_resumes_pending_jobs_and_reports_the_interrupted_one(harness: H
     health = harness.http.get(f"{second.url}/healthz", timeout=5).json()
     assert health["interrupted_on_start"] == [job_a]
     assert f"job {job_a} " in second.log() and "interrupted by a restart" in second.log()
-    listing = harness.cli("history")
+    listing = harness.cli("jobs")
     assert "interrupted" in listing.stdout
 
     # Re-running the interrupted deploy is a person's decision, made with `jobs --retry`.
