@@ -111,7 +111,7 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
         description="After a rollback, automatic deploys do not deploy the rolled-back "
         "commit (nor an ancestor of it) again until a person allows it.")
     _common(release)
-    verbs = release.add_subparsers(dest="release_command", required=True)
+    verbs = release.add_subparsers(dest="release_command")
     allow = verbs.add_parser("allow", help="let automatic deploys deploy a rolled-back "
                              "commit again")
     _common(allow)
@@ -128,8 +128,11 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignor
     if "history" not in subparsers.choices:  # the main CLI may own `history` one day
         history = subparsers.add_parser(
             "history", help="moved: `fab history` (deploys), `bluegreen jobs` (jobs)",
-            description=HISTORY_POINTER, add_help=False)
-        history.add_argument("ignored", nargs=argparse.REMAINDER)
+            description=HISTORY_POINTER)
+        # the options it used to take, so an old script gets the pointer, not a usage error
+        for flag in ("-c", "--config", "--log-level", "--app", "--limit", "--job"):
+            history.add_argument(flag, dest=f"old_{flag.strip('-')}", help=argparse.SUPPRESS)
+        history.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
         history.set_defaults(func=cmd_history)
 
 
