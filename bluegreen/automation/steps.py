@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -19,6 +20,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for a child that overran
+_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`https://user:token@host/x` -> `https://***@host/x`: a clone URL with credentials
+    in it must not land in a job log."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
 class JobFailed(Exception):
@@ -107,7 +115,7 @@ class JobContext:
 
     def _run(self, phase: str, argv: Sequence[str], *, env: Mapping[str, str], timeout: float,
              cwd: Path | None, check: bool, capture: bool) -> StepResult:
-        self.say(f"== {phase}: {list(argv)!r}" + (f" (in {cwd})" if cwd else ""))
+        self.say(f"== {phase}: {redact(repr(list(argv)))}" + (f" (in {cwd})" if cwd else ""))
         started = time.monotonic()
         try:
             proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,

@@ -9,6 +9,8 @@ deployed nor an ancestor of it. A person can still ask for an older commit expli
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import time
 
@@ -121,3 +123,43 @@ def test_an_unreachable_remote_fails_the_job_and_deploys_nothing(harness: Harnes
     assert "could not ask the remote" in job.summary and "not deployed" in job.summary
     assert "timed out after 1s" in job.summary
     assert harness.records() == []
+
+
+def stamped(body: bytes, timestamp: int) -> str:
+    mac = hmac.new(SECRETS["GENERIC_TOKEN"].encode(), f"{timestamp}.".encode() + body,
+                   hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={mac}"
+
+
+def test_generic_timestamped_signature_deploys_once_and_expires(harness: Harness) -> None:
+    harness.write_config(generic={"ref": "$.ref", "sha": "$.commit", "repo": "$.project",
+                                  "pusher": "$.who", "delivery_header": "X-Request-Id",
+                                  "auth": "signature", "signature_tolerance": 120})
+    service = harness.start()
+    sha = harness.remote.commit_and_push("v1")
+    body = json.dumps({"ref": "main", "commit": sha, "project": "acme/demo",
+                       "who": "ci-script"}).encode()
+    signature = stamped(body, int(time.time()))
+    headers = {"X-Bluegreen-Signature": signature, "X-Request-Id": "run-1"}
+
+    reply = harness.post(service, "generic", body, headers)
+    assert reply.status_code == 202, reply.text
+    assert harness.wait_job(reply.json()["job"]).state == "succeeded"
+
+    # The same signed request, captured and sent again under a new id: a duplicate.
+    again = harness.post(service, "generic", body, {**headers, "X-Request-Id": "run-2"})
+    assert (again.status_code, again.json()["status"]) == (200, "duplicate")
+    # A signature made 10 minutes ago (a replay from a log, say) is refused outright ...
+    old = harness.post(service, "generic", body, {
+        "X-Bluegreen-Signature": stamped(body, int(time.time()) - 600), "X-Request-Id": "r-3"})
+    assert old.status_code == 401 and "old" in old.json()["error"]
+    # ... and with auth = "signature" the plain token no longer opens the endpoint.
+    token = harness.post(service, "generic", body, {
+        "Authorization": f"Bearer {SECRETS['GENERIC_TOKEN']}", "X-Request-Id": "r-4"})
+    assert token.status_code == 401
+
+    time.sleep(0.3)
+    assert [r["argv"][r["argv"].index("--who") + 1] for r in harness.records()] == [
+        "generic:ci-script"]
+    log = service.log()
+    assert signature.split("v1=")[1] not in log and SECRETS["GENERIC_TOKEN"] not in log

@@ -32,6 +32,8 @@ class Trickle:
 
     host: str
     port: int
+    count: int = ATTACKERS
+    sources: tuple[str, ...] = tuple(SOURCES)
     stop: threading.Event = field(default_factory=threading.Event)
     lifetimes: list[float] = field(default_factory=list)  # seconds, of connections we lost
     reconnects: int = 0
@@ -44,7 +46,7 @@ class Trickle:
 
     def _open(self, index: int) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind((SOURCES[index % len(SOURCES)], 0))
+        sock.bind((self.sources[index % len(self.sources)], 0))
         sock.setblocking(False)
         code = sock.connect_ex((self.host, self.port))
         if code not in (0, errno.EINPROGRESS):
@@ -70,7 +72,7 @@ class Trickle:
             return False
 
     def run(self) -> None:
-        for index in range(ATTACKERS):
+        for index in range(self.count):
             self._open(index)
         started = {sock: False for sock in self.opened}
         next_byte = time.monotonic()
@@ -148,3 +150,28 @@ def test_healthz_keeps_answering_under_500_slow_trickling_connections(
     log = service.log()
     assert "closed" in log and "slow" in log
     assert log.count("slow") < 100
+
+
+def test_one_greedy_client_cannot_hold_more_than_its_share(harness: Harness) -> None:
+    """80 trickling connections from one address, client_connection_limit 20: the newest
+    20 stay, the rest are closed as they arrive, and everyone else is served."""
+    harness.write_config(client_connection_limit=20, header_timeout=30.0)
+    service = harness.start()
+    host, port = service.url.removeprefix("http://").split(":")
+    trickle = Trickle(host, int(port), count=80, sources=("127.0.0.9",))
+    attacker = threading.Thread(target=trickle.run, name="trickle", daemon=True)
+    attacker.start()
+    try:
+        time.sleep(1.0)
+        for _ in range(8):
+            began = time.monotonic()
+            assert harness.http.get(f"{service.url}/healthz", timeout=10).status_code == 200
+            assert time.monotonic() - began < MAX_HEALTHZ_SECONDS
+            time.sleep(0.25)
+    finally:
+        trickle.stop.set()
+        attacker.join(30)
+    assert trickle.reconnects >= 60  # each newcomer pushed the oldest out
+    log = service.log()
+    assert "over client_connection_limit 20" in log and "127.0.0.9" in log
+    assert "over connection_limit" not in log  # 20 open connections are far below 200
