@@ -149,7 +149,12 @@ def _reported(command: Command) -> Command:
             return exc.exit_code
         except (sqlite3.Error, OSError) as exc:  # an unreadable state dir, a locked db
             where = getattr(args, "automation_config", "")
-            print(f"error: cannot use the automation state ({type(exc).__name__}: {exc})\n"
+            if isinstance(exc, OSError) and not exc.filename:
+                print(f"FAILED: {exc.strerror or exc}", file=sys.stderr)
+                return 1
+            detail = (f"{exc.strerror}: {exc.filename}" if isinstance(exc, OSError)
+                      else f"{type(exc).__name__}: {exc}")
+            print(f"FAILED: cannot use the automation state ({detail})\n"
                   f"  next: check service.state_dir in {where} and that this user may read "
                   "and write it", file=sys.stderr)
             return 1
@@ -210,6 +215,9 @@ def format_job(job: Job) -> str:
              f"  source    {job.repo} branch {job.branch!r} commit {job.sha or '-'}",
              f"  created   {_when(job.created_at)}  started {_when(job.started_at)}  "
              f"finished {_when(job.finished_at)}"]
+    if job.explicit:
+        lines.append("  explicit  a person asked for it (`bluegreen jobs --retry`): the replay "
+                     "and rollback checks did not apply")
     if job.build_url:
         lines.append(f"  build     {job.build_url}")
     if job.superseded_by:

@@ -24,6 +24,7 @@ from bluegreen.automation.poller import ERROR, Poller
 from bluegreen.automation.settings import Secrets, Settings
 from bluegreen.automation.worker import Runner
 from bluegreen.automation.wsgi import HookApp
+from bluegreen.errors import BluegreenError
 
 log = logging.getLogger("bluegreen.automation.service")
 
@@ -83,7 +84,14 @@ def serve(settings: Settings, secrets: Secrets, *, environ: dict[str, str] | Non
         with _signals(on_signal):
             try:
                 # waitress, with deadlines and fair limits for slow clients (httpserver.py)
-                server = Server(app, service, max_body_bytes=service.max_body_bytes)
+                try:
+                    server = Server(app, service, max_body_bytes=service.max_body_bytes)
+                except OSError as exc:
+                    raise BluegreenError(
+                        f"cannot listen on {service.listen}:{service.port}: "
+                        f"{exc.strerror or exc}", phase="serve",
+                        hint="is another process using that port? set service.port (or "
+                        "--port), or service.listen") from None
                 url = server.url
                 _write_runtime(runtime, {"pid": os.getpid(), "url": url, "started_at": started})
                 log.info("listening on %s (state %s, lanes %s; header_timeout %gs, "
