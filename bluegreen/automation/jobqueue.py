@@ -68,7 +68,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code     INTEGER,
     deploy_argv   TEXT,
     log_path      TEXT NOT NULL DEFAULT '',
-    log_tail      TEXT NOT NULL DEFAULT ''
+    log_tail      TEXT NOT NULL DEFAULT '',
+    explicit      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_lane_state ON jobs (lane, state);
 CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (provider, delivery_id);
@@ -102,7 +103,8 @@ CREATE TABLE IF NOT EXISTS allowances (
     PRIMARY KEY (lane, sha, allowed_at)
 );
 """
-# Columns added after the first release; added to an older database when it is opened.
+# Columns added after the first release; added to an older database when it is opened
+# (under a write lock: `serve`, `poll` and a CLI may open a new database at the same time).
 _ADDED_COLUMNS = {"explicit": "INTEGER NOT NULL DEFAULT 0"}
 
 
@@ -201,13 +203,31 @@ class JobQueue:
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         db_path.parent.mkdir(parents=True, exist_ok=True)
+        # Two processes creating the file at once (serve and poll starting together, a CLI
+        # reading meanwhile): switching to WAL answers "database is locked" at once instead
+        # of waiting on the busy timeout, so the loser tries again.
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._initialise()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _initialise(self) -> None:
         with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
             have = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
-            for column, declaration in _ADDED_COLUMNS.items():
-                if column not in have:
-                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
+        if not set(_ADDED_COLUMNS) <= have:
+            with self._transaction() as db:
+                have = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+                for column, declaration in _ADDED_COLUMNS.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

@@ -165,3 +165,23 @@ def test_history_facts_fall_back_to_a_sha_release_id_and_a_sha_version() -> None
     # a deploy whose version is the SHA and whose commit was not set
     facts = facts_from_history([deploy(A, "rel-a", 1, commit=""), rollback("rel-a", 2)])
     assert [f.sha for f in facts.rollbacks] == [A]
+
+
+def _open_queue(path: str) -> None:
+    JobQueue(Path(path))
+
+
+def test_processes_creating_the_queue_at_once_all_succeed(tmp_path: Path) -> None:
+    """`serve`, `poll` and a CLI may create the database together; switching it to WAL
+    used to fail one of them with "database is locked" (seen about once in 30 rounds)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(15):
+        path = str(tmp_path / f"q{round_}.sqlite3")
+        procs = [context.Process(target=_open_queue, args=(path,)) for _ in range(6)]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join(60)
+        assert [proc.exitcode for proc in procs] == [0] * 6
