@@ -164,12 +164,15 @@ def verify_generic(secret: signatures.Secret, request: Request, body: bytes, *,
     return signatures.verify_token(secret, presented, "token")
 
 
-def signature_key(provider: str, request: Request) -> str | None:
-    """A timestamped signature is single-use inside its window: the key that says so."""
-    if provider != "generic":
-        return None
+def signature_key(secret: signatures.Secret, request: Request, body: bytes) -> str | None:
+    """A timestamped signature is single-use inside its window: the key that says so. It is
+    the one valid MAC for this time and body, computed here, so dropping or adding other
+    v1= values to a captured header does not make it a new request."""
     parsed = signatures.parse_timestamped(request.header(signatures.TIMESTAMP_HEADER))
-    return f"t={parsed.timestamp},v1={min(parsed.signatures)}" if parsed else None
+    if parsed is None:
+        return None
+    mac = signatures.hmac_sha256_hex(secret, parsed.signed_time.encode() + b"." + body)
+    return f"t={parsed.signed_time},v1={mac}"
 
 
 def delivery_header(provider: str, request: Request, generic_header: str) -> str:
@@ -264,7 +267,7 @@ class HookApp:
             elif not delivery:
                 # No id header: an identical body is the same delivery replayed.
                 delivery = "body-sha256:" + hashlib.sha256(body).hexdigest()
-            signed = signature_key(provider, request) if self._signed(provider, request) \
+            signed = signature_key(secret, request, body) if self._signed(provider, request) \
                 else None
             return self._enqueue(provider, delivery, event, request, signed)
         except Rejected as rejected:
