@@ -45,15 +45,14 @@ def build_parser(with_automation: bool = True) -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true")
         if name == "status":
             p.add_argument("--history", type=int, default=10)
-    if not with_automation:  # (until automation's own `history` is gone: `bluegreen jobs`)
-        p = sub.add_parser("history", help="deploys, switches and rollbacks (automation "
-                                          "jobs: `bluegreen jobs`)")
-        common(p, mutating=False)
-        p.add_argument("--json", action="store_true")
-        p.add_argument("--limit", dest="history", type=int, default=20)
-        p.add_argument("--since", default="", help="30m, 12h, 7d or an ISO date")
-        p.add_argument("--action", dest="only_action", default="",
-                       help="deploy, switch, rollback, recover or unlock")
+    p = sub.add_parser("history", help="deploys, switches and rollbacks (automation jobs: "
+                                      "`bluegreen jobs`)")
+    common(p, mutating=False)
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--limit", dest="history", type=int, default=20)
+    p.add_argument("--since", default="", help="30m, 12h, 7d or an ISO date")
+    p.add_argument("--action", dest="only_action", default="",
+                   help="deploy, switch, rollback, recover or unlock")
     p = sub.add_parser("unlock", help="break a stale deploy lock")
     common(p, mutating=False)
     p.add_argument("--who", default="")

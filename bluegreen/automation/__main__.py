@@ -1,4 +1,4 @@
-"""`python -m bluegreen.automation serve|poll|jobs|history`: the automation commands on their
+"""`python -m bluegreen.automation serve|poll|jobs|release`: the automation commands on their
 own, with the same subcommands the main `bluegreen` CLI mounts through add_commands()."""
 
 from __future__ import annotations

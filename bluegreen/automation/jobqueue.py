@@ -8,6 +8,15 @@ Invariants, each kept inside one IMMEDIATE transaction:
   - a job found `running` when the workers start again was interrupted (the service died
     mid-deploy). It is marked `interrupted` and reported, never retried: half a deploy is
     something a person looks at.
+  - delivery ids are never pruned, so they outlive any replay window; they are a courtesy
+    for senders' redeliveries, not the replay defence (the sender chooses them). The defence
+    is in guards.py, and reads what this queue knows a lane deployed (`last_deployed`).
+  - a job is `explicit` when a person asked for it (`bluegreen jobs --retry`): the replay and
+    rollback guards step aside for it.
+The rollback quarantine lives here too: `rollbacks` (facts read from the apps' deploy
+history: this commit was rolled back in this lane at that time) and `allowances` (a person
+said `bluegreen release allow`, or deployed the commit by hand after the rollback). A commit
+is quarantined while a rollback of it is newer than every allowance of it.
 Every call opens its own short-lived connection, so any thread (or the poll process) may
 use the queue without sharing a connection.
 """
@@ -29,8 +38,10 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 INTERRUPTED = "interrupted"
 SUPERSEDED = "superseded"
-STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED, SUPERSEDED)
-FINISHED = (SUCCEEDED, FAILED, INTERRUPTED, SUPERSEDED)
+SKIPPED = "skipped"  # a guard refused it (replayed, older commit, rolled back); summary says why
+STATES = (PENDING, RUNNING, SUCCEEDED, FAILED, INTERRUPTED, SUPERSEDED, SKIPPED)
+FINISHED = (SUCCEEDED, FAILED, INTERRUPTED, SUPERSEDED, SKIPPED)
+ALL_LANES = "*"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -57,7 +68,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code     INTEGER,
     deploy_argv   TEXT,
     log_path      TEXT NOT NULL DEFAULT '',
-    log_tail      TEXT NOT NULL DEFAULT ''
+    log_tail      TEXT NOT NULL DEFAULT '',
+    explicit      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_lane_state ON jobs (lane, state);
 CREATE INDEX IF NOT EXISTS jobs_delivery ON jobs (provider, delivery_id);
@@ -74,7 +86,26 @@ CREATE TABLE IF NOT EXISTS poll_state (
     updated_at REAL NOT NULL,
     PRIMARY KEY (remote, branch)
 );
+CREATE TABLE IF NOT EXISTS rollbacks (
+    lane           TEXT NOT NULL,
+    sha            TEXT NOT NULL,
+    release        TEXT NOT NULL DEFAULT '',
+    rolled_back_at REAL NOT NULL,
+    who            TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (lane, sha, rolled_back_at)
+);
+CREATE TABLE IF NOT EXISTS allowances (
+    lane       TEXT NOT NULL,
+    sha        TEXT NOT NULL,
+    allowed_at REAL NOT NULL,
+    who        TEXT NOT NULL DEFAULT '',
+    why        TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (lane, sha, allowed_at)
+);
 """
+# Columns added after the first release; added to an older database when it is opened
+# (under a write lock: `serve`, `poll` and a CLI may open a new database at the same time).
+_ADDED_COLUMNS = {"explicit": "INTEGER NOT NULL DEFAULT 0"}
 
 
 @dataclass(frozen=True)
@@ -94,6 +125,7 @@ class JobRequest:
     sha: str = ""
     who: str = ""
     build_url: str = ""
+    explicit: bool = False  # a person asked for exactly this (the guards step aside)
 
 
 @dataclass(frozen=True)
@@ -122,6 +154,7 @@ class Job:
     deploy_argv: list[str] | None
     log_path: str
     log_tail: str
+    explicit: bool = False
 
     def public(self, *, with_log: bool = False) -> dict[str, Any]:
         """The JSON shape of /jobs and `--json`. The log tail is opt-in: build output can
@@ -140,10 +173,29 @@ class Submitted:
     duplicate: bool = False
 
 
+@dataclass(frozen=True)
+class RolledBack:
+    """A commit some lane's deploy history says was rolled back (and not allowed since)."""
+
+    lane: str
+    sha: str
+    release: str
+    rolled_back_at: float
+    who: str
+
+
+@dataclass(frozen=True)
+class Deployed:
+    job_id: int
+    sha: str
+    finished_at: float
+
+
 def _job(row: sqlite3.Row) -> Job:
     data = dict(row)
     data["event"] = json.loads(data["event"])
     data["deploy_argv"] = json.loads(data["deploy_argv"]) if data["deploy_argv"] else None
+    data["explicit"] = bool(data.get("explicit"))
     return Job(**data)
 
 
@@ -151,9 +203,31 @@ class JobQueue:
     def __init__(self, db_path: Path) -> None:
         self.db_path = db_path
         db_path.parent.mkdir(parents=True, exist_ok=True)
+        # Two processes creating the file at once (serve and poll starting together, a CLI
+        # reading meanwhile): switching to WAL answers "database is locked" at once instead
+        # of waiting on the busy timeout, so the loser tries again.
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._initialise()
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+    def _initialise(self) -> None:
         with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
+            have = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+        if not set(_ADDED_COLUMNS) <= have:
+            with self._transaction() as db:
+                have = {row["name"] for row in db.execute("PRAGMA table_info(jobs)")}
+                for column, declaration in _ADDED_COLUMNS.items():
+                    if column not in have:
+                        db.execute(f"ALTER TABLE jobs ADD COLUMN {column} {declaration}")
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -180,30 +254,41 @@ class JobQueue:
     # ---- intake ------------------------------------------------------------------------
 
     def submit(self, provider: str, delivery_id: str | None, requests: Sequence[JobRequest],
-               *, poll_mark: tuple[str, str, str] | None = None,
+               *, poll_mark: tuple[str, str, str] | None = None, also_seen: str | None = None,
                now: float | None = None) -> Submitted:
         """Enqueue one job per request, atomically with the delivery record and, for the
-        poller, with the new last-seen SHA (so a crash can neither lose nor repeat a push)."""
+        poller, with the new last-seen SHA (so a crash can neither lose nor repeat a push).
+
+        `also_seen` is a second key that must be new too (a timestamped signature: the same
+        signed request sent again inside its window, under any delivery id, is a duplicate)."""
         now = time.time() if now is None else now
         with self._transaction() as db:
             if delivery_id is not None:
-                inserted = db.execute(
-                    "INSERT OR IGNORE INTO deliveries (provider, delivery_id, received_at) "
-                    "VALUES (?, ?, ?)", (provider, delivery_id, now)).rowcount
-                if not inserted:
+                seen = db.execute("SELECT 1 FROM deliveries WHERE provider = ? AND "
+                                  "delivery_id = ?", (provider, delivery_id)).fetchone()
+                if seen:
                     rows = db.execute("SELECT id FROM jobs WHERE provider = ? AND delivery_id = ?"
                                       " ORDER BY id", (provider, delivery_id)).fetchall()
                     return Submitted([r["id"] for r in rows], [], duplicate=True)
+            if also_seen is not None:
+                inserted = db.execute(
+                    "INSERT OR IGNORE INTO deliveries (provider, delivery_id, received_at) "
+                    "VALUES (?, ?, ?)", (provider + "#signature", also_seen, now)).rowcount
+                if not inserted:
+                    return Submitted([], [], duplicate=True)
+            if delivery_id is not None:
+                db.execute("INSERT INTO deliveries (provider, delivery_id, received_at) "
+                           "VALUES (?, ?, ?)", (provider, delivery_id, now))
             job_ids: list[int] = []
             superseded: list[int] = []
             for req in requests:
                 cursor = db.execute(
                     "INSERT INTO jobs (lane, app, environment, rule, action, state, provider,"
-                    " delivery_id, repo, branch, sha, who, build_url, event, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " delivery_id, repo, branch, sha, who, build_url, event, created_at,"
+                    " explicit) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (req.lane, req.app, req.environment, req.rule, req.action, PENDING,
                      req.provider, req.delivery_id, req.repo, req.branch, req.sha, req.who,
-                     req.build_url, json.dumps(req.event), now))
+                     req.build_url, json.dumps(req.event), now, int(req.explicit)))
                 new_id = int(cursor.lastrowid or 0)
                 older = db.execute("SELECT id FROM jobs WHERE lane = ? AND state = ? AND id != ?",
                                    (req.lane, PENDING, new_id)).fetchall()
@@ -221,8 +306,9 @@ class JobQueue:
 
     def retry(self, job_id: int, now: float | None = None) -> Submitted:
         """A person's decision to run a finished job again: a new pending job with the same
-        event in the same lane. Refused while the lane has a pending job: that one is newer,
-        and a retry must never replace it with an older commit."""
+        event in the same lane, marked explicit (the replay and rollback guards let a person
+        deploy an older commit on purpose). Refused while the lane has a pending job: that
+        one is newer, and a retry must never replace it with an older commit."""
         job = self.get(job_id)
         if job is None:
             raise LookupError(f"no job {job_id}")
@@ -237,7 +323,7 @@ class JobQueue:
                              rule=job.rule, action=job.action, provider=job.provider,
                              event=job.event, delivery_id=None, repo=job.repo,
                              branch=job.branch, sha=job.sha, who=job.who,
-                             build_url=job.build_url)
+                             build_url=job.build_url, explicit=True)
         return self.submit(job.provider, None, [request], now=now)
 
     # ---- the worker side ----------------------------------------------------------------
@@ -368,3 +454,60 @@ class JobQueue:
         db.execute("INSERT INTO poll_state (remote, branch, sha, updated_at) VALUES (?, ?, ?, ?)"
                    " ON CONFLICT (remote, branch) DO UPDATE SET sha = excluded.sha,"
                    " updated_at = excluded.updated_at", (remote, branch, sha, now))
+
+    # ---- what a lane deployed (the replay guard) ---------------------------------------
+
+    def deployed(self, lane: str, *, exclude: int | None = None,
+                 limit: int = 200) -> list[Deployed]:
+        """The lane's succeeded jobs that carried a commit, newest first."""
+        with self._connect() as db:
+            rows = db.execute("SELECT id, sha, finished_at FROM jobs WHERE lane = ? AND state = ?"
+                              " AND sha != '' AND id != ? ORDER BY finished_at DESC, id DESC"
+                              " LIMIT ?", (lane, SUCCEEDED, -1 if exclude is None else exclude,
+                                           limit)).fetchall()
+        return [Deployed(r["id"], r["sha"], r["finished_at"] or 0.0) for r in rows]
+
+    # ---- rollback quarantine -----------------------------------------------------------
+
+    def record_rollback(self, lane: str, sha: str, *, release: str, at: float,
+                        who: str) -> bool:
+        """Remember that `sha` was rolled back in `lane` at `at`; False if already known."""
+        with self._transaction() as db:
+            return bool(db.execute(
+                "INSERT OR IGNORE INTO rollbacks (lane, sha, release, rolled_back_at, who)"
+                " VALUES (?, ?, ?, ?, ?)", (lane, sha.lower(), release, at, who)).rowcount)
+
+    def allow(self, lane: str, sha: str, *, who: str, why: str,
+              at: float | None = None) -> bool:
+        """Lift the quarantine of `sha` in `lane` (ALL_LANES: every lane) for every rollback
+        up to `at`. False if this exact allowance was already recorded."""
+        at = time.time() if at is None else at
+        with self._transaction() as db:
+            return bool(db.execute(
+                "INSERT OR IGNORE INTO allowances (lane, sha, allowed_at, who, why)"
+                " VALUES (?, ?, ?, ?, ?)", (lane, sha.lower(), at, who, why)).rowcount)
+
+    def quarantined(self, lane: str = "") -> list[RolledBack]:
+        """Commits rolled back more recently than they were allowed, newest first; one row
+        per (lane, commit). All lanes when `lane` is ""."""
+        where, values = ("WHERE r.lane = ?", (lane,)) if lane else ("", ())
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT r.lane, r.sha, r.release, r.rolled_back_at, r.who FROM rollbacks r "  # noqa: S608
+                f"{where} ORDER BY r.rolled_back_at DESC", values).fetchall()
+            allowed: dict[tuple[str, str], float] = {}
+            for row in db.execute("SELECT lane, sha, MAX(allowed_at) AS at FROM allowances"
+                                  " GROUP BY lane, sha"):
+                allowed[(row["lane"], row["sha"])] = row["at"]
+        found: list[RolledBack] = []
+        seen: set[tuple[str, str]] = set()
+        for row in rows:
+            key = (row["lane"], row["sha"])
+            if key in seen:
+                continue
+            seen.add(key)
+            last_allowed = max(allowed.get(key, 0.0), allowed.get((ALL_LANES, row["sha"]), 0.0))
+            if row["rolled_back_at"] > last_allowed:
+                found.append(RolledBack(row["lane"], row["sha"], row["release"],
+                                        row["rolled_back_at"], row["who"]))
+        return found

@@ -18,13 +18,13 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-import waitress
-
+from bluegreen.automation.httpserver import Server
 from bluegreen.automation.jobqueue import JobQueue
 from bluegreen.automation.poller import ERROR, Poller
 from bluegreen.automation.settings import Secrets, Settings
 from bluegreen.automation.worker import Runner
 from bluegreen.automation.wsgi import HookApp
+from bluegreen.errors import BluegreenError
 
 log = logging.getLogger("bluegreen.automation.service")
 
@@ -83,16 +83,21 @@ def serve(settings: Settings, secrets: Secrets, *, environ: dict[str, str] | Non
     try:
         with _signals(on_signal):
             try:
-                server = waitress.create_server(
-                    app, host=service.listen, port=service.port, threads=service.threads,
-                    # waitress answers 413 from the headers, before reading (and caps
-                    # chunked bodies); HookApp checks again for any other WSGI server.
-                    max_request_body_size=service.max_body_bytes,
-                    channel_timeout=30, ident="bluegreen")
-                url = f"http://{server.effective_host}:{server.effective_port}"
+                # waitress, with deadlines and fair limits for slow clients (httpserver.py)
+                try:
+                    server = Server(app, service, max_body_bytes=service.max_body_bytes)
+                except OSError as exc:
+                    raise BluegreenError(
+                        f"cannot listen on {service.listen}:{service.port}: "
+                        f"{exc.strerror or exc}", phase="serve",
+                        hint="is another process using that port? set service.port (or "
+                        "--port), or service.listen") from None
+                url = server.url
                 _write_runtime(runtime, {"pid": os.getpid(), "url": url, "started_at": started})
-                log.info("listening on %s (state %s, lanes %s)", url, service.state_dir,
-                         ", ".join(settings.lanes) or "none")
+                log.info("listening on %s (state %s, lanes %s; header_timeout %gs, "
+                         "connection_limit %d, per client %s)", url, service.state_dir,
+                         ", ".join(settings.lanes) or "none", service.header_timeout,
+                         service.connection_limit, service.client_connection_limit or "any")
                 server.run()
             except _Stop:
                 pass

@@ -76,6 +76,12 @@ class ServiceSettings:
     quiet_period: float = seconds(5.0, ge=0)
     shutdown_grace: float = seconds(600.0, ge=0)  # on SIGTERM, let a running deploy finish
     log_tail_lines: int = setting(30, ge=1)
+    # Hostile clients (a slowloris trickle): see httpserver.py.
+    header_timeout: float = seconds(10.0, ge=0.1)  # headers and body must arrive within this
+    channel_timeout: float = seconds(30.0, ge=1.0)  # an idle keep-alive connection closes
+    connection_limit: int = setting(200, ge=1)  # over it the slowest incomplete go first
+    client_connection_limit: int = setting(50, ge=0)  # per client address; 0: no limit
+    cleanup_interval: float = seconds(1.0, ge=0.1)  # how often the timeouts are enforced
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,10 @@ class Settings:
     git_timeout: float
     rules: tuple[Rule, ...]
     polls: tuple[PollTarget, ...]
+    # generic endpoint: "token", "signature" (X-Bluegreen-Signature: t=..,v1=..) or "either"
+    generic_auth: str = "either"
+    generic_signature_tolerance: float = 300.0  # seconds a signed timestamp stays valid
+    git_ls_remote_timeout: float = 30.0  # the tip check before a push job builds
 
     @property
     def db_path(self) -> Path:
@@ -157,6 +167,9 @@ class _SecretsFile:
     jenkins: str = setting("", **_ENV_VAR)
 
 
+GENERIC_AUTH = ("token", "signature", "either")
+
+
 @dataclass(frozen=True)
 class _GenericFile:
     ref: str = setting(GenericPaths.ref, check=_json_path)
@@ -165,11 +178,14 @@ class _GenericFile:
     pusher: str = setting(GenericPaths.pusher, check=_json_path)
     message: str = setting(GenericPaths.message, check=_json_path)
     delivery_header: str = setting("", one_line=True)
+    auth: str = setting("either", choices=GENERIC_AUTH)
+    signature_tolerance: float = seconds(300.0, ge=1.0)
 
 
 @dataclass(frozen=True)
 class _GitFile:
     timeout: float = seconds(600.0, ge=0.1)
+    ls_remote_timeout: float = seconds(30.0, ge=0.1)
 
 
 _NAME_PART = {"pattern": _LANE_PART, "one_line": True,
@@ -332,7 +348,9 @@ def parse_settings(data: Mapping[str, Any], source: str, base: Path) -> Settings
         generic=GenericPaths(ref=generic.ref, sha=generic.sha, repo=generic.repo,
                              pusher=generic.pusher, message=generic.message),
         generic_delivery_header=generic.delivery_header, jenkins=jenkins,
-        git_timeout=raw.git.timeout, rules=rules, polls=tuple(raw.poll))
+        git_timeout=raw.git.timeout, rules=rules, polls=tuple(raw.poll),
+        generic_auth=generic.auth, generic_signature_tolerance=generic.signature_tolerance,
+        git_ls_remote_timeout=raw.git.ls_remote_timeout)
 
 
 def load_settings(path: str | Path) -> Settings:

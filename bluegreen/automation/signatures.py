@@ -93,3 +93,77 @@ def token_from_request(query_string: str, headers: Mapping[str, str]) -> str | N
         return value.strip()
     values = parse_qs(query_string, keep_blank_values=False).get("token", [])
     return values[0] if values else None
+
+
+# ---- timestamped signatures (the Stripe / Slack scheme) -----------------------------------
+
+TIMESTAMP_HEADER = "X-Bluegreen-Signature"
+MAX_SIGNATURE_HEADER = 1024
+
+
+def sign_timestamped(secret: Secret, body: bytes, timestamp: int) -> str:
+    """The header value a sender computes: `t=<unix seconds>,v1=<hex HMAC-SHA256 of
+    "<t>." + body>`. Binding the time into the MAC is what makes an old request useless."""
+    return f"t={timestamp},v1={hmac_sha256_hex(secret, str(timestamp).encode() + b'.' + body)}"
+
+
+@dataclass(frozen=True)
+class TimestampedSignature:
+    timestamp: int
+    signatures: tuple[str, ...]  # every v1 value (a sender rotating secrets may send two)
+    signed_time: str  # t exactly as sent: the MAC covers these bytes
+
+
+def parse_timestamped(header: str) -> TimestampedSignature | None:
+    """`t=1700000000,v1=<64 hex>[,v1=...]`, spaces allowed after commas; None if malformed.
+    Unknown schemes (v0=, v2=) are ignored, as Stripe does, so senders can add new ones."""
+    if len(header) > MAX_SIGNATURE_HEADER:
+        return None
+    timestamp: int | None = None
+    signed_time = ""
+    signatures: list[str] = []
+    for part in header.split(","):
+        key, sep, value = part.strip().partition("=")
+        if not sep:
+            return None
+        if key == "t":
+            if timestamp is not None or not value.isascii() or not value.isdigit() \
+                    or len(value) > 12:
+                return None
+            timestamp, signed_time = int(value), value
+        elif key == "v1":
+            hexed = value.lower()
+            if len(hexed) != 64 or not hexed.isascii() or any(c not in "0123456789abcdef"
+                                                              for c in hexed):
+                return None
+            signatures.append(hexed)
+    if timestamp is None or not signatures:
+        return None
+    return TimestampedSignature(timestamp, tuple(signatures), signed_time)
+
+
+def verify_timestamped(secret: Secret, body: bytes, header: str | None, *, now: float,
+                       tolerance: float) -> Verdict:
+    """Accept only a signature over this body made within `tolerance` seconds of `now`,
+    either way (a sender's clock may run a little ahead). Constant-time comparison."""
+    if not header:
+        return Verdict(False, f"missing {TIMESTAMP_HEADER}")
+    parsed = parse_timestamped(header.strip())
+    if parsed is None:
+        return Verdict(False, f"{TIMESTAMP_HEADER} is malformed (expected "
+                              "t=<unix seconds>,v1=<hex HMAC-SHA256 of \"<t>.<body>\">)")
+    age = now - parsed.timestamp
+    if age > tolerance:
+        return Verdict(False, f"{TIMESTAMP_HEADER} timestamp is {age:.0f}s old, over the "
+                              f"tolerance of {tolerance:.0f}s (a replay, or a slow clock)")
+    if -age > tolerance:
+        return Verdict(False, f"{TIMESTAMP_HEADER} timestamp is {-age:.0f}s in the future, "
+                              f"over the tolerance of {tolerance:.0f}s (check the sender's clock)")
+    expected = hmac_sha256_hex(secret, parsed.signed_time.encode() + b"." + body)
+    # Compare against every v1 without stopping early: the time taken says nothing.
+    matched = False
+    for presented in parsed.signatures:
+        matched |= _same(expected, presented)
+    if matched:
+        return ACCEPTED
+    return Verdict(False, f"{TIMESTAMP_HEADER} does not match the body and timestamp")

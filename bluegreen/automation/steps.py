@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -19,6 +20,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 KILL_GRACE = 10.0  # seconds between SIGTERM and SIGKILL for a child that overran
+_URL_CREDENTIALS = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact(text: str) -> str:
+    """`https://user:token@host/x` -> `https://***@host/x`: a clone URL with credentials
+    in it must not land in a job log."""
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
 
 
 class JobFailed(Exception):
@@ -34,10 +42,21 @@ class JobCancelled(Exception):
     """The service is shutting down past its grace period and stopped this job's step."""
 
 
+class JobSkipped(Exception):
+    """A guard decided this job must not deploy (a replayed webhook, an older commit, a
+    rolled-back commit). Not a failure: the job ends `skipped`, the summary says why and
+    how a person can deploy it anyway."""
+
+    def __init__(self, summary: str) -> None:
+        super().__init__(summary)
+        self.summary = summary
+
+
 @dataclass(frozen=True)
 class StepResult:
     returncode: int
     duration: float
+    stdout: str = ""  # only from JobContext.capture()
 
 
 def _stop_group(proc: subprocess.Popen[bytes]) -> None:
@@ -84,19 +103,37 @@ class JobContext:
     def run(self, phase: str, argv: Sequence[str], *, env: Mapping[str, str], timeout: float,
             cwd: Path | None = None, check: bool = True) -> StepResult:
         """Run argv (never through a shell) with stdout+stderr appended to the job log."""
-        self.say(f"== {phase}: {list(argv)!r}" + (f" (in {cwd})" if cwd else ""))
+        return self._run(phase, argv, env=env, timeout=timeout, cwd=cwd, check=check,
+                         capture=False)
+
+    def capture(self, phase: str, argv: Sequence[str], *, env: Mapping[str, str],
+                timeout: float, cwd: Path | None = None) -> StepResult:
+        """Like run(), but stdout is returned (only stderr goes to the job log), and the
+        exit code is the caller's to judge."""
+        return self._run(phase, argv, env=env, timeout=timeout, cwd=cwd, check=False,
+                         capture=True)
+
+    def _run(self, phase: str, argv: Sequence[str], *, env: Mapping[str, str], timeout: float,
+             cwd: Path | None, check: bool, capture: bool) -> StepResult:
+        self.say(f"== {phase}: {redact(repr(list(argv)))}" + (f" (in {cwd})" if cwd else ""))
         started = time.monotonic()
         try:
-            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL, stdout=self._log,
-                                    stderr=subprocess.STDOUT, env=dict(env), cwd=cwd,
-                                    start_new_session=True)
+            proc = subprocess.Popen(list(argv), stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE if capture else self._log,
+                                    stderr=self._log if capture else subprocess.STDOUT,
+                                    env=dict(env), cwd=cwd, start_new_session=True)
         except OSError as exc:
             self.say(f"== {phase}: could not start: {exc}")
             raise JobFailed(f"{phase}: could not start {argv[0]!r}: {exc.strerror}") from None
         deadline = started + timeout
+        out = b""
         while True:
             try:
-                returncode = proc.wait(timeout=0.2)
+                if capture:  # communicate() may be called again after a timeout
+                    out, _ = proc.communicate(timeout=0.2)
+                    returncode = proc.returncode
+                else:
+                    returncode = proc.wait(timeout=0.2)
                 break
             except subprocess.TimeoutExpired:
                 pass
@@ -106,10 +143,10 @@ class JobContext:
                 raise JobCancelled(phase)
             if time.monotonic() >= deadline:
                 _stop_group(proc)
-                self.say(f"== {phase}: timed out after {timeout:.0f}s, stopped")
+                self.say(f"== {phase}: timed out after {timeout:g}s, stopped")
                 raise JobFailed(f"{phase} timed out after {timeout:.0f}s")
         duration = time.monotonic() - started
         self.say(f"== {phase}: exit {returncode} in {duration:.1f}s")
         if check and returncode != 0:
             raise JobFailed(f"{phase} failed (exit {returncode})", exit_code=returncode)
-        return StepResult(returncode, duration)
+        return StepResult(returncode, duration, (out or b"").decode("utf-8", "replace"))

@@ -22,10 +22,17 @@ import requests
 from bluegreen.automation import build, jenkins_notify, jenkins_trigger
 from bluegreen.automation.deploy_command import child_env, render_argv, substitute
 from bluegreen.automation.events import BuildEvent, PushEvent, event_from_dict
-from bluegreen.automation.jobqueue import FAILED, INTERRUPTED, SUCCEEDED, Job, JobQueue
+from bluegreen.automation.guards import Guard
+from bluegreen.automation.jobqueue import FAILED, INTERRUPTED, SKIPPED, SUCCEEDED, Job, JobQueue
 from bluegreen.automation.rules import BUILD, DEPLOY_ARTIFACT, JENKINS, Rule
 from bluegreen.automation.settings import Secrets, Settings
-from bluegreen.automation.steps import JobCancelled, JobContext, JobFailed, tail_lines
+from bluegreen.automation.steps import (
+    JobCancelled,
+    JobContext,
+    JobFailed,
+    JobSkipped,
+    tail_lines,
+)
 from bluegreen.errors import BluegreenError
 
 log = logging.getLogger("bluegreen.automation.worker")
@@ -67,19 +74,29 @@ def _deploy(ctx: JobContext, queue: JobQueue, job: Job, rule: Rule, *, artifact:
 
 def execute(job: Job, rule: Rule, settings: Settings, secrets: Secrets, queue: JobQueue,
             ctx: JobContext, environ: dict[str, str]) -> Outcome:
-    """Run one job to its end. Raises JobFailed / JobCancelled."""
+    """Run one job to its end. Raises JobFailed / JobCancelled / JobSkipped (guards.py)."""
     event = event_from_dict(job.event)
     build_url = event.build_url if isinstance(event, BuildEvent) else ""
     env = child_env(environ, job_id=job.id, commit=job.sha, branch=job.branch,
                     build_url=build_url, repo=job.repo, withheld=settings.withheld_env())
     state_dir = settings.service.state_dir
+    guard = Guard(ctx, job, rule, settings, queue, env)
+    work_dir = build.work_dir_for(rule, state_dir / "work")
     if rule.action == BUILD and isinstance(event, PushEvent):
-        artifact = build.build_artifact(ctx, rule, work_root=state_dir / "work",
-                                        branch=event.branch, sha=event.sha, env=env,
-                                        git_timeout=settings.git_timeout)
+        guard.before_fetch()
+        build.checkout(ctx, work_dir=work_dir, clone_url=rule.clone_url, branch=event.branch,
+                       sha=event.sha, env=env, timeout=settings.git_timeout)
+        guard.after_fetch(work_dir)
+        artifact = build.build_artifact(ctx, rule, work_dir=work_dir, env=env)
         return _deploy(ctx, queue, job, rule, artifact=artifact, version=event.sha,
                        who=event.who, env=env)
     if rule.action == JENKINS and isinstance(event, PushEvent):
+        guard.before_fetch()
+        if rule.clone_url and guard.active:
+            build.fetch_commit(ctx, work_dir=work_dir, clone_url=rule.clone_url,
+                               branch=event.branch, sha=event.sha, env=env,
+                               timeout=settings.git_timeout)
+            guard.after_fetch(work_dir)
         values = {"branch": event.branch, "sha": event.sha, "repo": event.repo,
                   "who": event.who, "job_id": str(job.id)}
         parameters = {k: substitute(v, values) for k, v in rule.jenkins_parameters.items()}
@@ -97,6 +114,7 @@ def execute(job: Job, rule: Rule, settings: Settings, secrets: Secrets, queue: J
         ctx.say(f"== jenkins: build started at {build_url}")
         return Outcome(f"Jenkins build started: {build_url}")
     if rule.action == DEPLOY_ARTIFACT and isinstance(event, BuildEvent):
+        guard.check_artifact_commit()
         with _jenkins_session(settings, secrets) as session:
             artifact = jenkins_notify.fetch_artifact(
                 ctx, session, event, pattern=rule.artifact, jenkins_url=settings.jenkins.url,
@@ -223,6 +241,8 @@ class Runner:
             state, summary, exit_code = SUCCEEDED, outcome.summary, outcome.exit_code
         except JobFailed as exc:
             summary, exit_code = exc.summary, exc.exit_code
+        except JobSkipped as exc:
+            state, summary = SKIPPED, exc.summary
         except JobCancelled:
             state, summary = INTERRUPTED, INTERRUPTED_ON_STOP
         except Exception as exc:  # a bug in one job must not stop the lane
@@ -232,5 +252,5 @@ class Runner:
         ctx.close()
         tail = tail_lines(log_path, self.settings.service.log_tail_lines)
         self.queue.finish(job.id, state, summary, exit_code=exit_code, log_tail=tail)
-        level = logging.INFO if state == SUCCEEDED else logging.WARNING
+        level = logging.INFO if state in (SUCCEEDED, SKIPPED) else logging.WARNING
         log.log(level, "job %d %s: %s (log: %s)", job.id, state, summary, log_path)

@@ -5,11 +5,14 @@ Status codes (a sender retries non-2xx, and a person reads the delivery log):
   200  understood, nothing to do - {"status": "pong"} for GitHub's ping;
        {"status": "ignored", "reason": ...} for an unhandled event type, a tag, a deleted
        branch, a branch no rule matches, a Jenkins phase/status that does not deploy;
-       {"status": "duplicate", "job": id} for a replayed delivery id. A replay is answered
-       2xx on purpose: the first delivery was accepted, and a non-2xx would only make the
-       sender retry (and show a red delivery for a push that is deploying fine).
+       {"status": "duplicate", "job": id} for a replayed delivery id (or a timestamped
+       generic signature seen before). A replay is answered 2xx on purpose: the first
+       delivery was accepted, and a non-2xx would only make the sender retry (and show a red
+       delivery for a push that is deploying fine). Delivery ids are a courtesy to honest
+       senders, not the replay defence: the sender picks them. A correctly signed old push
+       under a new id is queued, and the worker's guards (guards.py) skip it.
   400  malformed JSON, not an object, a required field missing or malformed, no event header
-  401  missing or wrong signature/token
+  401  missing or wrong signature/token; a timestamped signature outside its window
   404  unknown path, or a provider whose secret is not configured (endpoint disabled)
   405  wrong method
   411  no Content-Length
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -128,8 +132,12 @@ def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def verify(provider: str, secret: signatures.Secret, request: Request,
-           body: bytes) -> signatures.Verdict:
+def verify(provider: str, secret: signatures.Secret, request: Request, body: bytes, *,
+           generic_auth: str = "either", tolerance: float = 300.0,
+           now: float | None = None) -> signatures.Verdict:
+    if provider == "generic":
+        return verify_generic(secret, request, body, generic_auth=generic_auth,
+                              tolerance=tolerance, now=time.time() if now is None else now)
     if provider == "github":
         return signatures.verify_github(secret, body, request.header("x-hub-signature-256"))
     if provider == "gitea":
@@ -142,6 +150,29 @@ def verify(provider: str, secret: signatures.Secret, request: Request,
                                        "X-Gitlab-Token")
     presented = signatures.token_from_request(request.query, request.headers)
     return signatures.verify_token(secret, presented, "token")
+
+
+def verify_generic(secret: signatures.Secret, request: Request, body: bytes, *,
+                   generic_auth: str, tolerance: float, now: float) -> signatures.Verdict:
+    """generic.auth: "signature" needs X-Bluegreen-Signature (t=..,v1=.., a bounded window);
+    "token" needs the plain token; "either" checks the signature when one is sent (and then
+    only it: a bad signature is not rescued by a token) and the token otherwise."""
+    header = request.header(signatures.TIMESTAMP_HEADER)
+    if generic_auth == "signature" or (generic_auth == "either" and header):
+        return signatures.verify_timestamped(secret, body, header, now=now, tolerance=tolerance)
+    presented = signatures.token_from_request(request.query, request.headers)
+    return signatures.verify_token(secret, presented, "token")
+
+
+def signature_key(secret: signatures.Secret, request: Request, body: bytes) -> str | None:
+    """A timestamped signature is single-use inside its window: the key that says so. It is
+    the one valid MAC for this time and body, computed here, so dropping or adding other
+    v1= values to a captured header does not make it a new request."""
+    parsed = signatures.parse_timestamped(request.header(signatures.TIMESTAMP_HEADER))
+    if parsed is None:
+        return None
+    mac = signatures.hmac_sha256_hex(secret, parsed.signed_time.encode() + b"." + body)
+    return f"t={parsed.signed_time},v1={mac}"
 
 
 def delivery_header(provider: str, request: Request, generic_header: str) -> str:
@@ -218,7 +249,9 @@ class HookApp:
                                f"(no secrets.{provider})")
             body = read_body(request, self.settings.service.max_body_bytes)
             delivery = delivery_header(provider, request, self.settings.generic_delivery_header)
-            verdict = verify(provider, secret, request, body)
+            verdict = verify(provider, secret, request, body,
+                             generic_auth=self.settings.generic_auth,
+                             tolerance=self.settings.generic_signature_tolerance)
             if not verdict.ok:
                 raise Rejected(401, verdict.reason)
             if len(delivery) > MAX_DELIVERY_ID:
@@ -234,7 +267,9 @@ class HookApp:
             elif not delivery:
                 # No id header: an identical body is the same delivery replayed.
                 delivery = "body-sha256:" + hashlib.sha256(body).hexdigest()
-            return self._enqueue(provider, delivery, event, request)
+            signed = signature_key(secret, request, body) if self._signed(provider, request) \
+                else None
+            return self._enqueue(provider, delivery, event, request, signed)
         except Rejected as rejected:
             log.warning("rejected provider=%s remote=%s status=%d reason=%r delivery=%r",
                         provider, request.remote, rejected.status, rejected.reason,
@@ -263,15 +298,21 @@ class HookApp:
         except BadPayload as bad:
             raise Rejected(400, bad.reason) from None
 
-    def _enqueue(self, provider: str, delivery: str, event: Event, request: Request) -> Reply:
+    def _signed(self, provider: str, request: Request) -> bool:
+        return provider == "generic" and self.settings.generic_auth != "token" and bool(
+            request.header(signatures.TIMESTAMP_HEADER))
+
+    def _enqueue(self, provider: str, delivery: str, event: Event, request: Request,
+                 signature: str | None = None) -> Reply:
         requests = requests_for(self.settings.rules, event, delivery)
-        submitted = self.queue.submit(provider, delivery, requests)
+        submitted = self.queue.submit(provider, delivery, requests, also_seen=signature)
         if submitted.duplicate:
             log.info("duplicate provider=%s remote=%s delivery=%r jobs=%s", provider,
                      request.remote, delivery[:100], submitted.job_ids)
+            reason = ("this delivery id was already accepted" if submitted.job_ids
+                      else "this signed request was already accepted")
             return Reply(200, {"status": "duplicate", "job": (submitted.job_ids or [None])[0],
-                               "jobs": submitted.job_ids,
-                               "reason": "this delivery id was already accepted"})
+                               "jobs": submitted.job_ids, "reason": reason})
         for req in requests:
             self.wake(req.lane)
         log.info("queued provider=%s remote=%s delivery=%r branch=%r commit=%s jobs=%s "

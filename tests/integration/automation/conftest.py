@@ -181,6 +181,7 @@ class Harness:
     remote: GitRemote
     services: list[Service] = field(default_factory=list)
     http: requests.Session = field(default_factory=requests.Session)
+    extra_env: dict[str, str] = field(default_factory=dict)  # added to every process we start
 
     def __post_init__(self) -> None:
         self.http.trust_env = False  # loopback only, never through a proxy from the env
@@ -240,6 +241,7 @@ class Harness:
         env.update(GIT_ENV)
         env.update(SECRETS)
         env["PYTHONPATH"] = str(ROOT)
+        env.update(self.extra_env)
         return env
 
     def cli(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
@@ -291,7 +293,7 @@ class Harness:
         return sorted(self.queue().list_jobs(limit=500), key=lambda j: j.id)
 
     def wait_job(self, job_id: int, states: tuple[str, ...] = ("succeeded", "failed",
-                 "interrupted"), timeout: float = 20.0) -> Job:
+                 "interrupted", "skipped"), timeout: float = 20.0) -> Job:
         queue = self.queue()
 
         def done() -> Job | None:
@@ -310,10 +312,15 @@ class Harness:
 
     def post_github(self, service: Service, payload: dict[str, Any] | bytes, *,
                     event: str = "push", delivery: str | None = None,
-                    secret: str = SECRETS["GH_SECRET"]) -> requests.Response:
+                    secret: str = SECRETS["GH_SECRET"], signature: str | None = None,
+                    no_delivery: bool = False) -> requests.Response:
+        """A signed GitHub webhook. `signature` replays a captured one as it was;
+        `no_delivery` leaves the X-GitHub-Delivery header out."""
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        headers = {"X-GitHub-Event": event, "X-Hub-Signature-256": sign(secret, body),
-                   "X-GitHub-Delivery": delivery or hashlib.sha256(body).hexdigest()[:32]}
+        headers = {"X-GitHub-Event": event,
+                   "X-Hub-Signature-256": signature or sign(secret, body)}
+        if not no_delivery:
+            headers["X-GitHub-Delivery"] = delivery or hashlib.sha256(body).hexdigest()[:32]
         return self.post(service, "github", body, headers)
 
 

@@ -159,13 +159,13 @@ def test_pushes_deploy_for_real_and_a_failing_build_changes_nothing(world: World
     assert argv[argv.index("--who") + 1] == f"github:{PUSHER}"
     assert Path(argv[argv.index("--artifact") + 1]).name == f"demo-{second}.tar.gz"
 
-    # ---- the service's view: GET /jobs and `bluegreen history --json`
+    # ---- the service's view: GET /jobs and `bluegreen jobs --json`
     listed = harness.http.get(f"{service.url}/jobs", timeout=5).json()
     by_id = {job["id"]: job for job in listed["jobs"]}
     for job, sha in ((first_job, first), (second_job, second)):
         assert by_id[job.id]["state"] == "succeeded"
         assert (by_id[job.id]["sha"], by_id[job.id]["who"]) == (sha, f"github:{PUSHER}")
-    history = subprocess.run([BLUEGREEN, "history", "--json", "--config",
+    history = subprocess.run([BLUEGREEN, "jobs", "--json", "--config",
                               str(harness.config_path)], env=harness.env(),
                              capture_output=True, text=True, timeout=30, check=True)
     finished = {job["sha"]: job for job in json.loads(history.stdout)}
@@ -192,3 +192,65 @@ def test_pushes_deploy_for_real_and_a_failing_build_changes_nothing(world: World
     assert world.front_version() == second
     assert len(world.deploy_history()) == 2
     assert world.project.status()["live"] == "green"  # first deploy blue, second green
+
+
+def test_automatic_deploys_respect_a_rollback_until_a_person_allows_it(world: World) -> None:
+    """Issue 10: after `fab rollback`, the webhook service does not deploy the rolled-back
+    commit, nor an ancestor of it, until `bluegreen release allow` (or a deploy by hand).
+    Here B2 reached production outside the service (a Jenkins pipeline's `fab deploy`),
+    so only the app's deploy history can tell the service that B2 was rolled back."""
+    harness = world.harness
+    service = start_serve(harness)
+    base = world.commit_and_push("demo app")
+    reply = harness.post_github(service, github_payload("main", base, pusher=PUSHER))
+    assert harness.wait_job(reply.json()["job"], timeout=JOB_TIMEOUT).state == "succeeded"
+    world.wait_traffic(base)
+
+    # Two commits pushed together; a pipeline deploys the tip by hand, and it is bad.
+    b1 = world.commit_and_push("b1")
+    b2 = world.commit_and_push("b2")
+    dist = harness.root / "pipeline-dist"
+    subprocess.run([PY, "build.py", b2, "--out", str(dist)], cwd=world.work, check=True,
+                   capture_output=True, timeout=60)
+    world.project.fab("deploy", "--artifact", str(dist / f"demo-{b2}.tar.gz"), "--version",
+                      b2, env={"GIT_COMMIT": b2, "BLUEGREEN_WHO": "jenkins:pipeline#7"})
+    world.wait_traffic(b2)
+    world.project.fab("rollback", env={"BLUEGREEN_WHO": "ops@laptop"})
+    world.wait_traffic(base)
+
+    # B2's webhook arrives late (a redelivery, a queue backlog): B2 is the branch tip and
+    # this lane never deployed it, so only the rollback stands in the way.
+    late = harness.post_github(service, github_payload("main", b2, pusher=PUSHER),
+                               delivery="late-b2")
+    job = harness.wait_job(late.json()["job"], timeout=JOB_TIMEOUT)
+    assert job.state == "skipped", (job.summary, job.log_tail)
+    assert f"{b2[:12]} was rolled back in demo/production" in job.summary
+    assert "ops@laptop" in job.summary and f"bluegreen release allow {b2[:12]}" in job.summary
+    assert world.front_version() == base
+
+    # The branch is force-pushed back to B1: the tip again, never deployed, and not behind
+    # what the lane deployed (base) - but an ancestor of the rolled-back B2.
+    git("push", "-q", "--force", "origin", f"{b1}:refs/heads/main", cwd=world.work)
+    back = harness.post_github(service, github_payload("main", b1, pusher=PUSHER),
+                               delivery="forced-b1")
+    job = harness.wait_job(back.json()["job"], timeout=JOB_TIMEOUT)
+    assert job.state == "skipped", (job.summary, job.log_tail)
+    assert f"{b1[:12]} is an ancestor of {b2[:12]}, which was rolled back" in job.summary
+    assert world.front_version() == base
+
+    listed = harness.cli("release", "list")
+    assert listed.returncode == 0 and b2[:12] in listed.stdout, listed.stderr
+
+    # A person allows B2 again; the next push of it deploys.
+    git("push", "-q", "--force", "origin", f"{b2}:refs/heads/main", cwd=world.work)
+    allowed = harness.cli("release", "allow", b2[:10])
+    assert allowed.returncode == 0, allowed.stderr
+    assert f"allowed {b2[:12]}" in allowed.stdout
+    again = harness.post_github(service, github_payload("main", b2, pusher=PUSHER),
+                                delivery="after-allow")
+    job = harness.wait_job(again.json()["job"], timeout=JOB_TIMEOUT)
+    assert job.state == "succeeded", (job.summary, job.log_tail)
+    world.wait_traffic(b2)
+    assert harness.cli("release", "list").stdout.startswith("no rolled-back commits")
+    actions = [(h["action"], h["result"]) for h in world.deploy_history()]
+    assert actions == [("deploy", "ok"), ("deploy", "ok"), ("rollback", "ok"), ("deploy", "ok")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -82,7 +83,7 @@ def test_restart_resumes_pending_jobs_and_reports_the_interrupted_one(harness: H
     health = harness.http.get(f"{second.url}/healthz", timeout=5).json()
     assert health["interrupted_on_start"] == [job_a]
     assert f"job {job_a} " in second.log() and "interrupted by a restart" in second.log()
-    listing = harness.cli("history")
+    listing = harness.cli("jobs")
     assert "interrupted" in listing.stdout
 
     # Re-running the interrupted deploy is a person's decision, made with `jobs --retry`.
@@ -116,3 +117,14 @@ def test_a_second_server_on_the_same_state_dir_is_refused(harness: Harness) -> N
     refused = harness.cli("serve", timeout=20)
     assert refused.returncode != 0
     assert "another process already runs jobs" in refused.stderr
+
+
+def test_a_port_in_use_is_a_clear_error_not_a_traceback(harness: Harness) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        harness.write_config(port=taken.getsockname()[1])
+        refused = harness.cli("serve", timeout=30)
+    assert refused.returncode == 1
+    assert "cannot listen on 127.0.0.1:" in refused.stderr
+    assert "Traceback" not in refused.stderr

@@ -107,7 +107,13 @@ def test_github_push_builds_the_exact_pushed_commit_and_deploys_it(harness: Harn
                                 delivery="delivery-1")
     assert reply.status_code == 202, reply.text
     assert reply.json()["status"] == "queued"
-    job = harness.wait_job(reply.json()["job"])
+    # The branch has moved on, so the webhook alone never deploys v1 (a late or replayed
+    # push must not roll production back); a person asking for it explicitly does.
+    late = harness.wait_job(reply.json()["job"])
+    assert late.state == "skipped" and "no longer the tip" in late.summary, late.summary
+    retried = harness.cli("jobs", "--retry", str(late.id))
+    assert retried.returncode == 0, retried.stderr
+    job = harness.wait_job(int(retried.stdout.split()[-1]))
     assert job.state == "succeeded", (job.summary, job.log_tail)
 
     [record] = harness.records()
@@ -138,13 +144,13 @@ def test_github_push_builds_the_exact_pushed_commit_and_deploys_it(harness: Harn
 
     listing = harness.http.get(f"{service.url}/jobs", timeout=5).json()["jobs"]
     assert [(j["id"], j["state"], j["sha"]) for j in listing] == [
-        (job2.id, "succeeded", v2), (job.id, "succeeded", v1)]
+        (job2.id, "succeeded", v2), (job.id, "succeeded", v1), (late.id, "skipped", v1)]
     health = harness.http.get(f"{service.url}/healthz", timeout=5)
     assert health.status_code == 200
     assert health.json()["workers"] == {"demo/production": True}
-    history = harness.cli("history")
-    assert history.returncode == 0 and f"{v2[:12]}" in history.stdout
-    detail = harness.cli("history", "--job", str(job.id))
+    jobs = harness.cli("jobs")
+    assert jobs.returncode == 0 and f"{v2[:12]}" in jobs.stdout
+    detail = harness.cli("jobs", "--job", str(job.id))
     assert "deployed" in detail.stdout and "recorder: deploy" in detail.stdout
 
 
@@ -192,6 +198,8 @@ def test_shell_metacharacters_in_branch_message_and_pusher_stay_data(harness: Ha
 
 
 def test_gitlab_gitea_and_generic_pushes_deploy(harness: Harness) -> None:
+    # One push per sender, each the branch tip when it arrives (a lane never deploys the
+    # same commit twice on its own, so three senders of one commit would deploy it once).
     sha = harness.remote.commit_and_push("v1")
     harness.write_config(generic={"ref": "$.ref", "sha": "$.commit", "repo": "$.project",
                                   "pusher": "$.who", "delivery_header": "X-Request-Id"})
@@ -207,6 +215,7 @@ def test_gitlab_gitea_and_generic_pushes_deploy(harness: Harness) -> None:
     assert reply.status_code == 202, reply.text
     assert harness.wait_job(reply.json()["job"]).state == "succeeded"
 
+    sha = harness.remote.commit_and_push("v2")
     gitea_body = json.dumps({**github_payload("main", sha), "pusher": {"login": "tea"}}).encode()
     signature = hmac.new(SECRETS["GITEA_SECRET"].encode(), gitea_body, hashlib.sha256)
     reply = harness.post(service, "gitea", gitea_body, {
@@ -215,6 +224,7 @@ def test_gitlab_gitea_and_generic_pushes_deploy(harness: Harness) -> None:
     assert reply.status_code == 202, reply.text
     assert harness.wait_job(reply.json()["job"]).state == "succeeded"
 
+    sha = harness.remote.commit_and_push("v3")
     generic_body = json.dumps({"ref": "main", "commit": sha, "project": "acme/demo",
                                "who": "script"}).encode()
     reply = harness.post(service, "generic", generic_body, {
@@ -262,7 +272,13 @@ def test_unknown_commit_fails_the_job_without_deploying(harness: Harness) -> Non
     harness.write_config()
     service = harness.start()
     reply = harness.post_github(service, github_payload("main", "f" * 40))
-    job = harness.wait_job(reply.json()["job"])
+    # not the branch tip: never deployed automatically ...
+    skipped = harness.wait_job(reply.json()["job"])
+    assert skipped.state == "skipped" and "no longer the tip" in skipped.summary
+    # ... and asked for explicitly, the fetch finds no such commit
+    retried = harness.cli("jobs", "--retry", str(skipped.id))
+    assert retried.returncode == 0, retried.stderr
+    job = harness.wait_job(int(retried.stdout.split()[-1]))
     assert job.state == "failed" and "will not serve it" in job.summary
     assert harness.records() == []
 

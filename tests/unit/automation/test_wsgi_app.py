@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,3 +186,78 @@ def test_healthz_and_jobs(app: AppParts) -> None:
     assert "log_tail" not in reply["jobs"][0]
     assert call(hook_app, "GET", "/jobs", query="state=bogus")[0] == 400
     assert call(hook_app, "GET", "/jobs", query="limit=x")[0] == 400
+
+
+# ---- generic endpoint: a timestamped signature beside the plain token ----------------------
+
+def stamped(body: bytes, timestamp: int | None = None, secret: bytes = b"tok") -> str:
+    t = int(time.time()) if timestamp is None else timestamp
+    mac = hmac.new(secret, f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={t},v1={mac}"
+
+
+def generic_app(tmp_path: Path, auth: str) -> AppParts:
+    path = tmp_path / "automation.toml"
+    path.write_text(CONFIG + f'[generic]\nauth = "{auth}"\nsignature_tolerance = 60\n')
+    settings = load_settings(path)
+    queue = JobQueue(settings.db_path)
+    hook_app = HookApp(settings, resolve_secrets(settings, {"GH": "gh-secret", "GEN": "tok"}),
+                       queue, wake=lambda _lane: None, health=lambda: (True, {}))
+    return hook_app, queue, []
+
+
+def test_generic_accepts_a_fresh_timestamped_signature_once(app: AppParts) -> None:
+    hook_app, queue, _ = app
+    body = push_body()
+    header = {"X-Bluegreen-Signature": stamped(body)}
+    status, reply, _ = call(hook_app, "POST", "/hooks/generic", body, header)
+    assert status == 202, reply
+    # the same signed request again, under a delivery id of the sender's choosing
+    status, reply, _ = call(hook_app, "POST", "/hooks/generic", body,
+                            {**header, "X-Request-Id": "new-id"})
+    assert (status, reply["status"]) == (200, "duplicate")
+    # ... or with a junk v1= added to the captured header
+    padded = {"X-Bluegreen-Signature": header["X-Bluegreen-Signature"] + ",v1=" + "0" * 64}
+    status, reply, _ = call(hook_app, "POST", "/hooks/generic", body, padded)
+    assert (status, reply["status"]) == (200, "duplicate")
+    assert len(queue.list_jobs()) == 1
+
+
+def test_generic_rejects_a_stale_or_bad_signature_and_a_token_does_not_rescue_it(
+        app: AppParts) -> None:
+    hook_app, queue, _ = app
+    body = push_body()
+    stale = {"X-Bluegreen-Signature": stamped(body, int(time.time()) - 3600)}
+    status, reply, _ = call(hook_app, "POST", "/hooks/generic", body, stale)
+    assert status == 401 and "old" in reply["error"]
+    wrong = {"X-Bluegreen-Signature": stamped(body, secret=b"guess"),
+             "Authorization": "Bearer tok"}
+    status, reply, _ = call(hook_app, "POST", "/hooks/generic", body, wrong)
+    assert status == 401 and "does not match" in reply["error"]
+    assert queue.list_jobs() == []
+
+
+def test_generic_auth_signature_refuses_the_plain_token(tmp_path: Path) -> None:
+    hook_app, _, _ = generic_app(tmp_path, "signature")
+    body = push_body()
+    status, reply, _ = call(hook_app, "POST", "/hooks/generic", body,
+                            {"Authorization": "Bearer tok"})
+    assert status == 401 and "missing X-Bluegreen-Signature" in reply["error"]
+    status, _, _ = call(hook_app, "POST", "/hooks/generic", body,
+                        {"X-Bluegreen-Signature": stamped(body)})
+    assert status == 202
+    # the configured tolerance (60 s) is the window
+    status, reply, _ = call(hook_app, "POST", "/hooks/generic", body,
+                            {"X-Bluegreen-Signature": stamped(body, int(time.time()) - 90)})
+    assert status == 401 and "tolerance of 60s" in reply["error"]
+
+
+def test_generic_auth_token_ignores_the_signature_header(tmp_path: Path) -> None:
+    hook_app, _, _ = generic_app(tmp_path, "token")
+    body = push_body()
+    status, reply, _ = call(hook_app, "POST", "/hooks/generic", body,
+                            {"X-Bluegreen-Signature": stamped(body)})
+    assert status == 401 and "missing token" in reply["error"]
+    status, _, _ = call(hook_app, "POST", "/hooks/generic", body,
+                        {"X-Bluegreen-Signature": "garbage", "Authorization": "Bearer tok"})
+    assert status == 202
