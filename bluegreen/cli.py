@@ -46,7 +46,9 @@ def build_parser(with_automation: bool = True) -> argparse.ArgumentParser:
         if name == "status":
             p.add_argument("--history", type=int, default=10)
     p = sub.add_parser("history", help="deploys, switches and rollbacks (automation jobs: "
-                                      "`bluegreen jobs`)")
+                                      "`bluegreen jobs`)",
+                       description="Deploys, switches, rollbacks, recoveries and lock breaks "
+                                   "of one app, from its audit trail (= `fab history`).")
     common(p, mutating=False)
     p.add_argument("--json", action="store_true")
     p.add_argument("--limit", dest="history", type=int, default=20)

@@ -64,7 +64,7 @@ def test_bluegreen_history_is_the_deploy_history_and_jobs_have_their_own_command
     """`bluegreen history` is `fab history` (deploys, switches, rollbacks of an app); the
     automation jobs are `bluegreen jobs`: two names, two things."""
     assert bluegreen_main(["history", "--json", "--config", "x.toml"]) == 2
-    out, err = capsys.readouterr()
+    _, err = capsys.readouterr()
     assert "x.toml" in err and "config file not found" in err  # it wants an app's config
     from bluegreen.cli import build_parser
     sub = next(a for a in build_parser()._actions if a.dest == "command")
