@@ -69,7 +69,7 @@ def test_bluegreen_history_is_the_deploy_history_and_jobs_have_their_own_command
     from bluegreen.cli import build_parser
     sub = next(a for a in build_parser()._actions if a.dest == "command")
     assert {"history", "jobs", "serve", "poll"} <= set(sub.choices)  # type: ignore[attr-defined]
-    assert "deploys" in sub.choices["history"].format_help()  # type: ignore[index]
+    assert "Deploys" in sub.choices["history"].format_help()  # type: ignore[index]
     assert len(err.strip().splitlines()) == 1
 
 
