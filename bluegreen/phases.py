@@ -12,6 +12,7 @@ from pathlib import Path
 from bluegreen import journal, release, render
 from bluegreen.errors import BluegreenError
 from bluegreen.layout import release_id
+from bluegreen.lock import new_owner
 from bluegreen.routers.base import Applied
 from bluegreen.run import Run
 from bluegreen.state import SlotRecord
@@ -222,7 +223,11 @@ def switch_traffic(run: Run) -> None:
     the next command finds it and puts traffic back to the committed state."""
     run.ledger.ensure_still_locked()
     rec = run.live.slots[run.target]
-    run.change = TrafficChange(run.cfg, run.routers, run.target, rec.release, rec.version)
+    run.change = TrafficChange(
+        run.cfg, run.routers, run.target, rec.release, rec.version,
+        owner=new_owner(run.ledger.who.name, f"{run.cfg.app} {run.outcome.action}",
+                             run.ledger.who.build_url))
+    run.change.lock_traffic_hosts(run.report.say)
     previous = {r.label: r.installed() for r in run.routers}
     run.ledger.write_intent(journal.Intent(
         action=run.outcome.action, from_slot=run.live.live, to_slot=run.target,

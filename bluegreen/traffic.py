@@ -16,12 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from bluegreen import lock
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError, CommandFailed
 from bluegreen.render import parse_marker
 from bluegreen.routers.base import Applied, ConfigRejected, Router
 
 T = TypeVar("T")
+# another app's switch on a shared nginx takes seconds; waiting this long means it is stuck
+TRAFFIC_LOCK_WAIT = 120.0
 R = TypeVar("R")
 
 
@@ -57,13 +60,41 @@ class TrafficChange:
     slot: str
     release: str
     version: str
+    owner: lock.Owner | None = None  # holds each traffic host's lock from apply to commit
+    lock_wait: float = field(default_factory=lambda: TRAFFIC_LOCK_WAIT)
     applied: list[tuple[Router, Applied]] = field(default_factory=list)
+    locked: list[Router] = field(default_factory=list)
     verified_in: float = 0.0
 
     @property
     def pending(self) -> bool:
         """Something was changed and is neither verified-and-committed nor undone."""
         return bool(self.applied)
+
+    def lock_traffic_hosts(self, say: Callable[[str], None]) -> None:
+        """Several apps may share one nginx: each holds the traffic host's own lock from
+        install to commit, so its file is tested and applied only while every other app's
+        file is its last good one, and the error log after its offset is its own. Taken in
+        a fixed order (by host label): two apps never wait for each other in a circle."""
+        if self.owner is None:
+            return
+        for router in sorted(self.routers, key=lambda r: r.label):
+            where = traffic_lock_dir(router.target)
+            broken = lock.acquire(router.host, where, self.owner, wait=self.lock_wait,
+                                  on_wait=lambda held, r=router: say(
+                                      f"    {r.label}: waiting for {held} to finish its "
+                                      "switch on this nginx"))
+            self.locked.append(router)
+            if broken is not None:
+                say(f"    {router.label}: broke a stale traffic lock ({broken.reason})")
+
+    def unlock_traffic_hosts(self) -> None:
+        for router in self.locked:
+            try:
+                lock.release(router.host, traffic_lock_dir(router.target), self.owner)  # type: ignore[arg-type]
+            except BluegreenError:
+                pass  # stale by its pid (this machine) or its lease: the next run breaks it
+        self.locked.clear()
 
     def apply(self) -> None:
         """Render, install and test everywhere; then apply everywhere. Raises (after undoing)
@@ -105,10 +136,12 @@ class TrafficChange:
     def commit(self) -> None:
         """The new slot is recorded: nothing left to undo."""
         self.applied.clear()
+        self.unlock_traffic_hosts()
 
     def undo(self) -> str:
         """Put back what every host had; report, never raise over the original error."""
         if not self.applied:
+            self.unlock_traffic_hosts()
             return "traffic was not touched"
         problems = []
         for router, applied in self.applied:
@@ -118,10 +151,18 @@ class TrafficChange:
                 problems.append(f"{router.label}: {exc}")
         labels = [r.label for r, _ in self.applied]
         self.applied.clear()
+        self.unlock_traffic_hosts()
         if problems:
             return ("the previous nginx config could NOT be restored on: " + "; ".join(problems)
                     + " - fix nginx there by hand NOW")
         return "the previous nginx config was restored on " + ", ".join(labels)
+
+
+def traffic_lock_dir(target: str) -> str:
+    """Beside the file bluegreen renders (a directory the deploy user can write; nginx
+    includes only *.conf there)."""
+    parent, _, _ = target.rpartition("/")
+    return f"{parent or '.'}/.bluegreen-traffic.lock"
 
 
 def drain(routers: list[Router], port: int, timeout: float) -> dict[str, int] | None:

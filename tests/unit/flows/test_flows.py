@@ -21,6 +21,7 @@ from bluegreen.run import Outcome, Run
 from bluegreen.testing import FakeWorld
 
 TARGET = "/etc/nginx/conf.d/demo.conf"
+TRAFFIC_LOCK = "/etc/nginx/conf.d/.bluegreen-traffic.lock"
 
 
 def make_cfg(tmp_path: Path, **nginx: object) -> config.Config:
@@ -110,9 +111,11 @@ def test_first_deploy_runs_every_phase_in_order_and_goes_live_on_blue(h: Harness
         "write /srv/demo/slots/blue/env",
         "start /srv/demo/releases/" + h.state()["slots"]["blue"]["release"]
         + " in slot blue (port 8081)",
+        f"take {TRAFFIC_LOCK}", f"write {TRAFFIC_LOCK}/owner.json",
         "write intent.json", f"write {TARGET}",
         "test the new config with nginx -t, then reload nginx (waits for old workers)",
-        "write state.json", "remove /srv/demo/intent.json", "append history.jsonl",
+        "write state.json", f"remove {TRAFFIC_LOCK}/owner.json", f"remove {TRAFFIC_LOCK}",
+        "remove /srv/demo/intent.json", "append history.jsonl",
         "remove /srv/demo/lock/owner.json", "remove /srv/demo/lock"]
     assert h.front_slot() == "blue" and h.state()["live"] == "blue"
     assert h.history()[-1]["result"] == "ok" and h.history()[-1]["to_slot"] == "blue"
@@ -190,8 +193,10 @@ def test_interrupt_during_verify_undoes_the_switch(h: Harness, monkeypatch) -> N
     with pytest.raises(KeyboardInterrupt):
         h.deploy("v2")
     assert h.world.files["local"][TARGET] == before and h.front_slot() == "blue"
-    assert h.changes()[-6:] == [
-        f"write {TARGET}", "reload nginx with the previous file", "remove /srv/demo/intent.json",
+    assert h.changes()[-8:] == [
+        f"write {TARGET}", "reload nginx with the previous file",
+        f"remove {TRAFFIC_LOCK}/owner.json", f"remove {TRAFFIC_LOCK}",
+        "remove /srv/demo/intent.json",
         "append history.jsonl", "remove /srv/demo/lock/owner.json", "remove /srv/demo/lock"]
     assert h.history()[-1]["result"] == "interrupted" and h.history()[-1]["phase"] == "verify"
     assert h.state()["live"] == "blue"
@@ -277,9 +282,12 @@ def killed_deploy(h: Harness, version: str, after: str) -> None:
     with pytest.raises(Killed):
         h.deploy(version)
     h.world.kill_after, h.world.dead = "", False
-    # what a SIGKILL leaves behind: the lock, the intent, whatever the hosts had by then
-    h.world.files["local"].pop("/srv/demo/lock/owner.json", None)
-    h.world.files["local"].pop("/srv/demo/lock", None)
+    # What a SIGKILL leaves behind: the locks, the intent, whatever the hosts had by then.
+    # Its pid is dead, so the next run breaks both locks (tested in test_lock_and_state);
+    # here the "dead" process is this test's own, so the locks go by hand.
+    for path in ("/srv/demo/lock/owner.json", "/srv/demo/lock",
+                 f"{TRAFFIC_LOCK}/owner.json", TRAFFIC_LOCK):
+        h.world.files["local"].pop(path, None)
 
 
 @pytest.mark.parametrize("after", [f"write {TARGET}", "then reload nginx"])
@@ -320,8 +328,9 @@ def test_switch_killed_after_commit_but_before_clearing_the_journal(h: Harness) 
     with pytest.raises(Killed):
         h.deploy("v2")
     h.world.opener, h.world.dead = original, False  # type: ignore[method-assign]
-    h.world.files["local"].pop("/srv/demo/lock/owner.json")
-    h.world.files["local"].pop("/srv/demo/lock")
+    for path in ("/srv/demo/lock/owner.json", "/srv/demo/lock",
+                 f"{TRAFFIC_LOCK}/owner.json", TRAFFIC_LOCK):
+        h.world.files["local"].pop(path, None)
     assert h.state()["live"] == "green" and "/srv/demo/intent.json" in h.world.files["local"]
     deploy.switch(h.run("switch"))
     assert "nothing to undo, it had committed" in h.out.getvalue()
@@ -409,3 +418,25 @@ def test_history_filters_by_action_and_age_and_reads_like_a_log(h: Harness) -> N
     assert "rollback" in text.splitlines()[-1] and "green->blue" in text.splitlines()[-1]
     with pytest.raises(ValueError):
         views.parse_since("yesterday")
+
+
+def test_a_second_app_on_the_same_nginx_waits_for_the_first_apps_switch(
+        h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bluegreen import lock
+    from bluegreen.errors import LockHeld
+    h.deploy("v1")
+    # another app's switch holds this nginx (a live run: this very process)
+    other = lock.new_owner("alice", "shop deploy")
+    fs = h.world.files["local"]
+    fs[TRAFFIC_LOCK] = b""
+    fs[f"{TRAFFIC_LOCK}/owner.json"] = other.to_json().encode()
+    monkeypatch.setattr("bluegreen.traffic.TRAFFIC_LOCK_WAIT", 0.3)
+    with pytest.raises(LockHeld) as err:
+        h.deploy("v2")
+    assert "alice (shop deploy" in err.value.what
+    assert "waiting for alice (shop deploy" in h.out.getvalue()
+    assert h.front_slot() == "blue" and fs[TARGET].decode().count("slot=blue") == 1
+    assert fs[f"{TRAFFIC_LOCK}/owner.json"] == other.to_json().encode()  # not ours to free
+    del fs[f"{TRAFFIC_LOCK}/owner.json"], fs[TRAFFIC_LOCK]  # alice's switch ends
+    h.deploy("v2")
+    assert h.front_slot() == "green"
