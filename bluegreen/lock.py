@@ -220,7 +220,9 @@ def held(host: Host, layout: Layout | str, owner: Owner, *, lease: float = 300.0
         try:
             release(host, layout, owner)
         except BluegreenError as exc:
-            log.warning("could not release the deploy lock %s on %s (%s): run `fab unlock` "
-                        "once the host is reachable", _dir(layout), host.label, exc.what)
+            log.warning("could not release the deploy lock %s on %s (%s): the next run from "
+                        "this machine breaks it by itself (this process is gone by then); "
+                        "from elsewhere, run `fab unlock` once the host is reachable",
+                        _dir(layout), host.label, exc.what)
         raise
     release(host, layout, owner)
