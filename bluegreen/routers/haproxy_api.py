@@ -636,7 +636,8 @@ def reload_script(admin_socket: str, backend: str, state_file: str, pid_file: st
         f'if [ -z "$m" ] || [ ! -d "/proc/$m" ]; then echo "haproxy master pid file "{pf}'
         '" is missing or stale: is haproxy running in master-worker mode (-W)?" >&2; '
         "exit 6; fi; "
-        'case "$(tr "\\0" " " < /proc/$m/cmdline)" in *haproxy*) ;; '
+        # the executable, not the command line: any command line may contain "haproxy"
+        'case "$(readlink "/proc/$m/exe")" in */haproxy*) ;; '
         f'*) echo "pid $m from "{pf}" is not haproxy" >&2; exit 6;; esac; '
         'pp=$(sed -n "s/^PPid:[[:space:]]*//p" /proc/$before/status 2>/dev/null); '
         'if [ "$pp" != "$m" ]; then echo "the haproxy worker $before on the admin socket is '

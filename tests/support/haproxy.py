@@ -12,7 +12,7 @@ in 108 bytes and pytest's tmp paths can be long. `reload()` sends SIGUSR2 to the
 like `systemctl reload haproxy` does on Debian; `stop()` stops master and workers by PID.
 
 SlotBackend: a threaded HTTP/1.1 server answering with its slot name (and the
-X-Backend-Slot header), with /health, /slow?ms=N and /status/N. It sets TCP_NODELAY
+X-Backend-Slot header), with /health, /slow?ms=N (GET or POST) and /status/N. It sets TCP_NODELAY
 (see README: without it a keep-alive proxy adds ~40 ms per request through Nagle).
 
 LoadLoop: a few keep-alive clients (GET, and POST) hammering the front door, counting
@@ -57,24 +57,35 @@ def haproxy_binary() -> str:
 
 
 def cli(admin_socket: str, line: str, timeout: float = 5.0) -> str:
-    """One CLI line straight over the unix socket, for assertions (the code under test
-    goes through the shell transports of haproxy_api.cli_script instead)."""
-    with socket.socket(socket.AF_UNIX) as sock:
+    """One CLI line straight over the admin socket (a path, or ipv4@HOST:PORT), for
+    assertions; the code under test goes through haproxy_api.cli_script instead."""
+    if admin_socket.startswith("ipv4@"):
+        host, _, port = admin_socket.removeprefix("ipv4@").rpartition(":")
+        family, address = socket.AF_INET, (host, int(port))
+    else:
+        family, address = socket.AF_UNIX, admin_socket  # type: ignore[assignment]
+    with socket.socket(family) as sock:
         sock.settimeout(timeout)
-        sock.connect(admin_socket)
+        sock.connect(address)
         sock.sendall(line.encode() + b"\n")
         sock.shutdown(socket.SHUT_WR)
         return b"".join(iter(lambda: sock.recv(65536), b"")).decode()
 
 
 class PrivateHaproxy:
-    """One haproxy master under `prefix`; front port `port` (picked free when None)."""
+    """One haproxy master under `prefix`; front port `port` (picked free when None).
 
-    def __init__(self, prefix: Path, port: int | None = None) -> None:
+    `tcp_admin`: the admin socket listens on a free 127.0.0.1 port instead of a unix
+    socket (the config written must then use `admin_socket` as given here).
+    """
+
+    def __init__(self, prefix: Path, port: int | None = None, *, tcp_admin: bool = False
+                 ) -> None:
         self._prefix = Path(prefix).resolve()
         self._prefix.mkdir(parents=True, exist_ok=True)
         self._port = port if port is not None else free_port()
         self._sock_dir = Path(tempfile.mkdtemp(prefix="bg-hap-"))
+        self._tcp_admin = f"ipv4@127.0.0.1:{free_port()}" if tcp_admin else ""
         self._binary = haproxy_binary()
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -105,7 +116,7 @@ class PrivateHaproxy:
 
     @property
     def admin_socket(self) -> str:
-        return str(self._sock_dir / "admin.sock")
+        return self._tcp_admin or str(self._sock_dir / "admin.sock")
 
     @property
     def binary(self) -> str:
@@ -234,18 +245,23 @@ class _SlotHandler(BaseHTTPRequestHandler):
         if url.path.startswith("/status/"):
             self._answer(int(url.path.rsplit("/", 1)[1]), self.server.slot.encode())
             return
+        self._maybe_slow()
+        self._answer(200, self.server.slot.encode())
+
+    def _maybe_slow(self) -> None:
+        url = urlparse(self.path)
         if url.path == "/slow":
             ms = int(parse_qs(url.query).get("ms", ["1000"])[0])
             # Sleep in small steps so a stopped backend does not hold a thread for long.
             deadline = time.monotonic() + ms / 1000
             while time.monotonic() < deadline and not self.server.stopping.is_set():
                 time.sleep(0.01)
-        self._answer(200, self.server.slot.encode())
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", "0"))
         self.rfile.read(length)
-        self.server.count("POST")
+        self.server.count("POST " + urlparse(self.path).path)
+        self._maybe_slow()
         self._answer(200, self.server.slot.encode())
 
     def log_message(self, format: str, *args: object) -> None:
@@ -270,6 +286,11 @@ class SlotBackend(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        # haproxy closes health-check and aborted connections with a reset; that is
+        # normal here, not worth a traceback on stderr.
+        pass
 
     def count(self, what: str) -> None:
         with self._lock:
