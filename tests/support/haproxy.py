@@ -273,6 +273,9 @@ class SlotBackend(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    # The stdlib default backlog is 5: health checks of several servers plus a load loop
+    # overflow it, and a refused check marks a healthy slot down.
+    request_queue_size = 128
 
     def __init__(self, slot: str, port: int | None = None) -> None:
         self.slot = slot
