@@ -68,6 +68,7 @@ class HaproxySite:
     standalone: bool = True
     timeouts: Timeouts = field(default_factory=Timeouts)
     hard_stop_after: str = "60s"
+    close_spread_time: str = "5s"  # must stay below hard_stop_after
 
 
 def stats_socket_bind(admin_socket: str) -> str:
@@ -85,6 +86,7 @@ def template_context(site: HaproxySite, live_slot: str, release: str,
         raise ValueError(f"unknown slot {live_slot!r}")
     for name, value in (("check_interval", site.check_interval),
                         ("hard_stop_after", site.hard_stop_after),
+                        ("close_spread_time", site.close_spread_time),
                         *((f"timeouts.{k}", v) for k, v in vars(site.timeouts).items())):
         if not _DURATION.match(value):
             raise ValueError(f"{name} {value!r}: expected a haproxy duration like 2s or 500ms")
@@ -110,6 +112,7 @@ def template_context(site: HaproxySite, live_slot: str, release: str,
         "check_interval": site.check_interval,
         "timeouts": site.timeouts,
         "hard_stop_after": site.hard_stop_after,
+        "close_spread_time": site.close_spread_time,
         "release": release,
         "marker": (f"bluegreen-live: slot={live_slot} port={live_port} release={release}"
                    + (f" shape={shape}" if shape else "")),
