@@ -26,6 +26,18 @@ socket module (socat is not installed by default on Debian; python3 almost alway
 a TCP loopback socket (`ipv4@127.0.0.1:PORT`) is reached with bash's /dev/tcp, which
 needs nothing at all but gives admin rights to every local user, so it is the fallback
 for hosts without socat and python3, not the default. See `cli_script`.
+
+Measured on 2.6, for the driver (tests/integration/test_haproxy_runtime.py shows each):
+- After a reload or start, read `routed_slot` and re-send the switch when it is not the
+  recorded slot. The config wins over the state file on `disabled`, but a `drain` in a
+  stale state file is applied on top: dumped mid-switch, then reloaded with the other
+  slot live, no server takes requests (503) until the switch is re-sent.
+- Dump the state (`save_state_script`) after the switch and again after the retire;
+  `reload_script` dumps it right before signalling, so a reload never reads a stale one.
+- `show stat` counters start at 0 in every new worker: a counter that drops was reset.
+- `shutdown sessions` at the drain timeout: a request waiting for its answer gets a 502
+  (POST) or is re-sent to the new slot (GET, by `retry-on empty-response`); an upgraded
+  WebSocket is closed.
 """
 
 from __future__ import annotations
