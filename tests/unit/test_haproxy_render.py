@@ -24,7 +24,9 @@ def server_lines(text: str) -> list[str]:
 
 
 def test_template_lives_beside_the_nginx_templates() -> None:
-    assert TEMPLATE.parent.name == "nginx_templates" and TEMPLATE.exists()
+    # through the package's templates link: the one copy, nginx_templates/, shipped inside
+    assert TEMPLATE.parent.name == "templates" and TEMPLATE.exists()
+    assert TEMPLATE.resolve().parent.name == "nginx_templates"
 
 
 @pytest.mark.parametrize("live", ["blue", "green"])
