@@ -34,6 +34,8 @@ def build_parser(with_automation: bool = True) -> argparse.ArgumentParser:
     common(p)
     p.add_argument("--artifact", default="")
     p.add_argument("--version", default="")
+    p.add_argument("--force", action="store_true",
+                   help="deploy an artifact the watch window once reverted")
     p = sub.add_parser("switch", help="flip traffic to the other slot")
     common(p)
     p.add_argument("--to", default="", choices=["", "blue", "green"])
@@ -78,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                    as_json=getattr(args, "json", False), artifact=getattr(args, "artifact", ""),
                    version=getattr(args, "version", ""), to=getattr(args, "to", ""),
                    history=getattr(args, "history", 10), since=getattr(args, "since", ""),
-                   only_action=getattr(args, "only_action", ""))
+                   only_action=getattr(args, "only_action", ""),
+                   force=getattr(args, "force", False))
 
 
 if __name__ == "__main__":

@@ -589,6 +589,26 @@ class Ssh:
     keepalive: int = setting(15, ge=0, le=86400)  # seconds; 0: no keepalive
 
 
+_duration = seconds  # (the Watch section has a key named `seconds`)
+
+
+@dataclass(frozen=True)
+class Watch:
+    """The window after every traffic change: the new slot must keep serving, or bluegreen
+    switches back to the warm slot by itself (README, "Watch")."""
+
+    seconds: float = _duration(10.0, ge=0)  # 0: no watch
+    max_error_rate: float = setting(0.01, ge=0, le=1,
+                                    range="a fraction of requests, 0-1 (0.01 = 1 %)")
+    max_p99_ms: float = setting(0.0, ge=0)  # 0: latency is not judged
+    # below this many requests seen, the window has no verdict yet
+    min_requests: int = setting(10, ge=1)
+    # probed through every front door during the window: real pages, not just /health
+    probe_paths: list[str] = field(default_factory=lambda: ["/"],
+                                   metadata={"items": {"check": _url_path(optional=False)}})
+    interval: float = _duration(0.25, ge=0.05)
+
+
 @dataclass(frozen=True)
 class LockCfg:
     # a lock from another machine whose heartbeat is older than this is taken over; the
@@ -623,6 +643,7 @@ class Config:
     ssh: Ssh = field(default_factory=Ssh)
     hooks: HooksCfg = field(default_factory=HooksCfg)
     lock: LockCfg = field(default_factory=LockCfg)
+    watch: Watch = field(default_factory=Watch)
     # no value is ever echoed in a message: [env] often holds secrets
     env: dict[str, str] = field(default_factory=dict,
                                 metadata={"items": {"number_text": True, "secret": True}})

@@ -1,10 +1,10 @@
 """The flows, as lists of named phases. Read top to bottom, each list is the whole story.
 
-deploy:   inspect lock recover state pre-deploy upload stop start health pre-switch switch verify
-          record post-switch post-deploy
-switch:   lock recover state ready health pre-switch switch verify record post-switch
-rollback: lock recover state restart ready health pre-switch switch verify record post-switch
-          post-rollback
+deploy:   inspect lock recover state pre-deploy upload stop start health pre-switch
+          switch verify record watch post-switch post-deploy
+switch:   lock recover state ready health pre-switch switch verify record watch post-switch
+rollback: lock recover state restart ready health pre-switch switch verify record watch
+          post-switch post-rollback
 
 The old slot stays up, warm, so switching back is one health check and one router change.
 What each phase does is in phases.py; failure handling (undo a pending traffic change,
@@ -34,6 +34,11 @@ VERIFY = Phase("verify", p.verify_traffic,
                lambda r: f"{r.cfg.verify_path} through every front door answers from "
                          f"{r.target}", observes=True, on_failure=p.keep_new_release_idle)
 RECORD = Phase("record", p.record_live)
+WATCH = Phase("watch", p.watch_new_slot,
+              lambda r: f"slot {r.target} for {r.cfg.watch.seconds:g} s: processes, "
+                        f"{', '.join(r.cfg.watch.probe_paths)} through every front door",
+              observes=True, on_failure=p.revert_to_warm_slot,
+              when=lambda r: r.cfg.watch.seconds > 0)
 POST_SWITCH = Phase("post-switch", p.hook("post-switch"), lambda r: "hook", hook="post-switch")
 READY = Phase("ready", p.check_target_ready)
 HEALTH = Phase("health", p.check_target_healthy,
@@ -58,7 +63,7 @@ def deploy_phases(artifact: Path, version: str) -> list[Phase]:
               observes=True, on_failure=p.abandon_new_release),
         Phase("pre-switch", p.hook("pre-switch"), lambda r: "hook", hook="pre-switch",
               on_failure=p.mark_vetoed),
-        SWITCH, VERIFY, RECORD, POST_SWITCH,
+        SWITCH, VERIFY, RECORD, WATCH, POST_SWITCH,
         Phase("post-deploy", p.hook("post-deploy"), lambda r: "hook", hook="post-deploy"),
     ]
 
@@ -69,7 +74,7 @@ def switch_phases(to: str) -> list[Phase]:
         LOCK, RECOVER,
         Phase("state", p.read_state),
         Phase("target", lambda r: p.choose_switch_target(r, to)),
-        READY, HEALTH, PRE_SWITCH, SWITCH, VERIFY, RECORD, POST_SWITCH,
+        READY, HEALTH, PRE_SWITCH, SWITCH, VERIFY, RECORD, WATCH, POST_SWITCH,
     ]
 
 
@@ -78,12 +83,13 @@ ROLLBACK = [
     Phase("state", p.read_state),
     Phase("target", p.choose_rollback_target),
     Phase("restart", p.restart_if_cold),
-    READY, HEALTH, PRE_SWITCH, SWITCH, VERIFY, RECORD, POST_SWITCH,
+    READY, HEALTH, PRE_SWITCH, SWITCH, VERIFY, RECORD, WATCH, POST_SWITCH,
     Phase("post-rollback", p.hook("post-rollback"), lambda r: "hook", hook="post-rollback"),
 ]
 
 
-def deploy(run: Run, artifact: Path, version: str = "") -> Outcome:
+def deploy(run: Run, artifact: Path, version: str = "", *, force: bool = False) -> Outcome:
+    run.force = force
     return perform(run, deploy_phases(artifact, version), lambda r: (
         f"=== deployed {r.cfg.app} {r.version or r.release_id}: live slot {r.target} in "
         f"{r.outcome.seconds:.2f}s; {r.outcome.from_slot or 'no'} slot kept warm for "

@@ -5,6 +5,7 @@ deploy.py lists them per flow; run.py runs them and handles failure once for all
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
@@ -65,6 +66,7 @@ def plan_deploy(run: Run) -> None:
     anything is uploaded or stopped."""
     read_state(run)
     check_consistency(run)
+    refuse_bad_artifact(run)
     state = run.live
     run.target = state.idle
     render.render(run.cfg, run.target, run.release_id, run.version)
@@ -154,6 +156,12 @@ def choose_rollback_target(run: Run) -> None:
     if not state.live or not back_to.release:
         raise BluegreenError("there is no previous release to roll back to",
                              phase="rollback", hint="`fab status` shows the history")
+    if back_to.checksum in state.bad_releases:
+        raise BluegreenError(
+            f"the previous release {back_to.version or back_to.release} was auto-reverted: "
+            f"{state.bad_releases[back_to.checksum]}", phase="rollback",
+            hint="rollback never goes back to a bad release; `fab deploy` a good build, or "
+                 "`fab deploy --force` that artifact if you must")
     run.target = state.idle
     o = run.outcome
     o.from_slot, o.to_slot, o.release, o.version = state.live, run.target, back_to.release, \
@@ -255,6 +263,7 @@ def keep_new_release_idle(run: Run, exc: BluegreenError) -> None:
 def record_live(run: Run) -> None:
     """Commit: state says the target is live; the traffic change has nothing left to undo."""
     state, target = run.live, run.target
+    run.before = copy.deepcopy(state)
     if state.live and state.live != target:
         state.previous = state.live
         state.previous_release = dataclasses.replace(state.slots[state.live])
@@ -295,6 +304,76 @@ def recover_interrupted(run: Run) -> None:
     run.report.say(f"    recovered interrupted {intent.action} {intent.id}: "
                    + (f"restored {', '.join(fixed)}" if fixed
                       else "nothing to undo, it had committed"))
+
+
+def watch_new_slot(run: Run) -> str:
+    """The window after the switch; a breach raises, and `revert_to_warm_slot` undoes."""
+    from bluegreen import watch
+    cfg = run.cfg.watch
+    report = watch.watch(cfg, run.target, run.routers,
+                         crashed=lambda: run.slots.not_running_on(run.target),
+                         say=run.report.say)
+    run.outcome.watch = {**report.tally.to_dict(), "seconds": round(report.seconds, 2),
+                         "breach": report.breach or None}
+    if report.breach:
+        raise BluegreenError(f"auto-reverted: {report.breach}", phase="watch",
+                             hint="the release was marked bad: `fab rollback` never goes back "
+                                  "to it, and deploying the same artifact needs --force; fix "
+                                  "the build and `fab deploy` again")
+    t = report.tally
+    return f"{t.requests} requests, {t.errors} failed over {report.seconds:.1f} s ({t.source})"
+
+
+def revert_to_warm_slot(run: Run, exc: BluegreenError) -> None:
+    """A breach: traffic back to the slot that was live before, at once; the new release
+    is marked bad; state is what it was before this run's switch."""
+    before = run.before
+    bad = run.live.slots[run.target]
+    if before is None or not before.live or before.live == run.target:
+        exc.hint = ("there is no warm slot to go back to (this was the first deploy): traffic "
+                    "stays on the new release; fix the build and `fab deploy` again")
+        return
+    back = before.live
+    rec = before.slots[back]
+    started = time.monotonic()
+    change = TrafficChange(run.cfg, run.routers, back, rec.release, rec.version,
+                           owner=new_owner(run.ledger.who.name, f"{run.cfg.app} revert",
+                                           run.ledger.who.build_url))
+    try:
+        change.lock_traffic_hosts(run.report.say)
+        with run.report.phase("revert", f"traffic back to {back} "
+                                        f"({rec.version or rec.release})"):
+            change.apply()
+            change.verify()
+    except BluegreenError as revert_exc:
+        undone = change.undo()
+        exc.what += f"\n    the revert to {back} FAILED too: {revert_exc.what}; {undone}"
+        exc.hint = f"traffic may still be on {run.target}: run `fab switch --to {back}` now"
+        return
+    except BaseException:
+        change.undo()
+        raise
+    reason = exc.what.removeprefix("auto-reverted: ")
+    state = copy.deepcopy(before)
+    state.slots[run.target] = dataclasses.replace(bad, status="bad")
+    if bad.checksum:
+        state.bad_releases[bad.checksum] = reason
+    run.ledger.save_state(state, failing=True)
+    change.commit()
+    run.outcome.auto_reverted = True
+    run.report.say(f"    reverted to {back} in {time.monotonic() - started:.2f} s; "
+                   f"{bad.version or bad.release} is marked bad")
+
+
+def refuse_bad_artifact(run: Run) -> None:
+    """A release the watch reverted is not deployed again by accident."""
+    assert run.artifact is not None
+    why = run.live.bad_releases.get(run.artifact.checksum)
+    if why and not run.force:
+        raise BluegreenError(
+            f"this artifact (sha256 {run.artifact.checksum[:12]}) was auto-reverted before: "
+            f"{why}", phase="state",
+            hint="build a fixed release, or deploy this one anyway with --force")
 
 
 def hook(name: str) -> object:

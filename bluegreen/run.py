@@ -39,6 +39,8 @@ class Outcome:
     rolled_back_release: str | None = None
     uploaded_bytes: int | None = None
     health_seconds: float | None = None
+    watch: dict[str, object] | None = None  # what the watch window saw
+    auto_reverted: bool | None = None
     result: str | None = None
     phase: str | None = None
     error: str | None = None
@@ -65,6 +67,8 @@ class Run:
     version: str = ""
     artifact_name: str = ""
     change: TrafficChange | None = None
+    before: State | None = None  # state as it was before `record` made the target live
+    force: bool = False  # deploy an artifact the watch once reverted
     _routers: list[Router] | None = None
 
     @property
@@ -99,10 +103,13 @@ class Phase:
     observes: bool = False  # only watches effects: a dry run puts it in the plan instead
     on_failure: Callable[[Run, BluegreenError], None] | None = None
     hook: str = ""  # a user hook: shown and run only when it exists
+    when: Callable[[Run], bool] | None = None  # runs only when this says so (config)
 
 
 def run_phase(run: Run, phase: Phase) -> None:
     if phase.hook and not run.ledger.has_hook(phase.hook):
+        return
+    if phase.when is not None and not phase.when(run):
         return
     if phase.detail is None:
         phase.fn(run)
@@ -158,8 +165,8 @@ def _clean_up_after(run: Run, current: Phase, exc: BaseException) -> None:
 def _undo(run: Run) -> str:
     """Undo a traffic change that did not commit; the journal goes once it is undone (if
     undoing fails, the intent stays for the next command to recover)."""
-    if run.change is None:
-        return ""
+    if run.change is None or (not run.change.pending and not run.change.locked):
+        return ""  # committed (or never started): nothing of it to undo
     pending = run.change.pending
     restored = run.change.undo()
     if pending and "could NOT" not in restored:

@@ -27,7 +27,8 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
             dry_run: bool = False, verbose: bool = False, who: str = "",
             lock_wait: float = 0.0,
             as_json: bool = False, artifact: str = "", version: str = "", to: str = "",
-            history: int = 10, since: str = "", only_action: str = "") -> int:
+            history: int = 10, since: str = "", only_action: str = "",
+            force: bool = False) -> int:
     # Jenkins' abort and the webhook worker stop a deploy with SIGTERM: like Ctrl-C, it
     # waits for the remote steps in flight, then undoes a half-done switch and unlocks
     interrupts.install()
@@ -41,6 +42,7 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
         cfg = config_mod.load(config or None, overrides=overrides or [])
         result, plan = _dispatch(cfg, action, dry_run=dry_run, who=who, quiet=as_json,
                                  lock_wait=lock_wait, since=since, only_action=only_action,
+                                 force=force,
                                  artifact=artifact, version=version, to=to, history=history)
         if plan is not None:
             print("\nDRY RUN: nothing was changed. These changes would be made:")
@@ -63,7 +65,8 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
 
 def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, quiet: bool,
               lock_wait: float, artifact: str, version: str, to: str,
-              history: int, since: str = "", only_action: str = "") -> tuple[Any, Any]:
+              history: int, since: str = "", only_action: str = "",
+              force: bool = False) -> tuple[Any, Any]:
     # imported here: `bluegreen --help` and the automation service need none of the flow
     from bluegreen import deploy, lock, views
     from bluegreen.fleet import Fleet
@@ -80,7 +83,8 @@ def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, q
         if action in deploy.FLOWS:
             run = Run(cfg, fleet, ledger, report, Outcome(action))
             if action == "deploy":
-                return deploy.deploy(run, _artifact_path(cfg, artifact), version).entry(), plan
+                return deploy.deploy(run, _artifact_path(cfg, artifact), version,
+                                     force=force).entry(), plan
             if action == "switch":
                 return deploy.switch(run, to).entry(), plan
             return deploy.rollback(run).entry(), plan

@@ -27,7 +27,7 @@ class SlotRecord:
     checksum: str = ""
     artifact: str = ""  # file name inside the release, for {artifact} on a restart
     deployed_at: float = 0.0
-    status: str = "empty"  # empty | running | stopped | failed
+    status: str = "empty"  # empty | starting | running | failed | vetoed | bad
 
 
 @dataclass
@@ -40,6 +40,9 @@ class State:
     previous_release: SlotRecord = field(default_factory=SlotRecord)
     slots: dict[str, SlotRecord] = field(
         default_factory=lambda: {"blue": SlotRecord(), "green": SlotRecord()})
+    # releases the watch window reverted, by checksum -> why: never rolled back to, and a
+    # deploy of the same artifact needs --force
+    bad_releases: dict[str, str] = field(default_factory=dict)
     serial: int = 0  # bumps on every write: a cheap way to see concurrent edits
     updated_at: float = 0.0
 

@@ -34,13 +34,14 @@ def _finish(rc: int) -> None:
 @task(iterable=["set_"], help=_help(
     "config", "set_", "dry_run", "verbose", "who", "lock_wait",
     artifact="the build to ship: a jar, a binary, or a tarball with a runner",
-    version="version label for this release (default: $GIT_COMMIT)"))
+    version="version label for this release (default: $GIT_COMMIT)",
+    force="deploy an artifact the watch window once reverted"))
 def deploy(c: Context, artifact: str = "", version: str = "", config: str = "",
            set_: list[str] | None = None, dry_run: bool = False, verbose: bool = False,
-           who: str = "", lock_wait: float = 0.0) -> None:
+           who: str = "", lock_wait: float = 0.0, force: bool = False) -> None:
     """Ship a build to the idle slot, health-check it, and switch traffic to it."""
     _finish(execute("deploy", config=config, overrides=set_, dry_run=dry_run, verbose=verbose,
-                    who=who, lock_wait=lock_wait,
+                    who=who, lock_wait=lock_wait, force=force,
                     artifact=artifact, version=version))
 
 

@@ -52,6 +52,20 @@ class Routed:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """One request through a front door: which slot answered, how, how fast."""
+
+    slot: str
+    status: int  # 0: no HTTP answer at all (see error)
+    ms: float
+    error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == 0 or self.status >= 500
+
+
+@dataclass(frozen=True)
 class SlotCounters:
     """Per-slot request counters as the router counts them (for the watch window)."""
 
@@ -140,6 +154,10 @@ class Router(ABC):
             if time.monotonic() >= deadline:
                 return n
             time.sleep(0.05 if n == 0 else 0.02)
+
+    @abstractmethod
+    def front_door_request(self, path: str) -> Answer:
+        """One GET through this host's front door, as a user would send it."""
 
     def counters(self) -> dict[str, SlotCounters] | None:
         """Per-slot counters since the router started; None: not available in this mode."""

@@ -13,7 +13,7 @@ from bluegreen.commands import POLL, q
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Result
 from bluegreen.render import SLOT_HEADER, front_door, template_path
-from bluegreen.routers.base import Applied, ConfigRejected, Router
+from bluegreen.routers.base import Answer, Applied, ConfigRejected, Router
 
 NGINX_LIB = r"""
 bg_accepting_workers() {  # $1=master pid: workers of this master not yet shutting down
@@ -130,18 +130,27 @@ class NginxRouter(Router):
     def probe_front_door(self) -> tuple[str, str]:
         """(slot that answered, or "", what happened) for one request through the front
         door: the router's view as a client sees it."""
+        answer = self.front_door_request(self.cfg.verify_path)
+        if answer.error:
+            return "", answer.error
+        return answer.slot, (f"HTTP {answer.status} from slot "
+                             f"{answer.slot or '(no X-Bluegreen-Slot header)'}")
+
+    def front_door_request(self, path: str) -> Answer:
+        """One GET through this host's front door, as a user would send it."""
         cfg = self.cfg
         addr, port = front_door(cfg.nginx.listen)
         server_name = cfg.nginx.server_name if cfg.nginx.server_name not in ("_", "") \
             else "localhost"
+        start = time.monotonic()
         try:
-            reply = self.host.http_get(port, cfg.verify_path, timeout=2.0, address=addr,
+            reply = self.host.http_get(port, path, timeout=2.0, address=addr,
                                        host_header=server_name.split()[0])
         except (OSError, ValueError, EOFError) as exc:
-            return "", f"{type(exc).__name__}: {exc}"
-        answered = reply.header(SLOT_HEADER) or ""
-        return answered, (f"HTTP {reply.status} from slot "
-                          f"{answered or '(no X-Bluegreen-Slot header)'}")
+            return Answer("", 0, (time.monotonic() - start) * 1000,
+                          f"{type(exc).__name__}: {exc}")
+        return Answer(reply.header(SLOT_HEADER) or "", reply.status,
+                      (time.monotonic() - start) * 1000)
 
     def check_error_log(self, offset: int) -> None:
         """A master can reject a config that passed -t (a busy listen port): only the log

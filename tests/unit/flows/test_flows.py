@@ -32,11 +32,15 @@ def make_cfg(tmp_path: Path, **nginx: object) -> config.Config:
         "nginx": {"target": TARGET, "listen": "80", "verify_timeout": 0.3,
                   "drain_timeout": 0.1, **nginx},
         "hooks": {"dir": str(tmp_path / "hooks")},
+        "watch": {"seconds": 0},
     })
 
 
 def artifact(tmp_path: Path, name: str) -> Path:
+    """The same build every time it is asked for (gzip stamps the time: build it once)."""
     path = tmp_path / f"{name}.tar.gz"
+    if path.exists():
+        return path
     with tarfile.open(path, "w:gz") as tar:
         data = f"#!/bin/sh\necho {name}\n".encode()
         info = tarfile.TarInfo("bin/runner")
@@ -440,3 +444,91 @@ def test_a_second_app_on_the_same_nginx_waits_for_the_first_apps_switch(
     del fs[f"{TRAFFIC_LOCK}/owner.json"], fs[TRAFFIC_LOCK]  # alice's switch ends
     h.deploy("v2")
     assert h.front_slot() == "green"
+
+
+# ---------------------------------------------------------------- the watch window
+
+def watching(tmp_path: Path) -> Harness:
+    h = Harness(tmp_path)
+    h.cfg = config.from_dict({**_raw(h.cfg), "watch": {"seconds": 1.0, "interval": 0.05,
+                                                        "min_requests": 5}})
+    return h
+
+
+def _raw(cfg: config.Config) -> dict:
+    return {"app": cfg.app, "start": cfg.start, "paths": {"root": "/srv"},
+            "health": {"timeout": 0.5, "interval": 0.01},
+            "nginx": {"target": TARGET, "listen": "80", "verify_timeout": 0.3,
+                      "drain_timeout": 0.1},
+            "hooks": {"dir": cfg.hooks.dir}}
+
+
+def release_of(h: Harness, version: str) -> str:
+    from bluegreen import layout, release
+    return layout.release_id(version, release.inspect(artifact(h.tmp_path, version)).checksum)
+
+
+def test_a_build_whose_pages_fail_is_reverted_by_the_watch_and_marked_bad(
+        tmp_path: Path) -> None:
+    h = watching(tmp_path)
+    ran = h.hook("on-failure")
+    h.deploy("v1")
+    h.world.broken.add(release_of(h, "v2"))  # /health says 200, every page says 500
+    with pytest.raises(BluegreenError) as err:
+        h.deploy("v2")
+    assert err.value.phase == "watch" and err.value.what.startswith("auto-reverted: 5xx 100.0%")
+    assert h.phases()[-3:] == ["watch FAILED", "revert ok", "on-failure ok"]
+    assert h.front_slot() == "blue"
+    st = h.state()
+    assert st["live"] == "blue" and st["slots"]["green"]["status"] == "bad"
+    assert st["previous_release"]["version"] != "v2"  # rollback can never reach it
+    assert next(iter(st["bad_releases"].values())).startswith("5xx 100.0%")
+    last = h.history()[-1]
+    assert last["result"] == "failed" and last["auto_reverted"] is True
+    assert last["watch"]["errors"] >= 5 and "BLUEGREEN_FAILED_PHASE=watch" in ran.read_text()
+    # the same artifact again: refused without --force, deployed with it
+    with pytest.raises(BluegreenError) as again:
+        h.deploy("v2")
+    assert "auto-reverted before" in again.value.what and "--force" in again.value.hint
+    h.world.broken.clear()  # (say, the database it needed is back)
+    run = h.run("deploy")
+    deploy.deploy(run, artifact(h.tmp_path, "v2"), "v2", force=True)
+    assert h.front_slot() == "green"
+
+
+def test_a_build_that_crashes_after_its_health_check_is_reverted(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    h = watching(tmp_path)
+    h.deploy("v1")
+    from bluegreen import watch
+    real = watch.watch
+
+    def crash_first(*args: object, **kwargs: object) -> watch.WatchReport:
+        h.world.crash("local", "green")  # dies a moment after it went live
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+    monkeypatch.setattr(watch, "watch", crash_first)
+    with pytest.raises(BluegreenError) as err:
+        h.deploy("v2")
+    assert "slot green exited on local" in err.value.what
+    assert h.front_slot() == "blue" and h.state()["live"] == "blue"
+
+
+def test_a_good_build_passes_the_window_and_the_counts_are_recorded(tmp_path: Path) -> None:
+    h = watching(tmp_path)
+    h.deploy("v1")
+    h.deploy("v2")
+    assert h.front_slot() == "green" and "watch ok" in h.phases()
+    seen = h.history()[-1]["watch"]
+    assert seen["requests"] >= 5 and seen["errors"] == 0 and seen["breach"] is None
+
+
+def test_rollback_never_goes_back_to_a_reverted_release(tmp_path: Path) -> None:
+    h = watching(tmp_path)
+    h.deploy("v1")
+    h.deploy("v2")  # good: live green, v1 warm in blue
+    h.world.broken.add(release_of(h, "v3"))
+    with pytest.raises(BluegreenError):
+        h.deploy("v3")  # into blue, reverted to green
+    assert h.state()["live"] == "green"
+    deploy.rollback(h.run("rollback"))  # goes to v1 (restarted in blue), never to v3
+    assert h.state()["slots"]["blue"]["version"] == "v1" and h.front_slot() == "blue"
