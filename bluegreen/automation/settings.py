@@ -76,6 +76,9 @@ class ServiceSettings:
     quiet_period: float = seconds(5.0, ge=0)
     shutdown_grace: float = seconds(600.0, ge=0)  # on SIGTERM, let a running deploy finish
     log_tail_lines: int = setting(30, ge=1)
+    # the NAME of the variable holding the token of /ui/ and /metrics; unset: they answer
+    # only on a loopback listen address, to loopback clients not behind a proxy
+    ui_token_env: str = setting("", **_ENV_VAR)
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,8 @@ class Settings:
         names = list(self.secret_envs.values())
         if self.jenkins.api_token_env:
             names.append(self.jenkins.api_token_env)
+        if self.service.ui_token_env:
+            names.append(self.service.ui_token_env)
         return names
 
 
