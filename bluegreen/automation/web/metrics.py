@@ -47,6 +47,12 @@ METRICS = (
     ("bluegreen_state_read_ok", "gauge",
      "1 when the service's last read of the app's state worked"),
     ("bluegreen_jobs", "gauge", "automation jobs in the queue, by state"),
+    ("bluegreen_router_requests_total", "counter",
+     "requests the router sent to each slot since it started (lua and haproxy modes)"),
+    ("bluegreen_router_responses_total", "counter",
+     "responses from each slot by status class, as the router counted them"),
+    ("bluegreen_router_upstream_errors_total", "counter",
+     "connections to a slot that failed, as the router counted them"),
 )
 HELP = {name: text for name, _, text in METRICS}
 
@@ -64,6 +70,7 @@ class BluegreenCollector(Collector):
         snaps = list(self.snapshots())
         yield from _state_metrics(snaps)
         yield from _history_metrics(snaps)
+        yield from _router_metrics(snaps)
         jobs = GaugeMetricFamily("bluegreen_jobs", HELP["bluegreen_jobs"], labels=["state"])
         counts = self.job_counts()
         for state in STATES:
@@ -127,6 +134,25 @@ def _history_metrics(snaps: Sequence[Snapshot]) -> Iterable[Metric]:
         measured.add_metric([app], totals.measured)
         reverts.add_metric([app], totals.auto_reverts)
     yield from (operations, durations, failed, measured, reverts)
+
+
+def _router_metrics(snaps: Sequence[Snapshot]) -> Iterable[Metric]:
+    labels = ["app", "host", "slot"]
+    requests = CounterMetricFamily("bluegreen_router_requests_total",
+                                   HELP["bluegreen_router_requests_total"], labels=labels)
+    responses = CounterMetricFamily("bluegreen_router_responses_total",
+                                    HELP["bluegreen_router_responses_total"],
+                                    labels=[*labels, "code"])
+    errors = CounterMetricFamily("bluegreen_router_upstream_errors_total",
+                                 HELP["bluegreen_router_upstream_errors_total"], labels=labels)
+    for snap in snaps:
+        for host, slots in sorted(snap.counters.items()):
+            for slot, c in sorted(slots.items()):
+                requests.add_metric([snap.entry.slug, host, slot], c.get("requests", 0))
+                errors.add_metric([snap.entry.slug, host, slot], c.get("upstream_errors", 0))
+                for code, n in sorted((c.get("responses") or {}).items()):
+                    responses.add_metric([snap.entry.slug, host, slot, code], n)
+    yield from (requests, responses, errors)
 
 
 def exposition(collector: BluegreenCollector) -> bytes:

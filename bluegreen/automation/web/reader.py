@@ -21,7 +21,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -196,9 +196,13 @@ class Snapshot:
     secrets: tuple[str, ...]  # the app's [env] values: scrubbed from everything shown
     error: str = ""
     took: float = 0.0
+    # traffic host -> slot -> {"requests", "responses": {"2xx": n, ...}, "upstream_errors"}:
+    # the router's own per-slot counters, where its mode keeps them (lua, haproxy)
+    counters: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
 
 
 StatusFn = Callable[[Config, Fleet], dict[str, Any]]
+CountersFn = Callable[[Config, Fleet], dict[str, dict[str, dict[str, Any]]]]
 
 
 def _views_status(cfg: Config, fleet: Fleet) -> dict[str, Any]:
@@ -208,13 +212,32 @@ def _views_status(cfg: Config, fleet: Fleet) -> dict[str, Any]:
     return views.status(cfg, fleet, history=0)
 
 
+def _router_counters(cfg: Config, fleet: Fleet) -> dict[str, dict[str, dict[str, Any]]]:
+    """Each traffic host's per-slot counters; hosts whose router keeps none (reload mode)
+    or cannot be asked right now are left out."""
+    from bluegreen.routers import router_for
+
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for host in fleet.traffic_hosts:
+        try:
+            counted = router_for(cfg, host).counters()
+        except BluegreenError:
+            continue
+        if counted:
+            out[host.label] = {slot: {**asdict(c), "responses": dict(c.responses)}
+                               for slot, c in counted.items()}
+    return out
+
+
 class AppReader:
     def __init__(self, entry: AppEntry, *, ttl: float = 2.0, status_fn: StatusFn = _views_status,
+                 counters_fn: CountersFn = _router_counters,
                  fleet_factory: Callable[[Config], Fleet] = Fleet,
                  loader: Callable[[str], Config] = config_mod.load) -> None:
         self.entry = entry
         self.ttl = ttl
         self.status_fn = status_fn
+        self.counters_fn = counters_fn
         self.fleet_factory = fleet_factory
         self.loader = loader
         self.history = HistoryLog()
@@ -256,6 +279,7 @@ class AppReader:
             fleet = self.fleet_factory(cfg)
             try:
                 status = self.status_fn(cfg, fleet)
+                counters = self.counters_fn(cfg, fleet)
                 primary = fleet.primary
                 layout = Layout(primary.root)
                 self.history.update(primary, layout.history)
@@ -275,7 +299,7 @@ class AppReader:
             snap = Snapshot(entry=self.entry, read_at=now, status=status, status_at=now,
                             owner_extra=owner_extra, history=list(self.history.recent),
                             totals=self.history.totals.copy(), secrets=secrets,
-                            took=round(now - began, 3))
+                            took=round(now - began, 3), counters=counters)
         with self._lock:
             self._current = snap
         return snap
