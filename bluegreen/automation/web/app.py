@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from markupsafe import Markup
+from markupsafe import Markup, escape
 
 from bluegreen.automation.jobqueue import FINISHED, PENDING, RUNNING, Job, JobQueue
 from bluegreen.automation.settings import Secrets, Settings
@@ -55,6 +56,17 @@ def _time_tag(stamp: Any) -> Markup:
     iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(stamp))
     shown = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))
     return Markup(f'<time datetime="{iso}">{shown}</time>')  # noqa: S704 - digits only
+
+
+def short(value: Any, limit: int = 24) -> Markup:
+    """A version or release as a person scans it: a commit SHA (what webhook deploys use as
+    the version) or a long name cut short, the whole value in the tooltip."""
+    text = str(value or "")
+    if re.fullmatch(r"[0-9a-f]{40}(-[0-9a-f]{12})?", text):
+        return Markup('<span title="{}">{}</span>').format(text, text[:12])
+    if len(text) > limit:
+        return Markup('<span title="{}">{}…</span>').format(text, text[:limit - 1])
+    return escape(text)
 
 
 def duration(seconds: Any) -> str:
@@ -101,7 +113,7 @@ class StatusWeb:
                                      undefined=StrictUndefined, trim_blocks=True,
                                      lstrip_blocks=True)
         self.templates.filters.update(
-            time_tag=_time_tag, dur=duration, phasebar=phasebar_svg,
+            time_tag=_time_tag, dur=duration, phasebar=phasebar_svg, short=short,
             chart=lambda app: durations_svg(app["chart"], title=f"{app['app']}: durations "
                                             "of deploys, switches and rollbacks"))
         self.static = {p.name: p.read_bytes() for p in STATIC.iterdir()
