@@ -6,7 +6,8 @@ plus the whole history. Reads go over SSH, so they are cached: a page polled eve
 seconds by five people, and Prometheus scraping, share one read per `ttl`. A request
 never waits for SSH once there is something to show: a stale snapshot is served while a
 background thread refreshes it (one per app at a time), and a host that stops answering
-costs the page nothing but an "as of" time.
+costs the page nothing but an "as of" time. The SSH connections of one read are kept for
+the next one, and closed a minute after the last.
 
 history.jsonl is read whole once, then only what was appended since (its byte offset is
 kept), so the counters /metrics derives from it are exact totals over the app's life,
@@ -42,6 +43,7 @@ DURATION_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300
 RECENT_ENTRIES = 200  # history entries kept in memory per app, for the timeline and chart
 READ_CHUNK = 1 << 20  # bytes of history.jsonl read per request (Host.read's own limit)
 OWNER_FILE = "owner.json"  # inside the lock directory (bluegreen.lock)
+KEEP_CONNECTED = 60.0  # seconds an app's SSH connections stay open after the last read
 
 
 # ---------------------------------------------------------------- history fields
@@ -244,6 +246,9 @@ class AppReader:
         self._cfg: Config | None = None
         self._cfg_mtime: float | None = None
         self._lock = threading.Lock()
+        self._fleet_lock = threading.Lock()  # one read at a time uses the connections
+        self._fleet: Fleet | None = None
+        self._timer: threading.Timer | None = None
         self._current: Snapshot | None = None
         self._refreshing: threading.Event | None = None  # set when the running read ends
 
@@ -269,42 +274,80 @@ class AppReader:
 
     def refresh(self) -> Snapshot:
         """Read now, in this thread (tests, and the background refresher)."""
-        began = time.time()
-        previous = self._current
-        owner_extra: dict[str, Any] = {}
-        secrets: tuple[str, ...] = previous.secrets if previous else ()
-        try:
-            cfg = self._config()
-            secrets = tuple(v for v in cfg.env.values() if len(v) >= 4)
-            fleet = self.fleet_factory(cfg)
-            try:
-                status = self.status_fn(cfg, fleet)
-                counters = self.counters_fn(cfg, fleet)
-                primary = fleet.primary
-                layout = Layout(primary.root)
-                self.history.update(primary, layout.history)
-                if status.get("lock") is not None:
-                    owner_extra = _owner_extra(primary, layout)
-            finally:
-                fleet.close()
-        except BluegreenError as exc:
-            error = exc.what.splitlines()[0] + (f" ({exc.hint})" if exc.hint else "")
-            snap = self._failed(previous, error, began, secrets)
-        except Exception:  # a bug must not take the page down: log it, show a line
-            log.exception("reading the state of %s failed", self.entry.config_path)
-            snap = self._failed(previous, "internal error while reading (see the service "
-                                "log)", began, secrets)
-        else:
-            now = time.time()
-            snap = Snapshot(entry=self.entry, read_at=now, status=status, status_at=now,
-                            owner_extra=owner_extra, history=list(self.history.recent),
-                            totals=self.history.totals.copy(), secrets=secrets,
-                            took=round(now - began, 3), counters=counters)
+        with self._fleet_lock:
+            snap = self._read()
+            self._idle_timer()
         with self._lock:
             self._current = snap
         return snap
 
     # ---- inside
+
+    def _read(self) -> Snapshot:
+        began = time.time()
+        previous = self._current
+        secrets: tuple[str, ...] = previous.secrets if previous else ()
+        owner_extra: dict[str, Any] = {}
+        try:
+            cfg = self._config()
+            secrets = tuple(v for v in cfg.env.values() if len(v) >= 4)
+            fleet = self._connected(cfg)
+            status = self.status_fn(cfg, fleet)
+            counters = self.counters_fn(cfg, fleet)
+            primary = fleet.primary
+            layout = Layout(primary.root)
+            self.history.update(primary, layout.history)
+            if status.get("lock") is not None:
+                owner_extra = _owner_extra(primary, layout)
+        except BluegreenError as exc:
+            self._disconnect()  # the next read connects afresh
+            error = exc.what.splitlines()[0] + (f" ({exc.hint})" if exc.hint else "")
+            return self._failed(previous, error, began, secrets)
+        except Exception:  # a bug must not take the page down: log it, show a line
+            self._disconnect()
+            log.exception("reading the state of %s failed", self.entry.config_path)
+            return self._failed(previous, "internal error while reading (see the service "
+                                "log)", began, secrets)
+        now = time.time()
+        return Snapshot(entry=self.entry, read_at=now, status=status, status_at=now,
+                        owner_extra=owner_extra, history=list(self.history.recent),
+                        totals=self.history.totals.copy(), secrets=secrets,
+                        took=round(now - began, 3), counters=counters)
+
+    def _connected(self, cfg: Config) -> Fleet:
+        """The fleet of the last read, while the config is the same: its SSH connections
+        are reused, so a page open for an hour does not open one connection per read."""
+        if self._fleet is not None and self._fleet.cfg is not cfg:
+            self._disconnect()
+        if self._fleet is None:
+            self._fleet = self.fleet_factory(cfg)
+        return self._fleet
+
+    def _disconnect(self) -> None:
+        fleet, self._fleet = self._fleet, None
+        if fleet is not None:
+            fleet.close()
+
+    def _idle_timer(self) -> None:
+        """Close the connections once nobody has asked for KEEP_CONNECTED seconds."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = threading.Timer(KEEP_CONNECTED, self._close_if_idle)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _close_if_idle(self) -> None:
+        if self._fleet_lock.acquire(blocking=False):  # a read in progress: it re-arms us
+            try:
+                self._disconnect()
+            finally:
+                self._fleet_lock.release()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._fleet_lock:
+            self._disconnect()
 
     def _failed(self, previous: Snapshot | None, error: str, began: float,
                 secrets: tuple[str, ...]) -> Snapshot:

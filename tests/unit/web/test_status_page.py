@@ -15,12 +15,13 @@ import pytest
 from bluegreen.automation.jobqueue import JobRequest
 from bluegreen.automation.rules import Rule
 from bluegreen.automation.web.app import duration
-from bluegreen.automation.web.catalog import build_catalog, repo_web_base
+from bluegreen.automation.web.catalog import AppEntry, build_catalog, repo_web_base
 from bluegreen.automation.web.chart import durations_svg, nice_ceiling
 from bluegreen.automation.web.model import history_row, slot_role
-from bluegreen.automation.web.reader import HistoryLog
+from bluegreen.automation.web.reader import AppReader, HistoryLog
 from bluegreen.config import from_dict
 from bluegreen.errors import BluegreenError
+from bluegreen.fleet import Fleet
 from bluegreen.hosts import LocalHost
 from tests.unit.web.conftest import (
     APP_SECRET,
@@ -371,3 +372,45 @@ def test_chart_scales_and_draws_the_failed_request_strip_only_when_measured() ->
 def test_durations_read_like_a_person_would_say_them() -> None:
     assert [duration(x) for x in (0.412, 12.34, 125, 7322, None)] == \
         ["0.41 s", "12.3 s", "2 min 05 s", "2 h 02 min", "—"]
+
+
+def test_reads_reuse_connections_until_a_failure_or_idleness(world: World) -> None:
+    world.record()
+    made: list[Fleet] = []
+    closed: list[Fleet] = []
+
+    class Counted(Fleet):
+        def close(self) -> None:
+            closed.append(self)
+            super().close()
+
+    def factory(cfg: Any) -> Fleet:
+        made.append(Counted(cfg))
+        return made[-1]
+
+    fail = {"now": False}
+
+    def status(cfg: Any, fleet: Any) -> dict[str, Any]:
+        from bluegreen import views
+
+        if fail["now"]:
+            raise BluegreenError("cannot connect")
+        return views.status(cfg, fleet, history=0)
+
+    entry = AppEntry(slug="demo", name="demo", config_path=str(world.config),
+                     lanes=("demo/production",), commit_base="")
+    reader = AppReader(entry, ttl=3600, status_fn=status, fleet_factory=factory)
+    try:
+        reader.refresh()
+        reader.refresh()
+        assert len(made) == 1 and not closed  # one fleet, its connections reused
+        fail["now"] = True
+        assert reader.refresh().error == "cannot connect"
+        assert closed == made  # a failed read drops its connections
+        fail["now"] = False
+        reader.refresh()
+        assert len(made) == 2
+        reader._close_if_idle()  # what the idle timer runs
+        assert closed == made
+    finally:
+        reader.close()
