@@ -226,7 +226,9 @@ class StatusWeb:
         else:
             shown, counts = active + finished, self.queue.counts()
         jobs = jobs_view(shown, counts, log_lines=lines, now=now)
-        return scrub({"generated_at": now, "apps": apps, "jobs": jobs}, self.secret_values)
+        # every app's [env] values too: a job's log may belong to any app
+        secrets = self.secret_values + tuple(s for r in readers.values() for s in r.secrets())
+        return scrub({"generated_at": now, "apps": apps, "jobs": jobs}, secrets)
 
     # ---- reading
 

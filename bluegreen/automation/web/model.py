@@ -275,7 +275,8 @@ def app_view(entry: AppEntry, snap: Snapshot | None, jobs: dict[str, Any], *, no
         "error": snap.error if snap else "", "read_at": snap.read_at if snap else None,
         "status_at": snap.status_at if snap and snap.status else None,
         "live": None, "previous": None, "verdict": None, "grid": [], "traffic": [],
-        "lock": None, "pending_switch": None, "history": [], "chart": [], "jobs": jobs,
+        "lock": None, "pending_switch": None, "history": [], "chart": [], "totals": None,
+        "jobs": jobs,
     }
     if snap is None:
         return view

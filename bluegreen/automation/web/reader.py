@@ -272,6 +272,11 @@ class AppReader:
                 current = self._current
         return current
 
+    def secrets(self) -> tuple[str, ...]:
+        """The app's [env] values as of the last read: scrubbed from everything shown."""
+        current = self._current
+        return current.secrets if current is not None else ()
+
     def refresh(self) -> Snapshot:
         """Read now, in this thread (tests, and the background refresher)."""
         with self._fleet_lock:

@@ -17,7 +17,7 @@ from bluegreen.automation.rules import Rule
 from bluegreen.automation.web.app import duration
 from bluegreen.automation.web.catalog import AppEntry, build_catalog, repo_web_base
 from bluegreen.automation.web.chart import durations_svg, nice_ceiling
-from bluegreen.automation.web.model import history_row, slot_role
+from bluegreen.automation.web.model import app_view, history_row, jobs_view, slot_role
 from bluegreen.automation.web.reader import AppReader, HistoryLog
 from bluegreen.config import from_dict
 from bluegreen.errors import BluegreenError
@@ -61,7 +61,8 @@ def add_jobs(world: World) -> None:
     job = q.claim_next("demo/production", now=T + 1)
     assert job is not None
     q.finish(job.id, "failed", "deploy failed (exit 1)", exit_code=1, now=T + 30,
-             log_tail=f"building\nsecret={WEBHOOK_SECRET}\nFAILED [phase=health]: boom\n")
+             log_tail=f"building\nsecret={WEBHOOK_SECRET}\nFAILED [phase=health]: boom\n"
+                      f"env DB_PASSWORD={APP_SECRET}\n")
     q.submit("github", "d2", [request("b" * 40, "github:bob")], now=T + 40)
     running = q.claim_next("demo/production", now=T + 41)
     assert running is not None
@@ -101,7 +102,7 @@ def test_overview_shows_live_slot_grid_lock_phase_history_chart_and_jobs(world: 
     # jobs: running (with its live log), queued, finished (with its log tail, secret scrubbed)
     assert "upload   demo.tar.gz to 1 host(s)" in html
     assert 'class="state pending">pending' in html
-    assert "secret=[redacted]" in html
+    assert "secret=[redacted]" in html and "DB_PASSWORD=[redacted]" in html
 
 
 def test_app_page_has_traffic_hosts_full_timeline_phases_links(world: World) -> None:
@@ -414,3 +415,11 @@ def test_reads_reuse_connections_until_a_failure_or_idleness(world: World) -> No
         assert closed == made
     finally:
         reader.close()
+
+
+def test_an_app_not_read_yet_renders_as_reading(world: World) -> None:
+    """The first read of a slow host may outlast the page's wait: the page says so."""
+    entry = next(iter(world.web.readers.values())).entry
+    view = app_view(entry, None, jobs_view([], {}, log_lines=5, now=T), now=T)
+    html = world.web.templates.get_template("_app.html").render(app=view, detail=True)
+    assert "reading the state…" in html and 'data-live-slot=""' in html
