@@ -84,15 +84,16 @@ class Ledger:
                      "reason": broken.reason,
                      "broken_lock": broken.owner.__dict__ if broken.owner else None})
 
-    def heartbeat(self) -> None:
-        """Between phases: the lock's holder shows it is alive."""
+    def heartbeat(self, phase: str | None = None) -> None:
+        """The lock's holder shows it is alive, and which phase it is in (at each visible
+        phase: the status page shows it live; between them at most every half minute)."""
         if self.owner is None or self.fleet.dry_run:
             return
-        if time.time() - self.owner.heartbeat < min(30.0, self.lease / 10):
-            return  # fresh enough: one write per half minute at most
+        if phase is None and time.time() - self.owner.heartbeat < min(30.0, self.lease / 10):
+            return  # fresh enough
         primary = self.fleet.primary
         try:
-            self.owner = lock.heartbeat(primary, self.fleet.layout(primary), self.owner)
+            self.owner = lock.heartbeat(primary, self.fleet.layout(primary), self.owner, phase)
         except BluegreenError as exc:  # the next phase's own step will say what is wrong
             self.report.say(f"    warning: could not renew the lock's heartbeat: {exc.what}")
 

@@ -63,6 +63,8 @@ class Owner:
     pid_start: str = ""
     boot_id: str = ""
     heartbeat: float = 0.0
+    phase: str = ""  # what the holder is doing now (the status page shows it live)
+    phase_started_at: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -171,9 +173,11 @@ def _dir_age(host: Host, path: str) -> float:
     return float(out) if out.lstrip("-").isdigit() else 0.0
 
 
-def heartbeat(host: Host, layout: Layout | str, owner: Owner) -> Owner:
-    """Show the lock's holder is alive: rewrite its record with a new heartbeat."""
-    beat = replace(owner, heartbeat=time.time())
+def heartbeat(host: Host, layout: Layout | str, owner: Owner, phase: str | None = None) -> Owner:
+    """Show the lock's holder is alive (and what it does now): rewrite its record."""
+    now = time.time()
+    beat = replace(owner, heartbeat=now) if phase is None else \
+        replace(owner, heartbeat=now, phase=phase, phase_started_at=now)
     host.write_atomic(_owner_path(layout), beat.to_json() + "\n")
     return beat
 

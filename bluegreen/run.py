@@ -114,6 +114,7 @@ def run_phase(run: Run, phase: Phase) -> None:
     if phase.detail is None:
         phase.fn(run)
         return
+    run.ledger.heartbeat(phase.name)
     with run.report.phase(phase.name, phase.detail(run)) as note:
         if phase.observes and run.fleet.plan is not None:
             run.fleet.plan.add("all", f"{phase.name}: {phase.detail(run)}")

@@ -106,8 +106,10 @@ def test_first_deploy_runs_every_phase_in_order_and_goes_live_on_blue(h: Harness
     h.deploy("v1")
     assert h.phases() == ["inspect ok", "lock ok", "state ok", "upload ok", "stop ok",
                           "start ok", "health ok", "switch ok", "verify ok"]
-    assert h.changes() == [
-        "take /srv/demo/lock", "write /srv/demo/lock/owner.json", "upload v1.tar.gz",
+    beats = [c for c in h.changes() if c == "write /srv/demo/lock/owner.json"]
+    assert len(beats) == 1 + 7  # the lock itself, then one per visible phase after it
+    assert [c for c in h.changes() if c != "write /srv/demo/lock/owner.json"] == [
+        "take /srv/demo/lock", "upload v1.tar.gz",
         "verify, unpack into /srv/demo/releases/v1-" + h.state()["slots"]["blue"]["checksum"][:12]
         + ", prune old releases",
         "write state.json",
@@ -532,3 +534,18 @@ def test_rollback_never_goes_back_to_a_reverted_release(tmp_path: Path) -> None:
     assert h.state()["live"] == "green"
     deploy.rollback(h.run("rollback"))  # goes to v1 (restarted in blue), never to v3
     assert h.state()["slots"]["blue"]["version"] == "v1" and h.front_slot() == "blue"
+
+
+def test_the_lock_record_says_which_phase_runs_now(h: Harness, monkeypatch) -> None:
+    from bluegreen import lock
+    from bluegreen.routers.nginx import NginxRouter
+    seen: list[str] = []
+    real = NginxRouter.verify
+
+    def spy(self: NginxRouter, applied: object, slot: str) -> float:
+        owner = lock.parse_owner(h.world.files["local"]["/srv/demo/lock/owner.json"].decode())
+        seen.append(f"{owner.phase} {owner.phase_started_at > owner.started_at}")
+        return real(self, applied, slot)  # type: ignore[arg-type]
+    monkeypatch.setattr(NginxRouter, "verify", spy)
+    h.deploy("v1")
+    assert seen == ["verify True"]
