@@ -43,6 +43,10 @@ stop)
   if [ -f "$prefix/nginx.pid" ]; then nginx "${args[@]}" -s quit || true; fi
   ;;
 reset)
+  # the demo's status page (bluegreen serve), by the pid demo.sh recorded
+  if [ -f /tmp/bluegreen-demo/automation/serve.pid ]; then
+    kill -TERM "$(cat /tmp/bluegreen-demo/automation/serve.pid)" 2>/dev/null || true
+  fi
   # the slots run in their own process groups; their pidfiles say which (pid starttime)
   for pf in /tmp/bluegreen-demo/srv/*/slots/*/pid; do
     [ -f "$pf" ] || continue
