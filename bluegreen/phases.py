@@ -87,6 +87,10 @@ def upload(run: Run) -> str:
     # never prune what a slot holds, nor what rollback would go back to
     protected = [r.release for r in (*state.slots.values(), state.previous_release)
                  if r.release]
+    # every host first: one without room (or without unzip for a war) refuses the deploy
+    # before any host has been sent a byte
+    fleet.on_all(fleet.app_hosts, "upload", lambda h: release.preflight(
+        h, fleet.layout(h), art, run.release_id))
     sent = sum(fleet.on_all(fleet.app_hosts, "upload", lambda h: release.ship(
         h, fleet.layout(h), art, run.release_id, run.artifact_name, run.cfg.keep_releases,
         protected)))
