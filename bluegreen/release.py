@@ -355,22 +355,23 @@ class Need:
 
 def need_on(host: Host, layout: Layout, artifact: Artifact, release_id: str) -> Need:
     """SFTP stats only: what this host still has to store."""
-    if has_release(host, layout, release_id):
-        return Need(0, 0)
+    # as ship() decides: the artifact is sent unless stored, unpacked unless the release is
+    # there (a release whose artifact was pruned by hand gets its artifact sent again)
     stored = host.size(f"{layout.artifacts}/{artifact.stored_name}") == artifact.size
-    return Need(0 if stored else artifact.size, artifact.unpacked_size)
+    unpacked = has_release(host, layout, release_id)
+    return Need(0 if stored else artifact.size, 0 if unpacked else artifact.unpacked_size)
 
 
 def preflight(host: Host, layout: Layout, artifact: Artifact, release_id: str) -> None:
     """Can this host take the artifact? Run on every app host before any upload starts, so
     a refusal changes nothing anywhere. No remote command unless space is short."""
-    if artifact.kind == "zip" and not any(host.exists(p) for p in UNZIP_PATHS):
+    need = need_on(host, layout, artifact, release_id)
+    if artifact.kind == "zip" and need.unpack and not any(host.exists(p) for p in UNZIP_PATHS):
         raise BluegreenError(
             f"{host.label} has no unzip (looked for {', '.join(UNZIP_PATHS)}): it is needed "
             f"to unpack {artifact.name}", host=host.label, phase="upload",
             hint="install it on every app host (Debian/Ubuntu: apt-get install unzip; "
                  "RHEL: dnf install unzip), then re-run; nothing was changed")
-    need = need_on(host, layout, artifact, release_id)
     if not need.total:
         return
     where = _existing_dir(host, layout.artifacts)
@@ -450,8 +451,10 @@ def ship(host: Host, layout: Layout, artifact: Artifact, release_id: str, file_n
                  timeout=300, hint="is the artifact a valid archive, and is there disk space?",
                  says=f"verify, unpack into {release_dir}, prune old releases")
     except CommandFailed as exc:
-        raise _unpack_failure(host, layout, artifact, release_dir, exc, bool(uploaded)) \
-            from exc
+        full = _disk_full_unpacking(host, layout, artifact, release_dir, exc, bool(uploaded))
+        if full is None:
+            raise
+        raise full from exc
     return uploaded
 
 
@@ -478,13 +481,14 @@ def _upload_failure(host: Host, layout: Layout, artifact: Artifact, tmp: str,
     return None
 
 
-def _unpack_failure(host: Host, layout: Layout, artifact: Artifact, release_dir: str,
-                    exc: CommandFailed, uploaded: bool) -> BluegreenError:
+def _disk_full_unpacking(host: Host, layout: Layout, artifact: Artifact, release_dir: str,
+                         exc: CommandFailed, uploaded: bool) -> BluegreenError | None:
+    """The unpack command failed: a "disk full" error if that is why, else None."""
     output = exc.stderr or exc.what  # what: a host that kept only the message
     free = commands.parse_unpack_failure(output)
     if not (any(w in output for w in DISK_FULL_WORDS)
             or (free is not None and free < FULL_BELOW)):
-        return exc
+        return None
     tool = [line for line in output.strip().splitlines()
             if line.strip() and not commands.UNPACK_FAILED.match(line.strip())][-4:]
     left = "its partial directory" + (" and this run's upload were" if uploaded else " was")

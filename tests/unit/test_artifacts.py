@@ -395,3 +395,62 @@ def test_members_written_through_a_symlink_are_refused(tmp_path: Path, name: str
     with pytest.raises(BluegreenError) as err:
         release.inspect(path)
     assert "'d/up'" in err.value.what and "goes through 'd'" in err.value.what
+
+
+class FakeSftp:
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+        self.asked: list[tuple[object, ...]] = []
+
+    def _request(self, *args: object) -> object:
+        self.asked.append(args)
+        if isinstance(self.answer, BaseException):
+            raise self.answer
+        return self.answer
+
+
+def ssh_host_with(sftp: FakeSftp, monkeypatch: pytest.MonkeyPatch,
+                  shell_says: str = "") -> tuple[object, list[str]]:
+    from bluegreen import config
+    from bluegreen.hosts import Result, SshHost
+
+    cfg = config.from_dict({"app": "demo", "start": "x", "hosts": {"app": ["app1"]}})
+    host = SshHost(cfg.hosts.app[0], cfg)
+    sent: list[str] = []
+
+    def exec_(command: str, timeout: float) -> Result:
+        sent.append(command)
+        return Result(command, 0, shell_says, "")
+    monkeypatch.setattr(host, "sftp", lambda: sftp)
+    monkeypatch.setattr(host, "_exec", exec_)
+    return host, sent
+
+
+def test_ssh_free_space_reads_the_statvfs_reply_without_a_command(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from paramiko.message import Message
+    from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+
+    msg = Message()
+    for value in (4096, 4096, 1000, 600, 500, 10, 9, 8, 1, 0, 255):  # struct statvfs
+        msg.add_int64(value)
+    msg.rewind()
+    sftp = FakeSftp((CMD_EXTENDED_REPLY, msg))
+    host, sent = ssh_host_with(sftp, monkeypatch)
+    assert host.free_space("/srv") == 500 * 4096  # type: ignore[attr-defined]
+    assert sftp.asked == [(CMD_EXTENDED, "statvfs@openssh.com", "/srv")] and sent == []
+
+
+def test_ssh_free_space_falls_back_to_one_command_without_the_extension(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    host, sent = ssh_host_with(FakeSftp(OSError("Operation unsupported")), monkeypatch,
+                               shell_says="250 4096\n")
+    assert host.free_space("/srv") == 250 * 4096  # type: ignore[attr-defined]
+    assert len(sent) == 1 and "stat -f" in sent[0]
+
+
+def test_ssh_free_space_of_a_missing_path_is_unknown(monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno as errno_
+
+    host, sent = ssh_host_with(FakeSftp(OSError(errno_.ENOENT, "No such file")), monkeypatch)
+    assert host.free_space("/nope") is None and sent == []  # type: ignore[attr-defined]

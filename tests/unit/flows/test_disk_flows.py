@@ -8,6 +8,7 @@ wrote is left behind, so the next deploy is no worse off.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import io
 import zipfile
@@ -221,3 +222,15 @@ def test_a_war_needs_unzip_on_every_app_host_and_says_so_up_front(tmp_path: Path
     sent = [c for c in h.world.log if "unpack into" in c]
     assert len(sent) == 2
     assert h.state()["slots"]["blue"]["artifact"] == "app.war"
+
+
+def test_starting_an_unpacked_war_by_artifact_warns(tmp_path: Path) -> None:
+    """A .war was placed whole before it was unpacked: `java -jar {artifact}` now names a
+    file the docBase does not hold, so the deploy says so (it would fail health later)."""
+    h, disk = harness(tmp_path)
+    h.cfg = dataclasses.replace(h.cfg, start="java -jar {artifact} --port={port}")
+    disk.free = {"local": 500 * MiB}
+    h.world.files.setdefault("local", {})["/usr/bin/unzip"] = b"\x7fELF"
+    good = war(tmp_path, "app.war", {"WEB-INF/web.xml": b"<web-app/>", "index.html": b"v1"})
+    deploy.deploy(h.run("deploy"), good, "v1")
+    assert "warning: start uses {artifact}, but app.war is unpacked" in h.out.getvalue()
