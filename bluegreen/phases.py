@@ -90,6 +90,16 @@ def upload(run: Run) -> str:
     # never prune what a slot holds, nor what rollback would go back to
     protected = [r.release for r in (*state.slots.values(), state.previous_release)
                  if r.release]
+    if art.kind != "file" and "{artifact}" in run.cfg.start and not run.cfg.artifact_name:
+        # a .war used to be placed whole; unpacked, {artifact} names a file it rarely holds
+        run.report.say(f"    warning: start uses {{artifact}}, but {art.name} is unpacked into "
+                       f"the release dir, so {{artifact}} names {run.artifact_name} inside it; "
+                       "start from {release} (the docBase), ship a .jar to run it whole, or "
+                       "set artifact_name to a file in the archive")
+    # every host first: one without room (or without unzip for a war) refuses the deploy
+    # before any host has been sent a byte
+    fleet.on_all(fleet.app_hosts, "upload", lambda h: release.preflight(
+        h, fleet.layout(h), art, run.release_id))
     sent = sum(fleet.on_all(fleet.app_hosts, "upload", lambda h: release.ship(
         h, fleet.layout(h), art, run.release_id, run.artifact_name, run.cfg.keep_releases,
         protected)))
