@@ -47,6 +47,7 @@ checks=(
     "git|cmd:git"
     "haproxy|cmd:haproxy"
     "wrk|cmd:wrk"
+    "unzip|cmd:unzip"
     "python3-venv|pkg:python3-venv"
     "ca-certificates|file:/etc/ssl/certs/ca-certificates.crt"
     "chromium|cmd:chromium"
