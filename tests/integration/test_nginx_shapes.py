@@ -300,3 +300,38 @@ def test_websockets_across_repeated_deploys(request: pytest.FixtureRequest, tmp_
             assert zone_port == "green"
     finally:
         proj.stop_everything()
+
+
+def test_two_apps_share_one_control_port_and_never_switch_each_other(
+        private_nginx_lua: PrivateNginx, tmp_path: Path, artifacts: dict[str, Path]) -> None:
+    """Like two apps left on the default control port: each control server answers only to
+    its own name, so one app's switch reaches only its own zone."""
+    control, other_door = free_port(), free_port()
+    first = project_without_mode(tmp_path / "first", private_nginx_lua, artifacts)
+    second = project_without_mode(tmp_path / "second", private_nginx_lua, artifacts)
+    toml = second.dir / "bluegreen.toml"
+    toml.write_text(toml.read_text().replace('app = "demo"', 'app = "other"'))
+    set_nginx_keys(toml, listen=f'"127.0.0.1:{other_door}"', server_name='"other.test"')
+    for proj in (first, second):
+        set_nginx_keys(proj.dir / "bluegreen.toml", control_port=str(control))
+
+    def zone(app: str) -> dict[str, object]:
+        return requests.get(f"http://127.0.0.1:{control}/bluegreen/status",
+                            headers={"Host": f"bluegreen-{app}"}, timeout=5).json()
+
+    def second_version() -> str:
+        return requests.get(f"http://127.0.0.1:{other_door}/", timeout=5).headers["X-App-Version"]
+    try:
+        for version in ("v1", "v2"):
+            first.deploy(version)
+            second.deploy(version)
+        assert first.front_version() == "v2" and second_version() == "v2"
+        first.fab("switch")
+        assert first.front_version() == "v1" and second_version() == "v2"
+        assert zone("demo")["app"] == "demo" and zone("demo")["live"] == first.blue
+        assert zone("other")["app"] == "other" and zone("other")["live"] == second.green
+        second.fab("rollback")
+        assert first.front_version() == "v1" and second_version() == "v1"
+    finally:
+        first.stop_everything()
+        second.stop_everything()
