@@ -838,8 +838,17 @@ def _check_front_door(cfg: Config, fail: Callable[..., None]) -> None:
         fail("nginx.server_name", "the TLS front door's certificate is checked against this "
                                   "name (SNI and Host): set the name your certificate is for",
              "nginx.listen")
-    if n.tls_ca_file and not cfg.resolve(n.tls_ca_file).is_file():
-        fail("nginx.tls_ca_file", f"no such file: {cfg.resolve(n.tls_ca_file)}")
+    if n.tls_ca_file:
+        ca = cfg.resolve(n.tls_ca_file)
+        if not ca.is_file():
+            fail("nginx.tls_ca_file", f"no such file: {ca}")
+        import ssl  # only a TLS front door pays for it
+
+        try:  # a file that is not a PEM bundle fails here, not at every post-switch check
+            ssl.create_default_context(cafile=str(ca))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            fail("nginx.tls_ca_file", f"expected PEM certificates (the CA that signed the "
+                                      f"front door's certificate), but {ca} is not: {exc}")
 
 
 # ---------------------------------------------------------------- overrides

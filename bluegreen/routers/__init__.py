@@ -107,13 +107,10 @@ def router_for(cfg: Config, host: Host) -> Router:
         return NginxLuaRouter(cfg, host)
     from bluegreen.routers.nginx_reload import NginxReloadRouter
     router = NginxReloadRouter(cfg, host)
-    if cfg.nginx.mode == "auto":
-        router.notice = (f"reload mode ({why}): keep-alive clients may see a reset at this "
-                         f"switch; {HOW_TO_GET_LUA}")
-    else:
-        router.notice = ("reload mode: keep-alive clients may see a reset at this switch; "
-                         "nginx.mode = \"auto\" (the default) switches without a reload where "
-                         "the lua module is loaded")
+    router.notice = (f"reload mode ({why}): keep-alive clients may see a reset at this "
+                     f"switch; {HOW_TO_GET_LUA}"
+                     + ("" if cfg.nginx.mode == "auto" else
+                        ", and leave nginx.mode unset (auto)"))
     return router
 
 

@@ -129,9 +129,12 @@ def test_snippet_paths_can_be_given(tmp_path: Path) -> None:
     ({"listen": "443 ssl", "server_name": "shop.test", "tls_ca_file": "nope.pem"},
      "nginx.tls_ca_file", "no such file"),
     ({"stream_timeout": 0}, "nginx.stream_timeout", "> 0"),
+    ({"listen": "443 ssl", "server_name": "shop.test", "tls_ca_file": "not-pem.txt"},
+     "nginx.tls_ca_file", "expected PEM certificates"),
 ])
 def test_bad_shape_settings_name_the_key(tmp_path: Path, nginx: dict[str, object], key: str,
                                          says: str) -> None:
+    (tmp_path / "not-pem.txt").write_text("hello\n")
     with pytest.raises(ConfigError) as err:
         cfg_for(tmp_path, **nginx)
     assert err.value.key == key and says in str(err.value)
