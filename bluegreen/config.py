@@ -552,17 +552,39 @@ class Process:
     systemd_unit_dir: str = setting("/etc/systemd/system", one_line=True)
 
 
+# lua mode's control listener when nginx.control_port is 0. Each app's control server
+# answers only to its own name (Host: bluegreen-<app>), so several apps may share it.
+DEFAULT_CONTROL_PORT = 18089
+NGINX_MODES = ("auto", "reload", "lua")
+NGINX_INTEGRATIONS = ("server", "include")
+
+
 @dataclass(frozen=True)
 class Nginx:
     # the command line before `-t` / `-s reload`: "nginx", "sudo nginx", "nginx -p P -c C"
     command: str = setting("nginx", nonempty=True, one_line=True)
     # Jinja2 template, relative to the config file; empty: bundled default
     template: str = setting("", one_line=True)
-    # the rendered file nginx includes
+    # the rendered file nginx includes at http level (conf.d/)
     target: str = setting("/etc/nginx/conf.d/{app}.conf", nonempty=True, one_line=True)
-    # the front door: what the rendered server block listens on
+    # server: bluegreen renders a whole server block on `listen`. include: it renders only
+    # what it owns (upstream, lua pieces) and your own server/location include two snippets
+    integration: str = setting("server", choices=NGINX_INTEGRATIONS)
+    # include integration: the snippets your server block and its location include; empty:
+    # next to `target`, named {app}.server / {app}.location (not *.conf: conf.d/*.conf is
+    # included at http level, where these must not be)
+    server_snippet: str = setting("", one_line=True)
+    location_snippet: str = setting("", one_line=True)
+    # the front door: what the rendered server block listens on, or (include integration)
+    # what your own server block listens on; "443 ssl": the post-switch check speaks TLS
     listen: str = setting("80", number_text=True, one_line=True, check=_check_listen)
+    # server name: also the SNI and Host of the post-switch check
     server_name: str = setting("_", nonempty=True, one_line=True)
+    # TLS front door: CA bundle (on the machine running fab) its certificate is checked
+    # against; empty: the system's trust store
+    tls_ca_file: str = setting("", one_line=True)
+    # false: do not check the certificate; refused unless the front door is loopback
+    tls_verify: bool = True
     # checked through the front door after a reload; default health.path
     verify_path: str = setting("", check=_url_path(optional=True))
     verify_timeout: float = seconds(10.0)
@@ -572,9 +594,22 @@ class Nginx:
     pid_file: str = setting("/run/nginx.pid", one_line=True)
     # max wait for in-flight requests before stopping a slot; 0: drained elsewhere
     drain_timeout: float = seconds(30.0, ge=0)
-    mode: str = setting("reload", choices=("reload", "lua"))  # see README: without a reload
-    # lua mode: loopback port of the control endpoint
-    control_port: int = setting(0, port="unset; lua mode needs one")
+    # auto: lua where that traffic host's nginx has the lua module loaded, else reload
+    mode: str = setting("auto", choices=NGINX_MODES)  # see README: without a reload
+    # lua mode: loopback port of the control endpoint; 0: DEFAULT_CONTROL_PORT
+    control_port: int = setting(0, port=f"the default, {DEFAULT_CONTROL_PORT}")
+    # longest silence on a WebSocket (upgraded) connection before nginx closes it
+    stream_timeout: float = seconds(3600.0)
+
+    @property
+    def control(self) -> int:
+        """The control listener's port (lua mode)."""
+        return self.control_port or DEFAULT_CONTROL_PORT
+
+    @property
+    def tls(self) -> bool:
+        """The front door speaks TLS: `listen` carries the `ssl` parameter."""
+        return "ssl" in self.listen.split()[1:]
 
 
 @dataclass(frozen=True)
@@ -675,6 +710,17 @@ class Config:
         return self.nginx.target.format(app=self.app)
 
     @property
+    def nginx_snippets(self) -> dict[str, str]:
+        """include integration: the files your server block ("server") and its location
+        ("location") include, by role; empty for the server integration."""
+        if self.nginx.integration != "include":
+            return {}
+        base = self.nginx_target.removesuffix(".conf")
+        return {"server": (self.nginx.server_snippet or base + ".server").format(app=self.app),
+                "location": (self.nginx.location_snippet
+                             or base + ".location").format(app=self.app)}
+
+    @property
     def verify_path(self) -> str:
         return self.nginx.verify_path or self.health.path
 
@@ -751,28 +797,79 @@ def _check_semantics(cfg: Config, binder: Binder) -> None:
     if cfg.process.backend == "supervisor" and not cfg.process.supervisor_conf:
         fail("process.supervisor_conf", "required with backend = \"supervisor\": the path of "
                                         "supervisord.conf on the hosts", "process.backend")
-    if cfg.nginx.mode == "lua" and not cfg.nginx.control_port:
-        fail("nginx.control_port", "required with mode = \"lua\": a free loopback port",
-             "nginx.mode")
     if cfg.nginx.mode == "lua":
-        import ipaddress  # only lua mode needs it; keep it off the import path of a switch
-
-        for i, h in enumerate(cfg.hosts.app):
-            addr = h.upstream or ("127.0.0.1" if h.is_local else h.address)
-            try:
-                ipaddress.ip_address(addr)
-            except ValueError:
-                fail(f"hosts.app[{i}]", f"lua mode routes by IP address and {addr!r} is a "
-                                        "name: give the host `upstream = \"<its IP>\"`")
+        named = hosts_named_not_ip(cfg)
+        if named:
+            i, addr = named[0]
+            fail(f"hosts.app[{i}]", f"lua mode routes by IP address and {addr!r} is a "
+                                    "name: give the host `upstream = \"<its IP>\"`")
+    _check_front_door(cfg, fail)
     if not cfg.hosts.app:
         fail("hosts.app", "expected at least one app host")
     for k in cfg.env:
         if not _ENV_NAME_RE.fullmatch(k):
             fail(join_key("env", k), "not a valid environment variable name")
-    try:
-        cfg.nginx.target.format(app=cfg.app)
-    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
-        fail("nginx.target", "only the {app} placeholder is allowed")
+    for key in ("target", "server_snippet", "location_snippet"):
+        try:
+            getattr(cfg.nginx, key).format(app=cfg.app)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+            fail(f"nginx.{key}", "only the {app} placeholder is allowed")
+    paths = [cfg.nginx_target, *cfg.nginx_snippets.values()]
+    if len(set(paths)) != len(paths):
+        fail("nginx.location_snippet", "nginx.target, server_snippet and location_snippet "
+                                       "must be three different files", "nginx.server_snippet")
+
+
+def hosts_named_not_ip(cfg: Config) -> list[tuple[int, str]]:
+    """App hosts nginx would reach by name: lua mode's balancer needs IP addresses."""
+    import ipaddress  # only lua mode needs it; keep it off the import path of a switch
+
+    named = []
+    for i, h in enumerate(cfg.hosts.app):
+        addr = h.upstream or ("127.0.0.1" if h.is_local else h.address)
+        try:
+            ipaddress.ip_address(addr)
+        except ValueError:
+            named.append((i, addr))
+    return named
+
+
+def _check_front_door(cfg: Config, fail: Callable[..., None]) -> None:
+    """The post-switch check must be able to knock, and a TLS one must be able to trust."""
+    n = cfg.nginx
+    if not n.tls:
+        return
+    if not n.tls_verify:
+        import ipaddress
+
+        address = n.listen.split()[0].rpartition(":")[0].strip("[]")
+        loopback = address in ("", "*", "0.0.0.0", "::", "localhost")  # knocked on as 127.0.0.1
+        if not loopback:
+            try:
+                loopback = ipaddress.ip_address(address).is_loopback
+            except ValueError:
+                loopback = False
+        if not loopback:
+            fail("nginx.tls_verify", f"false is only allowed when the front door is a "
+                                     f"loopback address, and nginx.listen is {n.listen!r}: "
+                                     "give nginx.tls_ca_file (the CA that signed its "
+                                     "certificate) instead", "nginx.listen")
+        return
+    if n.server_name.split()[0] == "_" and n.integration == "include":
+        fail("nginx.server_name", "the TLS front door's certificate is checked against this "
+                                  "name (SNI and Host): set the name your certificate is for",
+             "nginx.listen")
+    if n.tls_ca_file:
+        ca = cfg.resolve(n.tls_ca_file)
+        if not ca.is_file():
+            fail("nginx.tls_ca_file", f"no such file: {ca}")
+        import ssl  # only a TLS front door pays for it
+
+        try:  # a file that is not a PEM bundle fails here, not at every post-switch check
+            ssl.create_default_context(cafile=str(ca))
+        except (ssl.SSLError, OSError, ValueError) as exc:
+            fail("nginx.tls_ca_file", f"expected PEM certificates (the CA that signed the "
+                                      f"front door's certificate), but {ca} is not: {exc}")
 
 
 # ---------------------------------------------------------------- overrides

@@ -226,8 +226,10 @@ class Host(ABC):
     @abstractmethod
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost",
-                 method: str = "GET") -> HttpReply:
-        """An HTTP request to address:port/path as seen from this machine. Raises OSError."""
+                 method: str = "GET", tls: httpwire.Tls | None = None) -> HttpReply:
+        """An HTTP request to address:port/path as seen from this machine, over TLS when
+        `tls` says how (the handshake runs here, over the same socket or channel). Raises
+        OSError (ssl.SSLError included)."""
 
     def close(self) -> None:  # noqa: B027 - optional: only connections need closing
         """Drop the connection; a no-op for the local machine."""
@@ -279,10 +281,12 @@ class LocalHost(Host):
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost",
-                 method: str = "GET") -> HttpReply:
+                 method: str = "GET", tls: httpwire.Tls | None = None) -> HttpReply:
         sock = socket.create_connection((address, port), timeout=timeout)
         sock.settimeout(timeout)
-        return httpwire.exchange(sock, httpwire.build_request(path, host_header, headers, method))
+        stream = httpwire.TlsStream(sock, tls) if tls else sock
+        return httpwire.exchange(stream, httpwire.build_request(path, host_header, headers,
+                                                                method))
 
 
 class SshHost(Host):
@@ -487,7 +491,7 @@ class SshHost(Host):
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost",
-                 method: str = "GET") -> HttpReply:
+                 method: str = "GET", tls: httpwire.Tls | None = None) -> HttpReply:
         import paramiko
 
         try:
@@ -498,7 +502,9 @@ class SshHost(Host):
         except paramiko.SSHException as exc:
             raise ConnectionError(f"tunnel to {address}:{port} on {self.label}: {exc}") from exc
         chan.settimeout(timeout)
-        return httpwire.exchange(chan, httpwire.build_request(path, host_header, headers, method))
+        stream = httpwire.TlsStream(chan, tls) if tls else chan
+        return httpwire.exchange(stream, httpwire.build_request(path, host_header, headers,
+                                                                method))
 
     def _drop(self) -> None:
         with self._lock:
@@ -604,12 +610,13 @@ class DryRunHost(Host):
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost",
-                 method: str = "GET") -> HttpReply:
+                 method: str = "GET", tls: httpwire.Tls | None = None) -> HttpReply:
         if method != "GET":
             self._plan(f"{method} http://{address}:{port}{path}")
             return HttpReply(200, body=b"{}")
         return self.inner.http_get(port, path, timeout=timeout, address=address,
-                                   headers=headers, host_header=host_header)
+                                   headers=headers, host_header=host_header,
+                                   **({"tls": tls} if tls else {}))
 
     def close(self) -> None:
         self.inner.close()

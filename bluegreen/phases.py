@@ -14,6 +14,7 @@ from bluegreen import journal, release, render
 from bluegreen.errors import BluegreenError
 from bluegreen.layout import release_id
 from bluegreen.lock import new_owner
+from bluegreen.routers import switch_notices
 from bluegreen.routers.base import Applied
 from bluegreen.run import Run
 from bluegreen.state import SlotRecord
@@ -251,6 +252,8 @@ def switch_traffic(run: Run) -> None:
         action=run.outcome.action, from_slot=run.live.live, to_slot=run.target,
         who=run.ledger.who.name, previous=previous,
         previous_sum={label: journal.checksum(text) for label, text in previous.items()}))
+    for line in switch_notices(run.routers):  # say what this way of switching costs
+        run.report.say(f"    {line}")
     run.change.apply()
 
 

@@ -67,8 +67,13 @@ class Slots:
 
     def _report_cut(self, what: str, port: int, per_host: list[str]) -> None:
         if per_host:
+            # what outlived the drain is long-lived by definition (WebSockets, streams):
+            # stopping the slot closes it now, and the count says how many clients noticed
+            total = sum(int(entry.rsplit(": ", 1)[1]) for entry in per_host)
             self.report.say(f"    drain timeout ({self.cfg.nginx.drain_timeout:g}s) expired; "
-                            f"{what} on port {port}: {', '.join(per_host)}")
+                            f"{what} on port {port}: {', '.join(per_host)}; {total} "
+                            f"long-lived connection{'s' if total != 1 else ''} closed at "
+                            "drain timeout")
 
     def start(self, slot: str, release_id: str, version: str, artifact_name: str) -> None:
         backend = self.backend

@@ -101,14 +101,18 @@ class TrafficChange:
         on the first rejection; an interrupt leaves `applied` for the caller's undo."""
         generation = max([int(time.time() * 1000)]
                          + [r.generation_floor() + 1 for r in self.routers])
-        text = self.routers[0].render(self.slot, self.release, self.version, generation)
-        shape = parse_marker(text).shape  # type: ignore[union-attr]
+        # rendered per router: in nginx.mode = "auto" one host may switch by lua and
+        # another by reload, each from its own template
+        texts = {id(r): r.render(self.slot, self.release, self.version, generation)
+                 for r in self.routers}
+        shapes = {key: parse_marker(text).shape  # type: ignore[union-attr]
+                  for key, text in texts.items()}
         at_once = len(self.routers) == 1 and self.routers[0].tests_and_applies_at_once
 
         def install_and_test(router: Router) -> BluegreenError | None:
             router.host.phase = "switch"
             try:
-                applied = router.install(text)
+                applied = router.install(texts[id(router)])
             except BluegreenError as exc:
                 return exc
             # From here on the host holds our file: every way out must be able to undo it.
@@ -125,7 +129,7 @@ class TrafficChange:
         _raise_first(_parallel(self.routers, install_and_test))
         if not at_once:
             _raise_first(_parallel(self.applied, _errors_of(
-                lambda ra: ra[0].apply(ra[1], self.slot, shape))))
+                lambda ra: ra[0].apply(ra[1], self.slot, shapes[id(ra[0])]))))
 
     def verify(self) -> None:
         start = time.monotonic()

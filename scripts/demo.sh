@@ -17,7 +17,7 @@ cd "$repo/examples/demo"
 python3 build.py v1 >/dev/null && python3 build.py v2 >/dev/null
 echo "built dist/demo-v1.tar.gz and dist/demo-v2.tar.gz"
 
-step "1. fab deploy v1 (first deploy: goes to blue, nginx is pointed at it)"
+step "1. fab deploy v1 (first deploy: goes to blue, nginx is pointed at it; no nginx.mode is set, so bluegreen asks nginx, finds the lua module and switches without reloads)"
 "$fab" deploy --artifact dist/demo-v1.tar.gz --version v1
 echo "curl $front -> $(curl -fsS "$front")"
 
@@ -36,7 +36,7 @@ echo "curl $front -> $(curl -fsS "$front")"
 step "3. fab status: v2 live on green, v1 still warm on blue"
 "$fab" status
 
-step "4. fab switch: back to v1, instantly (no upload, no start: a health check, then nginx flips)"
+step "4. fab switch: back to v1, instantly (no upload, no start: a health check, then nginx flips its live port, no reload)"
 "$fab" switch
 echo "curl $front -> $(curl -fsS "$front")"
 

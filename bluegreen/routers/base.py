@@ -79,6 +79,9 @@ class Router(ABC):
     kind: ClassVar[str]
     # one host in a mode whose test and apply are one command: saves a round trip
     tests_and_applies_at_once: ClassVar[bool] = False
+    # one line the switch prints about this way of switching (what it costs, say); set by
+    # router_for
+    notice: str = ""
 
     def __init__(self, cfg: Config, host: Host) -> None:
         self.cfg = cfg

@@ -1,14 +1,18 @@
 """What both nginx drivers share: `nginx -t`, a reload that waits for the old workers, the
-front-door check, the error-log scan, and putting the previous file back.
+front-door check (over TLS when the front door is HTTPS), the error-log scan, the include
+integration's snippets, and putting the previous files back.
 
 Each shell command here sits next to the code that reads its output.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
-from bluegreen import hosts
+from bluegreen import hosts, httpwire, render
 from bluegreen.commands import POLL, q
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Result
@@ -70,8 +74,36 @@ def reload_failure(result: Result) -> str:
     return "nginx reload did not take: " + " / ".join(detail)
 
 
+@dataclass
+class NginxApplied(Applied):
+    """Applied, plus the include integration's snippets this change rewrote (path ->
+    what was there before; None: nothing), so a restore puts those back too."""
+
+    snippets: dict[str, str | None] = field(default_factory=dict)
+
+
 class NginxRouter(Router):
     """nginx with a rendered file; subclasses decide how a change takes effect."""
+
+    def render(self, slot: str, release: str, version: str, generation: int) -> str:
+        return render.render(self.cfg, slot, release, version, generation=generation,
+                             mode=self.kind)
+
+    def install(self, text: str) -> Applied:
+        """The include integration's snippets first (only when they differ: a plain switch
+        rewrites none), then the target; `nginx -t` then sees all of them together."""
+        changed: dict[str, str | None] = {}
+        try:
+            for path, new in render.render_snippets(self.cfg, self.kind).items():
+                old = self.host.read(path)
+                if old != new:
+                    changed[path] = old
+                    self.host.write_atomic(path, new)
+            base = super().install(text)
+        except BaseException:
+            self._put_back_snippets(changed)
+            raise
+        return NginxApplied(base.previous, base.log_offset, snippets=changed)
 
     def _reload_script(self) -> str:
         n = self.cfg.nginx
@@ -94,7 +126,7 @@ class NginxRouter(Router):
         result = self.host.run(script, timeout=self.cfg.nginx.verify_timeout + 30, check=False,
                                says=says)
         if result.rc == TEST_REJECTED or (not and_apply and not result.ok):
-            self.restore(Applied(applied.previous))
+            self.restore(dataclasses.replace(applied, reloaded=False, flipped=False))
             raise ConfigRejected(
                 "nginx -t rejected the rendered config:\n    " + test_rejection(result),
                 host=self.label, phase="switch",
@@ -113,6 +145,7 @@ class NginxRouter(Router):
         """Wait until the front door answers from `slot` with a healthy status."""
         cfg = self.cfg
         addr, port = front_door(cfg.nginx.listen)
+        scheme = "https" if cfg.nginx.tls else "http"
         start = time.monotonic()
         deadline = start + cfg.nginx.verify_timeout
         last = "no answer yet"
@@ -122,7 +155,8 @@ class NginxRouter(Router):
                 return time.monotonic() - start
             time.sleep(0.01)
         raise BluegreenError(
-            f"after the switch, {addr}:{port}{cfg.verify_path} did not answer from slot {slot} "
+            f"after the switch, {scheme}://{_bracket(addr)}:{port}{cfg.verify_path} did not "
+            f"answer from slot {slot} "
             f"within {cfg.nginx.verify_timeout:g}s (last: {last})", host=self.label,
             phase="verify",
             hint="check the nginx error log; the template must keep the X-Bluegreen-Slot header")
@@ -142,10 +176,16 @@ class NginxRouter(Router):
         addr, port = front_door(cfg.nginx.listen)
         server_name = cfg.nginx.server_name if cfg.nginx.server_name not in ("_", "") \
             else "localhost"
+        name = server_name.split()[0]
+        extra: dict[str, Any] = {}
+        if cfg.nginx.tls:  # SNI and the certificate's name are the Host we ask for
+            extra["tls"] = httpwire.Tls(
+                name, str(cfg.resolve(cfg.nginx.tls_ca_file)) if cfg.nginx.tls_ca_file else "",
+                cfg.nginx.tls_verify)
         start = time.monotonic()
         try:
             reply = self.host.http_get(port, path, timeout=2.0, address=addr,
-                                       host_header=server_name.split()[0])
+                                       host_header=name, **extra)
         except (OSError, ValueError, EOFError) as exc:
             return Answer("", 0, (time.monotonic() - start) * 1000,
                           f"{type(exc).__name__}: {exc}")
@@ -170,3 +210,16 @@ class NginxRouter(Router):
             self.host.remove(self.target)
         else:
             self.host.write_atomic(self.target, applied.previous)
+        if isinstance(applied, NginxApplied):
+            self._put_back_snippets(applied.snippets)
+
+    def _put_back_snippets(self, previous: dict[str, str | None]) -> None:
+        for path, text in previous.items():
+            if text is None:
+                self.host.remove(path)
+            else:
+                self.host.write_atomic(path, text)
+
+
+def _bracket(addr: str) -> str:
+    return f"[{addr}]" if ":" in addr else addr

@@ -13,7 +13,7 @@ from typing import Any
 
 from bluegreen import interrupts
 from bluegreen.errors import BluegreenError
-from bluegreen.render import is_lua_config, parse_marker
+from bluegreen.render import control_host, is_lua_config, parse_marker
 from bluegreen.routers.base import Applied, Routed
 from bluegreen.routers.nginx import NginxRouter
 
@@ -23,9 +23,11 @@ class NginxLuaRouter(NginxRouter):
 
     def control(self, path: str, method: str = "GET") -> dict[str, Any]:
         """Talk to the lua control listener on the traffic host's loopback."""
-        port = self.cfg.nginx.control_port
+        port = self.cfg.nginx.control
         try:
-            reply = self.host.http_get(port, path, timeout=2.0, method=method)
+            # by name: apps that share a control port each have their own server block
+            reply = self.host.http_get(port, path, timeout=2.0, method=method,
+                                       host_header=control_host(self.cfg))
             if reply.status != 200:
                 raise ValueError(f"HTTP {reply.status}: {reply.body[:200]!r}")
             return json.loads(reply.body)  # type: ignore[no-any-return]
