@@ -33,8 +33,8 @@ from bluegreen.layout import Layout
 from bluegreen.ledger import Ledger, Who
 from bluegreen.report import Reporter
 from bluegreen.run import Outcome, Run
-from tests.integration.deploykit import Project
-from tests.support.sshd import TestSshd
+from testkit.project import Project
+from testkit.sshd import TestSshd
 
 pytestmark = pytest.mark.integration
 

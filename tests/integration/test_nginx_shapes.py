@@ -19,19 +19,11 @@ from websockets.sync.client import connect
 from bluegreen import config
 from bluegreen.hosts import LocalHost
 from bluegreen.routers import lua_probe_script, parse_lua_probe
-from tests.shapes_kit import Cert, drop_nginx_keys, make_cert, set_nginx_keys
-
-try:  # where the test helpers live once the testkit branch is merged
-    from testkit.nginx import PrivateNginx
-    from testkit.ports import free_port
-    from testkit.project import Project, ssh_toml
-    from testkit.sshd import TestSshd
-except ImportError:  # before it: tests/support and the integration deploykit
-    from tests.integration.conftest import ssh_toml  # type: ignore[no-redef]
-    from tests.integration.deploykit import Project  # type: ignore[no-redef]
-    from tests.support.nginx import PrivateNginx  # type: ignore[no-redef]
-    from tests.support.ports import free_port  # type: ignore[no-redef]
-    from tests.support.sshd import TestSshd  # type: ignore[no-redef]
+from testkit.nginx import PrivateNginx
+from testkit.ports import free_port
+from testkit.project import Project, ssh_toml
+from testkit.shapes import Cert, drop_nginx_keys, make_cert, set_nginx_keys
+from testkit.sshd import TestSshd
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import pytest
 
 from bluegreen import config, httpwire
 from bluegreen.hosts import LocalHost
-from tests.shapes_kit import Cert, make_cert
+from testkit.shapes import Cert, make_cert
 
 
 class NotASocket:

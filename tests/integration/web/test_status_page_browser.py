@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from testkit.nginx import PrivateNginx
+from testkit.project import Project
 from tests.integration.automation.conftest import (
     GitRemote,
     Harness,
@@ -26,8 +28,6 @@ from tests.integration.automation.conftest import (
     git,
     github_payload,
 )
-from tests.integration.deploykit import Project
-from tests.support.nginx import PrivateNginx
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
