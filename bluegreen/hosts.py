@@ -400,7 +400,8 @@ class SshHost(Host):
 
     # OpenSSH's sftp-server accepts writes up to 255 KiB; paramiko's default 32 KiB costs
     # Python work per packet. bench/prototypes/sftp_write_size.py measured 128 KiB
-    # pipelined writes fastest (0.95x scp's transfer time, against 0.59x at 32 KiB and 0.85x at 255 KiB).
+    # pipelined writes fastest (0.95x scp's transfer time, against 0.59x at 32 KiB and
+    # 0.85x at 255 KiB).
     OPENSSH_MAX_WRITE = 131072
 
     def put(self, local: Path, remote: str) -> None:
