@@ -205,6 +205,13 @@ class NginxRouter(Router):
                                  + "\n    ".join(bad[-5:]), host=self.label, phase="verify",
                                  hint=f"see {log}")
 
+    def put_back(self, applied: Applied) -> None:
+        """The previous file, and the reload that makes it live again when ours was."""
+        self.put_back_file(applied)
+        if applied.reloaded:
+            self.host.run(self._reload_script(), timeout=self.cfg.nginx.verify_timeout + 30,
+                          check=False, says="reload nginx with the previous file")
+
     def put_back_file(self, applied: Applied) -> None:
         if applied.previous is None:
             self.host.remove(self.target)

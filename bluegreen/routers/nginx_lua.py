@@ -67,10 +67,7 @@ class NginxLuaRouter(NginxRouter):
         self.reload()
 
     def restore(self, applied: Applied) -> None:
-        self.put_back_file(applied)
-        if applied.reloaded:
-            self.host.run(self._reload_script(), timeout=self.cfg.nginx.verify_timeout + 30,
-                          check=False, says="reload nginx with the previous file")
+        self.put_back(applied)
         before = parse_marker(applied.previous)
         if before is not None and is_lua_config(applied.previous) and (applied.reloaded
                                                                         or applied.flipped):

@@ -5,22 +5,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
+
+from testkit.wheel import built_wheel
 
 REPO = Path(__file__).resolve().parents[3]
 WEB = REPO / "bluegreen" / "automation" / "web"
 
 
 def test_wheel_ships_the_page_and_renders_from_it(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path / "dist"), str(REPO)],
-                   check=True, timeout=300, cwd=tmp_path)
-    wheel = next((tmp_path / "dist").glob("bluegreen-*.whl"))
-    site = tmp_path / "site"
-    with zipfile.ZipFile(wheel) as zf:
-        names = set(zf.namelist())
-        zf.extractall(site)
+    site, names = built_wheel(tmp_path)
     assets = sorted(p.relative_to(REPO).as_posix() for folder in ("templates", "static")
                     for p in (WEB / folder).iterdir())
     assert len(assets) >= 8
