@@ -8,6 +8,7 @@ Each shell command here sits next to the code that reads its output.
 from __future__ import annotations
 
 import dataclasses
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,15 @@ def test_rejection(result: Result) -> str:
     return "\n    ".join(result.stdout.strip().splitlines()[-6:])
 
 
+_BLAMED_FILE = re.compile(r" in (/\S+?):\d+")
+
+
+def blamed_file(output: str) -> str:
+    """The file `nginx -t` names in its last complaint ("... in /etc/nginx/x.conf:12")."""
+    found = _BLAMED_FILE.findall(output)
+    return found[-1] if found else ""
+
+
 def reload_failure(result: Result) -> str:
     detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
     return "nginx reload did not take: " + " / ".join(detail)
@@ -127,6 +137,16 @@ class NginxRouter(Router):
                                says=says)
         if result.rc == TEST_REJECTED or (not and_apply and not result.ok):
             self.restore(dataclasses.replace(applied, reloaded=False, flipped=False))
+            blamed = blamed_file(result.stdout)
+            ours = {self.target, *self.cfg.nginx_snippets.values()}
+            if blamed and blamed not in ours:
+                raise ConfigRejected(
+                    f"nginx -t rejected the configuration because of {blamed}, which is not "
+                    f"this app's file:\n    " + test_rejection(result),
+                    host=self.label, phase="switch",
+                    hint=f"nothing of this app changed ({self.target} is back); fix {blamed} "
+                         "(another app's switch may have been interrupted: its next `fab` "
+                         "command recovers it), then re-run")
             raise ConfigRejected(
                 "nginx -t rejected the rendered config:\n    " + test_rejection(result),
                 host=self.label, phase="switch",

@@ -151,3 +151,11 @@ def test_tls_front_door_is_read_from_listen(tmp_path: Path) -> None:
     assert cfg_for(tmp_path, listen="127.0.0.1:8443 ssl").nginx.tls
     assert not cfg_for(tmp_path, listen="127.0.0.1:8080").nginx.tls
     assert not cfg_for(tmp_path, listen="sslhost:80").nginx.tls  # a parameter, not a substring
+
+
+def test_nginx_t_output_names_the_file_it_blames() -> None:
+    from bluegreen.routers.nginx import blamed_file
+    out = ('nginx: [emerg] unexpected "}" in /etc/nginx/conf.d/shop.conf:12\n'
+           "nginx: configuration file /etc/nginx/nginx.conf test failed\n")
+    assert blamed_file(out) == "/etc/nginx/conf.d/shop.conf"
+    assert blamed_file("nginx: configuration file test failed\n") == ""
