@@ -94,23 +94,17 @@ class Ledger:
         primary = self.fleet.primary
         try:
             self.owner = lock.heartbeat(primary, self.fleet.layout(primary), self.owner, phase)
+        except LockHeld:
+            raise  # broken by `fab unlock`: stop before changing anything more
         except BluegreenError as exc:  # the next phase's own step will say what is wrong
             self.report.say(f"    warning: could not renew the lock's heartbeat: {exc.what}")
 
     def ensure_still_locked(self) -> None:
-        """Before traffic or state changes: is the lock still ours? `fab unlock` on a run
-        that was in fact alive lets a second deploy in; two writers must not both switch."""
+        """Before traffic or state changes: the lock must still be this run's."""
         if self.owner is None:
             return
         primary = self.fleet.primary
-        held = lock.status(primary, self.fleet.layout(primary))
-        if held is None or held.token != self.owner.token:
-            raise LockHeld(
-                "the deploy lock was broken while this run held it"
-                + (f"; it is now held by {held.describe()}" if held else ""),
-                host=primary.label, phase="lock",
-                hint="someone ran `fab unlock`: nothing more was changed by this run; check "
-                     "`fab status`, then re-run")
+        lock.ensure_ours(primary, self.fleet.layout(primary), self.owner)
 
     # ------------------------------------------------------------ state and history
 

@@ -174,12 +174,27 @@ def _dir_age(host: Host, path: str) -> float:
 
 
 def heartbeat(host: Host, layout: Layout | str, owner: Owner, phase: str | None = None) -> Owner:
-    """Show the lock's holder is alive (and what it does now): rewrite its record."""
+    """Show the lock's holder is alive (and what it does now): rewrite its record, only
+    while it is still ours: after `fab unlock` a heartbeat must not take the lock back."""
+    ensure_ours(host, layout, owner)
     now = time.time()
     beat = replace(owner, heartbeat=now) if phase is None else \
         replace(owner, heartbeat=now, phase=phase, phase_started_at=now)
     host.write_atomic(_owner_path(layout), beat.to_json() + "\n")
     return beat
+
+
+def ensure_ours(host: Host, layout: Layout | str, owner: Owner) -> None:
+    """Before a change: is the lock still ours? `fab unlock` on a run that was in fact
+    alive lets a second deploy in; two writers must not both switch."""
+    held_by = status(host, layout)
+    if held_by is None or held_by.token != owner.token:
+        raise LockHeld(
+            "the deploy lock was broken while this run held it"
+            + (f"; it is now held by {held_by.describe()}" if held_by else ""),
+            host=host.label, phase="lock",
+            hint="someone ran `fab unlock`: nothing more was changed by this run; check "
+                 "`fab status`, then re-run")
 
 
 def release(host: Host, layout: Layout | str, owner: Owner) -> None:
