@@ -7,6 +7,10 @@ and never becomes a zombie of a non-reaping PID 1) under its own directory:
     haproxy.pid     the master's PID (`-p`), what reload_script signals
     app.state       the backend's server-state file
     stderr.log      the master's and workers' own output
+With `include_dir=True` it is set up the way bluegreen's haproxy router expects a traffic
+host: haproxy.cfg is the main config of `main_config()` (global with the admin socket at
+level admin, defaults), and haproxy also loads conf.d/ (`-f haproxy.cfg -f conf.d`), where
+bluegreen renders its file.
 The admin socket lives in a short /tmp directory of its own: a unix socket path must fit
 in 108 bytes and pytest's tmp paths can be long. `reload()` sends SIGUSR2 to the master
 like `systemctl reload haproxy` does on Debian; `stop()` stops master and workers by PID.
@@ -79,8 +83,8 @@ class PrivateHaproxy:
     socket (the config written must then use `admin_socket` as given here).
     """
 
-    def __init__(self, prefix: Path, port: int | None = None, *, tcp_admin: bool = False
-                 ) -> None:
+    def __init__(self, prefix: Path, port: int | None = None, *, tcp_admin: bool = False,
+                 include_dir: bool = False) -> None:
         self._prefix = Path(prefix).resolve()
         self._prefix.mkdir(parents=True, exist_ok=True)
         self._port = port if port is not None else free_port()
@@ -88,6 +92,13 @@ class PrivateHaproxy:
         self._tcp_admin = f"ipv4@127.0.0.1:{free_port()}" if tcp_admin else ""
         self._binary = haproxy_binary()
         self._proc: subprocess.Popen[bytes] | None = None
+        # include_dir: haproxy also loads conf.d/ (`-f haproxy.cfg -f conf.d`), the way a
+        # traffic host with bluegreen's files is set up; haproxy.cfg is then the main
+        # config of `main_config()` (global with the admin socket, defaults)
+        self.include_dir = include_dir
+        if include_dir:
+            self.conf_dir.mkdir(exist_ok=True)
+            self.write_config(main_config(self.admin_socket))
 
     # ----- paths --------------------------------------------------------------------
     @property
@@ -101,6 +112,16 @@ class PrivateHaproxy:
     @property
     def conf(self) -> Path:
         return self._prefix / "haproxy.cfg"
+
+    @property
+    def conf_dir(self) -> Path:
+        """Loaded after haproxy.cfg when `include_dir`: where bluegreen renders its file."""
+        return self._prefix / "conf.d"
+
+    @property
+    def config_args(self) -> list[str]:
+        files = [str(self.conf)] + ([str(self.conf_dir)] if self.include_dir else [])
+        return [arg for f in files for arg in ("-f", f)]
 
     @property
     def pid_file(self) -> Path:
@@ -132,7 +153,7 @@ class PrivateHaproxy:
 
     def test_config(self) -> subprocess.CompletedProcess[str]:
         """`haproxy -c` on the config; the result (rc, output) is the caller's to judge."""
-        return subprocess.run([self._binary, "-c", "-f", str(self.conf)], capture_output=True,
+        return subprocess.run([self._binary, "-c", *self.config_args], capture_output=True,
                               text=True, timeout=30, check=False)
 
     # ----- lifecycle ----------------------------------------------------------------
@@ -164,7 +185,7 @@ class PrivateHaproxy:
         if checked.returncode != 0:
             raise HaproxyError(f"haproxy -c failed:\n{checked.stdout}{checked.stderr}")
         self._proc = start_process(
-            [self._binary, "-W", "-db", "-f", str(self.conf), "-p", str(self.pid_file)],
+            [self._binary, "-W", "-db", *self.config_args, "-p", str(self.pid_file)],
             self.stderr_log, cwd=self._prefix)
         proc = self._proc
 
@@ -203,6 +224,25 @@ class PrivateHaproxy:
                    + self._logs())
         return new[0]
 
+    def worker_pids(self) -> list[int]:
+        """Every worker of the master: the current one and those a reload left serving."""
+        master = self.master_pid
+        return child_pids(master) if master is not None else []
+
+    def log_since(self, offset: int) -> str:
+        try:
+            with self.stderr_log.open("rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_size(self) -> int:
+        try:
+            return self.stderr_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the master and every worker (old ones from reloads too) by PID."""
         if self._proc is not None:
@@ -217,6 +257,31 @@ class PrivateHaproxy:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def main_config(admin_socket: str) -> str:
+    """A traffic host's main haproxy.cfg for bluegreen's included files, as the README
+    says to set it up: the admin socket at level admin in global, the reload tuning
+    (hard-stop-after, close-spread-time), and defaults the included files inherit."""
+    if admin_socket.startswith("ipv4@"):
+        socket_line = f"stats socket {admin_socket} level admin expose-fd listeners"
+    else:
+        socket_line = f"stats socket {admin_socket} mode 600 level admin expose-fd listeners"
+    return "\n".join([
+        "global",
+        f"    {socket_line}",
+        "    stats timeout 10s",
+        "    hard-stop-after 60s",
+        "    close-spread-time 5s",
+        "",
+        "defaults",
+        "    mode http",
+        "    option dontlognull",
+        "    timeout connect 2s",
+        "    timeout client 60s",
+        "    timeout server 60s",
+        "",
+    ])
 
 
 # ---------------------------------------------------------------- slot backends

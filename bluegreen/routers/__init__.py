@@ -9,6 +9,9 @@ from bluegreen.routers.base import Router
 
 def router_for(cfg: Config, host: Host) -> Router:
     """The driver for this host, from config (nginx.mode)."""
+    if cfg.traffic.router == "haproxy":
+        from bluegreen.routers.haproxy import HaproxyRouter
+        return HaproxyRouter(cfg, host)
     if cfg.nginx.mode == "lua":
         from bluegreen.routers.nginx_lua import NginxLuaRouter
         return NginxLuaRouter(cfg, host)
