@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -36,10 +37,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import parse_qs, urlparse
+
+import requests
 
 from testkit.ports import free_port
 from testkit.procs import (
@@ -50,6 +54,7 @@ from testkit.procs import (
     stop_pids,
     wait_until,
 )
+from testkit.project import Project
 
 
 class HaproxyError(RuntimeError):
@@ -451,3 +456,58 @@ class LoadLoop:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------- a project on haproxy
+
+
+@dataclass
+class HaproxyProject(Project):
+    """A user's app repository whose traffic host runs haproxy (`traffic.router =
+    "haproxy"`): bluegreen renders into `haproxy.conf_dir` of a PrivateHaproxy started
+    with `include_dir=True`. The inherited [nginx] table stays in the file, unused (the
+    `nginx` given may be a PrivateNginx that is never started)."""
+
+    haproxy: PrivateHaproxy | None = None
+    haproxy_extra: str = ""  # more [haproxy] lines, written as is
+
+    @property
+    def hap(self) -> PrivateHaproxy:
+        assert self.haproxy is not None, "HaproxyProject needs its haproxy"
+        return self.haproxy
+
+    @property
+    def target(self) -> Path:
+        return self.hap.conf_dir / f"{self.app}.cfg"
+
+    def render_toml(self) -> str:
+        h = self.hap
+        _toml = json.dumps  # a JSON string is a TOML basic string; numbers read the same
+        return super().render_toml() + "\n".join([
+            "", "[traffic]", 'router = "haproxy"', "",
+            "[haproxy]",
+            f"command = {_toml(h.binary)}",
+            f"target = {_toml(str(h.conf_dir) + '/{app}.cfg')}",
+            f"main_config = {_toml(str(h.conf))}",
+            f"listen = {_toml(f'127.0.0.1:{h.port}')}",
+            f"admin_socket = {_toml(h.admin_socket)}",
+            f"state_file = {_toml(str(h.prefix) + '/{app}.state')}",
+            f"pid_file = {_toml(str(h.pid_file))}",
+            f"drain_timeout = {float(self.drain_timeout):g}",
+            self.haproxy_extra, ""])
+
+    def front(self, path: str = "/") -> requests.Response:
+        return requests.get(self.hap.url(path), timeout=5)
+
+    def routed(self) -> dict[str, str]:
+        """server name -> ready / drain / maint, as haproxy itself has it now."""
+        from bluegreen.routers import haproxy_api as api
+
+        text = self.hap.cli(f"show servers state {self.app}")
+        return {s.server: s.admin for s in api.parse_servers_state(text, self.app)}
+
+    def routed_slot(self) -> str:
+        from bluegreen.routers import haproxy_api as api
+
+        text = self.hap.cli(f"show servers state {self.app}")
+        return api.routed_slot(api.parse_servers_state(text, self.app))
