@@ -234,11 +234,13 @@ class PrivateHaproxy:
         master = self.master_pid
         return child_pids(master) if master is not None else []
 
-    def log_since(self, offset: int) -> str:
+    def log_since(self, offset: int, end: int | None = None) -> str:
+        """The master's and workers' output from byte `offset` (to byte `end`)."""
         try:
             with self.stderr_log.open("rb") as f:
                 f.seek(offset)
-                return f.read().decode(errors="replace")
+                data = f.read() if end is None else f.read(max(0, end - offset))
+                return data.decode(errors="replace")
         except FileNotFoundError:
             return ""
 
