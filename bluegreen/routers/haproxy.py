@@ -536,13 +536,15 @@ class HaproxyRouter(Router):
                 if not result.ok:
                     raise self._failure(result, "haproxy reload without bluegreen's file failed")
             return
-        known = getattr(applied, "before", None)
+        previous = applied.previous or ""
+        # only servers the previous file has: a reload brings back exactly those
+        known = {name: state for name, state in (getattr(applied, "before", None) or {}).items()
+                 if f"server {name} " in previous}
         if known:
-            # only servers the previous file has: a reload brings back exactly those
-            commands = restore_commands(self.backend, {
-                name: state for name, state in known.items()
-                if f"server {name} " in applied.previous})  # type: ignore[operator]
-        else:
+            # exactly what haproxy did a moment ago, even where it differed from the file
+            # (moved by hand): an undo must not move traffic somewhere it was not
+            commands = restore_commands(self.backend, known)
+        else:  # not known (a recovery after a crash): the previous file's slot
             commands = api.switch_commands(self.backend, self.scripts.servers, before.slot)
         script = self.scripts.change(commands, reload="always" if applied.reloaded else "never",
                                      before=False)
@@ -565,10 +567,12 @@ class HaproxyRouter(Router):
                                check=False, mutates=False, says=what)
         if not result.ok:
             detail = (result.stderr or result.stdout).strip().splitlines()
-            raise api.HaproxyError(
+            # no phase: status, the consistency check and recovery all ask
+            raise BluegreenError(
                 f"haproxy on {self.label} did not answer on {self.cfg.haproxy.admin_socket}: "
-                + (detail[-1] if detail else f"exit {result.rc}"),
-                hint="is haproxy running, with `stats socket ... level admin` there?")
+                + (detail[-1] if detail else f"exit {result.rc}"), host=self.label,
+                hint="is haproxy running, with `stats socket ... level admin` there? "
+                     "(`fab status` says what it can see)")
         return result.stdout
 
     def routed(self) -> Routed:
@@ -596,7 +600,7 @@ class HaproxyRouter(Router):
             return None
         try:
             return api.inflight_by_slot(self._stats())[slot]
-        except api.HaproxyError:
+        except BluegreenError:  # unreachable, or an answer we cannot read
             return None
 
     def wait_drained(self, port: int, timeout: float) -> int:

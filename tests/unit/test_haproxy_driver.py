@@ -517,3 +517,16 @@ def test_a_dry_run_plans_the_switch_in_words_and_changes_nothing() -> None:
     assert any("switch haproxy to green" in w for w in words)
     assert inner.ran == [] and TARGET not in inner.files
 
+
+
+def test_undo_with_states_of_servers_the_previous_file_lacks_goes_to_its_slot() -> None:
+    r, host = router()
+    previous = installed(r, host, "blue")
+    applied = HaproxyApplied(previous, flipped=True, text="",
+                             before={"gone-1-blue": "ready", "gone-2-green": "maint"})
+    host.queue("change", MARK + " first\n" + SILENT * 4 + answer(BLUE_LIVE))
+    r.restore(applied)
+    script = host.ran[-1][2]
+    assert "gone-" not in script  # a server haproxy would not know after the undo
+    assert f"shop/{NAMES['b1']} state ready" in script and \
+        f"shop/{NAMES['g2']} state drain" in script
