@@ -612,6 +612,81 @@ class Nginx:
         return "ssl" in self.listen.split()[1:]
 
 
+ROUTERS = ("nginx", "haproxy")
+# haproxy durations as haproxy writes them (2s, 500ms); they go into the rendered file as is
+_HAPROXY_DURATION = re.compile(r"\d+(?:us|ms|s|m|h|d)?")
+_HAPROXY_LISTEN_FORMS = 'PORT, ADDRESS:PORT or [IPv6]:PORT, e.g. "80" or "127.0.0.1:8080"'
+
+
+def _check_haproxy_listen(value: str) -> str:
+    """One address the post-switch check can knock on; TLS (bind parameters) is not
+    verified over the front door yet, so no parameters."""
+    if len(value.split()) != 1:
+        raise ValueError(f"expected one address, {_HAPROXY_LISTEN_FORMS}, without bind "
+                         f"parameters, got {value!r}")
+    return _check_listen(value)
+
+
+def _check_admin_socket(value: str) -> str:
+    """Where haproxy's CLI listens: a unix socket path or a TCP loopback address."""
+    if value.removeprefix("unix@").startswith("/"):
+        if first_control_char(value) is not None or "'" in value:
+            raise ValueError(f"expected a socket path without quotes or control characters, "
+                             f"got {value!r}")
+        return value
+    m = re.fullmatch(r"(?:ipv4@)?(\d{1,3}(?:\.\d{1,3}){3}):(\d+)", value)
+    if not m or not 1 <= int(m[2]) <= 65535:
+        raise ValueError("expected an absolute path (a unix socket, e.g. "
+                         "/run/haproxy/admin.sock) or ipv4@ADDRESS:PORT, got " + repr(value))
+    return value
+
+
+@dataclass(frozen=True)
+class Traffic:
+    # what moves traffic on the traffic hosts: nginx (the [nginx] section) or haproxy
+    # (the [haproxy] section: switches through its runtime API, no reload)
+    router: str = setting("nginx", choices=ROUTERS)
+
+
+@dataclass(frozen=True)
+class Haproxy:
+    """traffic.router = "haproxy": bluegreen owns one file per app that haproxy loads after
+    the main config (`haproxy -f haproxy.cfg -f <dir of target>`); the main config's
+    global section has the admin socket (`level admin`) and haproxy runs master-worker."""
+
+    # the command line before `-c -f ...`: "haproxy", "sudo haproxy"
+    command: str = setting("haproxy", nonempty=True, one_line=True)
+    # Jinja2 template, relative to the config file; empty: bundled default
+    template: str = setting("", one_line=True)
+    # the rendered file haproxy loads (e.g. every *.cfg of /etc/haproxy/bluegreen/ through
+    # `-f /etc/haproxy/bluegreen`); a directory haproxy loads only reads *.cfg files
+    target: str = setting("/etc/haproxy/bluegreen/{app}.cfg", nonempty=True, one_line=True)
+    # the file (or directory) haproxy loads before ours: `haproxy -c` checks both together
+    main_config: str = setting("/etc/haproxy/haproxy.cfg", nonempty=True, one_line=True)
+    # the front door: what the rendered frontend binds (verify knocks here)
+    listen: str = setting("80", number_text=True, one_line=True, check=_check_haproxy_listen)
+    # the CLI bluegreen switches through (`stats socket ... level admin` in the main config)
+    admin_socket: str = setting("/run/haproxy/admin.sock", check=_check_admin_socket)
+    # how the socket is reached: auto (socat, else python3), socat, python3, bash-tcp
+    transport: str = setting("auto", choices=("auto", "socat", "python3", "bash-tcp"))
+    # this app's server-state file: a reload or restart comes up on the switched slot
+    state_file: str = setting("/var/lib/haproxy/bluegreen-{app}.state", nonempty=True,
+                              one_line=True)
+    # the master's pid (haproxy -p; Debian: /run/haproxy.pid), signalled with USR2 to reload
+    pid_file: str = setting("/run/haproxy.pid", one_line=True)
+    # replaces the USR2 signal, e.g. "sudo systemctl reload haproxy"
+    reload_command: str = setting("", one_line=True)
+    # wait this long for a new worker after a reload (only a change of hosts, ports...)
+    reload_timeout: float = seconds(30.0)
+    # the post-switch check through the front door
+    verify_timeout: float = seconds(10.0)
+    # max wait for in-flight requests before a slot is stopped; then its sessions are closed
+    drain_timeout: float = seconds(30.0, ge=0)
+    # haproxy's own health checks of every slot
+    check_interval: str = setting("1s", pattern=_HAPROXY_DURATION,
+                                  what="a haproxy duration, e.g. 1s or 500ms")
+
+
 @dataclass(frozen=True)
 class Ssh:
     user: str = setting("", one_line=True)
@@ -675,6 +750,8 @@ class Config:
     health: Health = field(default_factory=Health)
     process: Process = field(default_factory=Process)
     nginx: Nginx = field(default_factory=Nginx)
+    traffic: Traffic = field(default_factory=Traffic)
+    haproxy: Haproxy = field(default_factory=Haproxy)
     ssh: Ssh = field(default_factory=Ssh)
     hooks: HooksCfg = field(default_factory=HooksCfg)
     lock: LockCfg = field(default_factory=LockCfg)
@@ -723,6 +800,22 @@ class Config:
     @property
     def verify_path(self) -> str:
         return self.nginx.verify_path or self.health.path
+
+    @property
+    def haproxy_target(self) -> str:
+        return self.haproxy.target.format(app=self.app)
+
+    @property
+    def haproxy_state_file(self) -> str:
+        return self.haproxy.state_file.format(app=self.app)
+
+    @property
+    def drain_timeout(self) -> float:
+        """How long a slot's in-flight requests may take before it is stopped: the setting
+        of the router that moves traffic."""
+        if self.traffic.router == "haproxy":
+            return self.haproxy.drain_timeout
+        return self.nginx.drain_timeout
 
 
 def other_slot(slot: str) -> str:
@@ -818,6 +911,33 @@ def _check_semantics(cfg: Config, binder: Binder) -> None:
     if len(set(paths)) != len(paths):
         fail("nginx.location_snippet", "nginx.target, server_snippet and location_snippet "
                                        "must be three different files", "nginx.server_snippet")
+
+    if cfg.traffic.router == "haproxy":
+        _check_haproxy(cfg, fail)
+
+
+def _check_haproxy(cfg: Config, fail: Callable[..., None]) -> None:
+    """What the rendered haproxy file and its CLI lines need, said before any host is
+    touched."""
+    for key in ("target", "state_file"):
+        try:
+            getattr(cfg.haproxy, key).format(app=cfg.app)
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+            fail(f"haproxy.{key}", "only the {app} placeholder is allowed")
+    target = cfg.haproxy_target
+    if not target.endswith(".cfg"):
+        # haproxy loads a directory's *.cfg files only: any other name would be ignored
+        fail("haproxy.target", f"expected a file name ending in .cfg, got {target!r}")
+    if not target.startswith("/"):
+        fail("haproxy.target", f"expected an absolute path on the traffic hosts, got {target!r}")
+    if not cfg.haproxy_state_file.startswith("/"):
+        fail("haproxy.state_file", "expected an absolute path on the traffic hosts (haproxy "
+                                   "reads it relative to its own working directory otherwise)")
+    for key, value in (("haproxy.state_file", cfg.haproxy_state_file),
+                       ("health.path", cfg.health.path),
+                       ("health.host_header", cfg.health.host_header)):
+        if "'" in value:
+            fail(key, f"haproxy.cfg cannot hold a single quote, got {value!r}")
 
 
 def hosts_named_not_ip(cfg: Config) -> list[tuple[int, str]]:

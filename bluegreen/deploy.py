@@ -22,7 +22,7 @@ from bluegreen.run import Outcome, Phase, Run, perform
 
 
 def _switch_detail(run: Run) -> str:
-    return (f"nginx -> {run.target} (port {run.cfg.port_of(run.target)}) on "
+    return (f"{run.cfg.traffic.router} -> {run.target} (port {run.cfg.port_of(run.target)}) on "
             f"{len(run.cfg.traffic_hosts)} traffic host(s)")
 
 

@@ -70,7 +70,7 @@ class Ledger:
         """The configured lease, but never shorter than the longest phase (the heartbeat is
         renewed between phases)."""
         c = self.cfg
-        longest = max(c.health.timeout, c.nginx.drain_timeout + c.process.stop_timeout
+        longest = max(c.health.timeout, c.drain_timeout + c.process.stop_timeout
                       + c.process.port_free_timeout) + 60
         return max(c.lock.lease, longest)
 

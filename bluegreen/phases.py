@@ -53,9 +53,9 @@ def check_consistency(run: Run) -> None:
                      else f"routes to {routed.slot} while its file {router.target} says "
                           f"{routed.file_slot}")
             raise BluegreenError(
-                f"state says live slot is {state.live or '(none)'} but nginx on {router.label} "
-                f"{where}", host=router.label, phase="state",
-                hint="someone changed nginx by hand or a switch was interrupted: run "
+                f"state says live slot is {state.live or '(none)'} but {router.product} on "
+                f"{router.label} {where}", host=router.label, phase="state",
+                hint=f"someone changed {router.product} by hand or a switch was interrupted: run "
                      f"`fab switch --to {routed.slot or state.live or 'blue'}` to converge")
 
 

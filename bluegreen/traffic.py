@@ -154,12 +154,13 @@ class TrafficChange:
             except (BluegreenError, CommandFailed, OSError) as exc:
                 problems.append(f"{router.label}: {exc}")
         labels = [r.label for r, _ in self.applied]
+        product = self.applied[0][0].product
         self.applied.clear()
         self.unlock_traffic_hosts()
         if problems:
-            return ("the previous nginx config could NOT be restored on: " + "; ".join(problems)
-                    + " - fix nginx there by hand NOW")
-        return "the previous nginx config was restored on " + ", ".join(labels)
+            return (f"the previous {product} config could NOT be restored on: "
+                    + "; ".join(problems) + f" - fix {product} there by hand NOW")
+        return f"the previous {product} config was restored on " + ", ".join(labels)
 
 
 def traffic_lock_dir(target: str) -> str:

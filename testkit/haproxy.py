@@ -7,6 +7,10 @@ and never becomes a zombie of a non-reaping PID 1) under its own directory:
     haproxy.pid     the master's PID (`-p`), what reload_script signals
     app.state       the backend's server-state file
     stderr.log      the master's and workers' own output
+With `include_dir=True` it is set up the way bluegreen's haproxy router expects a traffic
+host: haproxy.cfg is the main config of `main_config()` (global with the admin socket at
+level admin, defaults), and haproxy also loads conf.d/ (`-f haproxy.cfg -f conf.d`), where
+bluegreen renders its file.
 The admin socket lives in a short /tmp directory of its own: a unix socket path must fit
 in 108 bytes and pytest's tmp paths can be long. `reload()` sends SIGUSR2 to the master
 like `systemctl reload haproxy` does on Debian; `stop()` stops master and workers by PID.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import http.client
+import json
 import os
 import shutil
 import signal
@@ -32,10 +37,13 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import parse_qs, urlparse
+
+import requests
 
 from testkit.ports import free_port
 from testkit.procs import (
@@ -46,6 +54,7 @@ from testkit.procs import (
     stop_pids,
     wait_until,
 )
+from testkit.project import Project
 
 
 class HaproxyError(RuntimeError):
@@ -79,8 +88,8 @@ class PrivateHaproxy:
     socket (the config written must then use `admin_socket` as given here).
     """
 
-    def __init__(self, prefix: Path, port: int | None = None, *, tcp_admin: bool = False
-                 ) -> None:
+    def __init__(self, prefix: Path, port: int | None = None, *, tcp_admin: bool = False,
+                 include_dir: bool = False) -> None:
         self._prefix = Path(prefix).resolve()
         self._prefix.mkdir(parents=True, exist_ok=True)
         self._port = port if port is not None else free_port()
@@ -88,6 +97,13 @@ class PrivateHaproxy:
         self._tcp_admin = f"ipv4@127.0.0.1:{free_port()}" if tcp_admin else ""
         self._binary = haproxy_binary()
         self._proc: subprocess.Popen[bytes] | None = None
+        # include_dir: haproxy also loads conf.d/ (`-f haproxy.cfg -f conf.d`), the way a
+        # traffic host with bluegreen's files is set up; haproxy.cfg is then the main
+        # config of `main_config()` (global with the admin socket, defaults)
+        self.include_dir = include_dir
+        if include_dir:
+            self.conf_dir.mkdir(exist_ok=True)
+            self.write_config(main_config(self.admin_socket))
 
     # ----- paths --------------------------------------------------------------------
     @property
@@ -101,6 +117,16 @@ class PrivateHaproxy:
     @property
     def conf(self) -> Path:
         return self._prefix / "haproxy.cfg"
+
+    @property
+    def conf_dir(self) -> Path:
+        """Loaded after haproxy.cfg when `include_dir`: where bluegreen renders its file."""
+        return self._prefix / "conf.d"
+
+    @property
+    def config_args(self) -> list[str]:
+        files = [str(self.conf)] + ([str(self.conf_dir)] if self.include_dir else [])
+        return [arg for f in files for arg in ("-f", f)]
 
     @property
     def pid_file(self) -> Path:
@@ -132,7 +158,7 @@ class PrivateHaproxy:
 
     def test_config(self) -> subprocess.CompletedProcess[str]:
         """`haproxy -c` on the config; the result (rc, output) is the caller's to judge."""
-        return subprocess.run([self._binary, "-c", "-f", str(self.conf)], capture_output=True,
+        return subprocess.run([self._binary, "-c", *self.config_args], capture_output=True,
                               text=True, timeout=30, check=False)
 
     # ----- lifecycle ----------------------------------------------------------------
@@ -164,7 +190,7 @@ class PrivateHaproxy:
         if checked.returncode != 0:
             raise HaproxyError(f"haproxy -c failed:\n{checked.stdout}{checked.stderr}")
         self._proc = start_process(
-            [self._binary, "-W", "-db", "-f", str(self.conf), "-p", str(self.pid_file)],
+            [self._binary, "-W", "-db", *self.config_args, "-p", str(self.pid_file)],
             self.stderr_log, cwd=self._prefix)
         proc = self._proc
 
@@ -203,6 +229,27 @@ class PrivateHaproxy:
                    + self._logs())
         return new[0]
 
+    def worker_pids(self) -> list[int]:
+        """Every worker of the master: the current one and those a reload left serving."""
+        master = self.master_pid
+        return child_pids(master) if master is not None else []
+
+    def log_since(self, offset: int, end: int | None = None) -> str:
+        """The master's and workers' output from byte `offset` (to byte `end`)."""
+        try:
+            with self.stderr_log.open("rb") as f:
+                f.seek(offset)
+                data = f.read() if end is None else f.read(max(0, end - offset))
+                return data.decode(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_size(self) -> int:
+        try:
+            return self.stderr_log.stat().st_size
+        except FileNotFoundError:
+            return 0
+
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the master and every worker (old ones from reloads too) by PID."""
         if self._proc is not None:
@@ -217,6 +264,31 @@ class PrivateHaproxy:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def main_config(admin_socket: str) -> str:
+    """A traffic host's main haproxy.cfg for bluegreen's included files, as the README
+    says to set it up: the admin socket at level admin in global, the reload tuning
+    (hard-stop-after, close-spread-time), and defaults the included files inherit."""
+    if admin_socket.startswith("ipv4@"):
+        socket_line = f"stats socket {admin_socket} level admin expose-fd listeners"
+    else:
+        socket_line = f"stats socket {admin_socket} mode 600 level admin expose-fd listeners"
+    return "\n".join([
+        "global",
+        f"    {socket_line}",
+        "    stats timeout 10s",
+        "    hard-stop-after 60s",
+        "    close-spread-time 5s",
+        "",
+        "defaults",
+        "    mode http",
+        "    option dontlognull",
+        "    timeout connect 2s",
+        "    timeout client 60s",
+        "    timeout server 60s",
+        "",
+    ])
 
 
 # ---------------------------------------------------------------- slot backends
@@ -386,3 +458,58 @@ class LoadLoop:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+# ---------------------------------------------------------------- a project on haproxy
+
+
+@dataclass
+class HaproxyProject(Project):
+    """A user's app repository whose traffic host runs haproxy (`traffic.router =
+    "haproxy"`): bluegreen renders into `haproxy.conf_dir` of a PrivateHaproxy started
+    with `include_dir=True`. The inherited [nginx] table stays in the file, unused (the
+    `nginx` given may be a PrivateNginx that is never started)."""
+
+    haproxy: PrivateHaproxy | None = None
+    haproxy_extra: str = ""  # more [haproxy] lines, written as is
+
+    @property
+    def hap(self) -> PrivateHaproxy:
+        assert self.haproxy is not None, "HaproxyProject needs its haproxy"
+        return self.haproxy
+
+    @property
+    def target(self) -> Path:
+        return self.hap.conf_dir / f"{self.app}.cfg"
+
+    def render_toml(self) -> str:
+        h = self.hap
+        _toml = json.dumps  # a JSON string is a TOML basic string; numbers read the same
+        return super().render_toml() + "\n".join([
+            "", "[traffic]", 'router = "haproxy"', "",
+            "[haproxy]",
+            f"command = {_toml(h.binary)}",
+            f"target = {_toml(str(h.conf_dir) + '/{app}.cfg')}",
+            f"main_config = {_toml(str(h.conf))}",
+            f"listen = {_toml(f'127.0.0.1:{h.port}')}",
+            f"admin_socket = {_toml(h.admin_socket)}",
+            f"state_file = {_toml(str(h.prefix) + '/{app}.state')}",
+            f"pid_file = {_toml(str(h.pid_file))}",
+            f"drain_timeout = {float(self.drain_timeout):g}",
+            self.haproxy_extra, ""])
+
+    def front(self, path: str = "/") -> requests.Response:
+        return requests.get(self.hap.url(path), timeout=5)
+
+    def routed(self) -> dict[str, str]:
+        """server name -> ready / drain / maint, as haproxy itself has it now."""
+        from bluegreen.routers import haproxy_api as api
+
+        text = self.hap.cli(f"show servers state {self.app}")
+        return {s.server: s.admin for s in api.parse_servers_state(text, self.app)}
+
+    def routed_slot(self) -> str:
+        from bluegreen.routers import haproxy_api as api
+
+        text = self.hap.cli(f"show servers state {self.app}")
+        return api.routed_slot(api.parse_servers_state(text, self.app))

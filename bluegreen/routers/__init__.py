@@ -100,7 +100,10 @@ def choose_mode(cfg: Config, host: Host) -> tuple[str, str]:
 
 
 def router_for(cfg: Config, host: Host) -> Router:
-    """The driver for this host: from nginx.mode, or (auto) from what its nginx has."""
+    """The driver for this host: traffic.router, then nginx.mode (auto: what its nginx has)."""
+    if cfg.traffic.router == "haproxy":
+        from bluegreen.routers.haproxy import HaproxyRouter
+        return HaproxyRouter(cfg, host)
     mode, why = choose_mode(cfg, host)
     if mode == "lua":
         from bluegreen.routers.nginx_lua import NginxLuaRouter

@@ -77,6 +77,7 @@ class SlotCounters:
 
 class Router(ABC):
     kind: ClassVar[str]
+    product: ClassVar[str] = "nginx"  # what the user calls it, in messages
     # one host in a mode whose test and apply are one command: saves a round trip
     tests_and_applies_at_once: ClassVar[bool] = False
     # one line the switch prints about this way of switching (what it costs, say); set by

@@ -251,7 +251,7 @@ def test_unix_socket_transport_prefers_socat_then_python3() -> None:
     script = api.cli_script("/run/haproxy/admin sock", ["show info", "show stat"])
     assert script.startswith("if command -v socat")
     assert "UNIX-CONNECT:'/run/haproxy/admin sock'" in script
-    assert "python3 -c" in script and "exit 69" in script
+    assert '"$bg_py" -S -c' in script and "exit 69" in script
     # The line reaches both clients as one quoted word.
     assert "'show info; show stat'" in script
 
@@ -261,9 +261,11 @@ def test_forced_transports() -> None:
     assert socat == ("printf '%s\\n' 'show info' | timeout 3 socat -t 3 - "
                      "UNIX-CONNECT:/s.sock")
     python = api.cli_script("/s.sock", ["show info"], transport="python3")
-    argv = shlex.split(python)
-    assert argv[:4] == ["timeout", "10", "python3", "-c"]
-    assert argv[5:] == ["/s.sock", "show info", "10"]
+    choose, run = python.split("; timeout ", 1)
+    assert choose == "bg_py=python3; [ -x /usr/bin/python3 ] && bg_py=/usr/bin/python3"
+    argv = shlex.split("timeout " + run)
+    assert argv[:5] == ["timeout", "10", "$bg_py", "-S", "-c"]
+    assert argv[6:] == ["/s.sock", "show info", "10"]
     with pytest.raises(ValueError, match="TCP admin socket"):
         api.cli_script("/s.sock", ["show info"], transport="bash-tcp")
     with pytest.raises(ValueError, match="unix admin socket"):
