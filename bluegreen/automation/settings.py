@@ -36,7 +36,7 @@ from bluegreen.automation.rules import (
     match_rules,
 )
 from bluegreen.automation.signatures import Secret
-from bluegreen.config import Binder, read_toml, seconds, setting
+from bluegreen.binder import Binder, read_toml, seconds, setting
 from bluegreen.errors import ConfigError
 
 PROVIDERS = ("github", "gitlab", "gitea", "generic", "jenkins")
