@@ -1,10 +1,13 @@
 """The flows, as lists of named phases. Read top to bottom, each list is the whole story.
 
-deploy:   inspect lock recover state pre-deploy upload stop start health pre-switch switch verify
-          record post-switch post-deploy
-switch:   lock recover state ready health pre-switch switch verify record post-switch
-rollback: lock recover state restart ready health pre-switch switch verify record post-switch
-          post-rollback
+deploy:   inspect connect lock recover state pre-deploy upload stop start health pre-switch
+          switch verify record post-switch post-deploy
+switch:   connect lock recover state ready health pre-switch switch verify record post-switch
+rollback: connect lock recover state restart ready health pre-switch switch verify record
+          post-switch post-rollback
+
+`connect` opens every host at once before the lock: an unreachable host, a missing sudo
+rule, fails the run before anything changes anywhere (preflight.py).
 
 The old slot stays up, warm, so switching back is one health check and one router change.
 What each phase does is in phases.py; failure handling (undo a pending traffic change,
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from bluegreen import phases as p
+from bluegreen import preflight
 from bluegreen.errors import LockHeld
 from bluegreen.run import Outcome, Phase, Run, perform
 
@@ -26,6 +30,7 @@ def _switch_detail(run: Run) -> str:
             f"{len(run.cfg.traffic_hosts)} traffic host(s)")
 
 
+CONNECT = Phase("connect", preflight.connect)  # prints its own lines, only for remote hosts
 LOCK = Phase("lock", p.lock, lambda r: f"on {r.cfg.primary.label}")
 RECOVER = Phase("recover", p.recover_interrupted)
 PRE_SWITCH = Phase("pre-switch", p.hook("pre-switch"), lambda r: "hook", hook="pre-switch")
@@ -43,7 +48,7 @@ HEALTH = Phase("health", p.check_target_healthy,
 def deploy_phases(artifact: Path, version: str) -> list[Phase]:
     return [
         Phase("inspect", lambda r: p.inspect(r, artifact, version), lambda r: str(artifact)),
-        LOCK, RECOVER,
+        CONNECT, LOCK, RECOVER,
         Phase("state", p.plan_deploy, lambda r: ""),
         Phase("announce", p.announce_deploy),
         Phase("pre-deploy", p.hook("pre-deploy"), lambda r: "hook", hook="pre-deploy"),
@@ -66,7 +71,7 @@ def deploy_phases(artifact: Path, version: str) -> list[Phase]:
 def switch_phases(to: str) -> list[Phase]:
     return [
         Phase("arguments", lambda r: p.check_slot_name(to)),
-        LOCK, RECOVER,
+        CONNECT, LOCK, RECOVER,
         Phase("state", p.read_state),
         Phase("target", lambda r: p.choose_switch_target(r, to)),
         READY, HEALTH, PRE_SWITCH, SWITCH, VERIFY, RECORD, POST_SWITCH,
@@ -74,7 +79,7 @@ def switch_phases(to: str) -> list[Phase]:
 
 
 ROLLBACK = [
-    LOCK, RECOVER,
+    CONNECT, LOCK, RECOVER,
     Phase("state", p.read_state),
     Phase("target", p.choose_rollback_target),
     Phase("restart", p.restart_if_cold),
