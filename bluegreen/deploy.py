@@ -19,8 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bluegreen import batches, preflight
 from bluegreen import phases as p
-from bluegreen import preflight
 from bluegreen.errors import LockHeld
 from bluegreen.run import Outcome, Phase, Run, perform
 
@@ -105,6 +105,27 @@ def rollback(run: Run) -> Outcome:
     return perform(run, ROLLBACK, lambda r: (
         f"=== rolled back {r.cfg.app} to {r.version or r.release_id} (slot {r.target}) in "
         f"{r.outcome.seconds:.2f}s"))
+
+
+def batch_phases(artifact: Path, version: str) -> list[Phase]:
+    """`fab deploy --batch`: the same deploy, one batch of hosts at a time (batches.py)."""
+    return [
+        Phase("inspect", lambda r: p.inspect(r, artifact, version), lambda r: str(artifact)),
+        CONNECT, LOCK, RECOVER,
+        Phase("state", batches.plan_rollout, lambda r: ""),
+        Phase("announce", batches.announce),
+        Phase("pre-deploy", p.hook("pre-deploy"), lambda r: "hook", hook="pre-deploy"),
+        Phase("rollout", batches.roll, lambda r: f"batches of {r.cfg.fleet.batch}"),
+        Phase("record", batches.commit),
+        Phase("post-deploy", p.hook("post-deploy"), lambda r: "hook", hook="post-deploy"),
+    ]
+
+
+def deploy_in_batches(run: Run, artifact: Path, version: str = "") -> Outcome:
+    return perform(run, batch_phases(artifact, version), lambda r: (
+        f"=== deployed {r.cfg.app} {r.version or r.release_id} to every host in batches: "
+        f"live slot {r.target} in {r.outcome.seconds:.2f}s; {r.outcome.from_slot} slot kept "
+        "warm for `fab rollback`"))
 
 
 def recover_if_pending(run: Run) -> None:

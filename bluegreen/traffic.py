@@ -65,6 +65,33 @@ class TrafficChange:
     applied: list[tuple[Router, Applied]] = field(default_factory=list)
     locked: list[Router] = field(default_factory=list)
     verified_in: float = 0.0
+    # told each traffic host's share of the change: (label, phase, seconds, error or None)
+    on_host: Callable[[str, str, float, str | None], None] | None = None
+    flips: dict[str, tuple[float, float]] = field(default_factory=dict)  # label -> start, end
+    _shape: str = ""
+
+    @property
+    def skew_ms(self) -> float | None:
+        """How far apart the traffic hosts flipped: from the first flip's start to the last
+        flip's end (an upper bound: each flip took effect somewhere inside its window).
+        None with fewer than two hosts."""
+        if len(self.flips) < 2:
+            return None
+        starts = [a for a, _ in self.flips.values()]
+        ends = [b for _, b in self.flips.values()]
+        return round((max(ends) - min(starts)) * 1000, 2)
+
+    def _timed(self, router: Router, phase: str, fn: Callable[[], T]) -> T:
+        start = time.monotonic()
+        try:
+            result = fn()
+        except BluegreenError as exc:
+            if self.on_host is not None:
+                self.on_host(router.label, phase, time.monotonic() - start, exc.what)
+            raise
+        if self.on_host is not None:
+            self.on_host(router.label, phase, time.monotonic() - start, None)
+        return result
 
     @property
     def pending(self) -> bool:
@@ -102,10 +129,13 @@ class TrafficChange:
         generation = max([int(time.time() * 1000)]
                          + [r.generation_floor() + 1 for r in self.routers])
         text = self.routers[0].render(self.slot, self.release, self.version, generation)
-        shape = parse_marker(text).shape  # type: ignore[union-attr]
+        self._shape = parse_marker(text).shape  # type: ignore[union-attr]
         at_once = len(self.routers) == 1 and self.routers[0].tests_and_applies_at_once
 
         def install_and_test(router: Router) -> BluegreenError | None:
+            return self._timed(router, "switch", lambda: _install_and_test(router))
+
+        def _install_and_test(router: Router) -> BluegreenError | None:
             router.host.phase = "switch"
             try:
                 applied = router.install(text)
@@ -124,13 +154,21 @@ class TrafficChange:
 
         _raise_first(_parallel(self.routers, install_and_test))
         if not at_once:
-            _raise_first(_parallel(self.applied, _errors_of(
-                lambda ra: ra[0].apply(ra[1], self.slot, shape))))
+            _raise_first(_parallel(self.applied, _errors_of(self._flip)))
+
+    def _flip(self, ra: tuple[Router, Applied]) -> None:
+        router, applied = ra
+
+        def go() -> None:
+            start = time.monotonic()
+            router.apply(applied, self.slot, self._shape)
+            self.flips[router.label] = (start, time.monotonic())
+        self._timed(router, "switch", go)
 
     def verify(self) -> None:
         start = time.monotonic()
         _raise_first(_parallel(self.applied, _errors_of(
-            lambda ra: ra[0].verify(ra[1], self.slot))))
+            lambda ra: self._timed(ra[0], "verify", lambda: ra[0].verify(ra[1], self.slot)))))
         self.verified_in = time.monotonic() - start
 
     def commit(self) -> None:
