@@ -158,6 +158,8 @@ def roll(run: Run) -> str:
         _save(run)
         run.outcome.rollout = _summary(r, len(cfg.hosts.app))
         raise
+    if not r.failed:
+        r.status = "done"
     run.outcome.rollout = _summary(r, len(cfg.hosts.app))
     if r.failed:
         r.status = "incomplete"

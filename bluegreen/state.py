@@ -54,7 +54,8 @@ class Rollout:
     batch: str = ""  # as asked: "25%" or "2"
     done: list[str] = field(default_factory=list)  # hosts switched to `slot`
     failed: dict[str, str] = field(default_factory=dict)  # host -> "phase: what"
-    status: str = "running"  # running | stopped (kept partial) | incomplete (hosts failed)
+    # running | stopped (kept partial, or interrupted) | incomplete (hosts failed) | done
+    status: str = "running"
     who: str = ""
     started_at: float = 0.0
 
