@@ -5,6 +5,7 @@ table, the flip skew, the sudo check's parsing and its error, and the fleet flag
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -59,10 +60,11 @@ def test_reporter_prints_failures_per_host_and_one_closing_line() -> None:
         r.host_done("b", 0.5, "port 8082 is held\n  detail")
         r.host_done("c", 0.3)
         raise RuntimeError
-    assert out.getvalue().splitlines() == [
-        "--> stop      slot green",
-        "    b: FAILED after 0.50s: port 8082 is held",
-        "<-- stop      2/3 FAILED after 0.000s (slowest b 0.500s)"]
+    lines = out.getvalue().splitlines()
+    assert lines[:2] == ["--> stop      slot green", "    b: FAILED after 0.50s: port 8082 is held"]
+    assert re.fullmatch(r"<-- stop      2/3 FAILED after \d\.\d{3}s \(slowest b 0\.500s\)",
+                        lines[2]), lines[2]
+    assert len(lines) == 3
 
 
 def cfg16() -> config.Config:
@@ -211,3 +213,17 @@ def test_fleet_flags_override_the_fleet_keys_and_refuse_nonsense() -> None:
             fleet_flags(cfg, **kw)  # type: ignore[arg-type]
     assert config.from_dict({"app": "d", "start": "x {port}",
                              "fleet": {"batch": 2}}).fleet.batch == "2"
+
+
+def test_systemd_backend_runs_systemctl_through_sudo_when_configured() -> None:
+    from bluegreen.hosts import LocalHost
+    from bluegreen.process import SystemdBackend
+    raw = {"app": "demo", "start": "x {port}", "process": {"backend": "systemd"}}
+    plain = SystemdBackend(config.from_dict(raw))
+    sudo = SystemdBackend(config.from_dict({**raw, "sudo": {"app": ["systemctl"]}}))
+    host = LocalHost(HostSpec("local"), config.from_dict(raw))
+    assert "out=$(systemctl stop demo@blue.service" in plain.stop_script(host, "blue")
+    assert "out=$(sudo -n systemctl stop demo@blue.service" in sudo.stop_script(host, "blue")
+    # exactly what the connect phase checks sudo for
+    rules = preflight.sudo_rules(sudo.cfg, "app")
+    assert "systemctl stop demo@blue.service" in rules
