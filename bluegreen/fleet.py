@@ -203,9 +203,11 @@ class Fleet:
                     self.report.progress()
             return [f.result() for f in futures]
 
-    def connect_all(self) -> list[BluegreenError]:
-        """Open every host's connection at once (bounded); the hosts that cannot be
-        reached, each with why. Nothing is changed anywhere."""
+    def connect_all(self, then: Callable[[Host], object] | None = None
+                    ) -> list[BluegreenError]:
+        """Open every host's connection at once (bounded), and run `then` on each host as
+        soon as its connection is open; the hosts that cannot be reached (or whose `then`
+        failed), each with why. Nothing is changed anywhere."""
         hosts = [self.host(s) for s in self.all_specs]
 
         def one(h: Host) -> BluegreenError | None:
@@ -213,6 +215,8 @@ class Fleet:
             start = time.monotonic()
             try:
                 h.connect()
+                if then is not None:
+                    then(h)
             except BluegreenError as exc:
                 exc.host = exc.host or h.label
                 self.record(h.label, "connect", time.monotonic() - start, exc.what)

@@ -182,25 +182,25 @@ def connect(run: Run) -> None:
     if all(s.is_local for s in specs) and not needs_sudo:
         return  # this machine only: nothing to reach
     at_once = min(fleet.parallel, len(specs))
+    checks: dict[str, tuple[SudoCheck, list[str]]] = {}
+
+    def check(h: Host) -> None:
+        """Right after the host's connection opened: one command asks sudo for every rule
+        this host's types need (unreachable hosts are reported first, as such)."""
+        if h.label not in needs_sudo:
+            return
+        rules = [rule for _, rs in needs_sudo[h.label] for rule in rs]
+        dirs = [d for role, _ in needs_sudo[h.label] for d in writable_dirs(cfg, h.spec, role)]
+        out = h.run(check_script(rules, dirs), timeout=30, mutates=False,
+                    hint="check that the host answers commands over SSH").stdout
+        checks[h.label] = (parse_check(out), rules)
+
     with run.report.phase("connect", f"{len(specs)} host(s), {at_once} at once") as note:
-        errors = fleet.connect_all()
+        errors = fleet.connect_all(then=check)
         if errors:
             raise unreachable_error(errors, len(specs))
-        if not needs_sudo:
-            return
-        by_label = {s.label: s for s in specs}
-        hosts = [fleet.host(by_label[label]) for label in needs_sudo]
-
-        def check(h: Host) -> tuple[SudoCheck, list[str]]:
-            rules = [rule for _, rs in needs_sudo[h.label] for rule in rs]
-            dirs = [d for role, _ in needs_sudo[h.label]
-                    for d in writable_dirs(cfg, h.spec, role)]
-            out = h.run(check_script(rules, dirs), timeout=30, mutates=False,
-                        hint="check that the host answers commands over SSH").stdout
-            return parse_check(out), rules
-
-        results = fleet.on_all(hosts, "connect", check)
-        problems = {h.label: r for h, r in zip(hosts, results, strict=True) if not r[0].ok}
+        problems = {label: r for label, r in checks.items() if not r[0].ok}
         if problems:
-            raise sudo_error(problems)
-        note.text = f"sudo rules in place on {len(hosts)} host(s)"
+            raise sudo_error(dict(sorted(problems.items())))
+        if checks:
+            note.text = f"sudo rules in place on {len(checks)} host(s)"
