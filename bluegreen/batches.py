@@ -208,6 +208,9 @@ def _step(run: Run, name: str, detail: str, fn: Callable[[Run], str | None],
     """One step on the batch's hosts that are still in; the hosts that failed it."""
     b = _sub(run, render_cfg, labels, run.target)
     with run.report.phase(name, detail) as note:
+        if name in OBSERVES and run.fleet.plan is not None:  # a dry run: nothing to watch
+            run.fleet.plan.add("all", f"{name} on {', '.join(labels)}: {detail}")
+            return []
         try:
             note.text = fn(b) or ""
         except BluegreenError as exc:
@@ -221,6 +224,9 @@ def _step(run: Run, name: str, detail: str, fn: Callable[[Run], str | None],
             note.text = f"{len(failed)} host(s) left out: {', '.join(failed)}"
             return failed
     return []
+
+
+OBSERVES = ("health", "verify")  # only watch effects: a dry run plans them instead
 
 
 class _BatchFailed(Exception):
@@ -272,7 +278,11 @@ def _switch(run: Run, render_cfg: Config, labels: list[str], slot: str) -> None:
         with run.report.phase("switch", f"nginx -> {slot} on {len(labels)} host(s)"):
             p.switch_traffic(b)
         with run.report.phase("verify", f"{run.cfg.verify_path} answers from {slot}") as note:
-            note.text = p.verify_traffic(b)
+            if run.fleet.plan is not None:
+                run.fleet.plan.add("all", f"verify on {', '.join(labels)}: "
+                                          f"{run.cfg.verify_path} answers from {slot}")
+            else:
+                note.text = p.verify_traffic(b)
     except (BluegreenError, KeyboardInterrupt) as exc:
         restored = b.change.undo() if b.change is not None else "traffic was not touched"
         if "could NOT" not in restored:

@@ -17,6 +17,7 @@ from bluegreen.errors import BluegreenError
 from bluegreen.fleet import Fleet
 from bluegreen.httpwire import HttpReply
 from bluegreen.ledger import Ledger, Who
+from bluegreen.plan import Plan
 from bluegreen.report import Reporter
 from bluegreen.run import Outcome, Run
 from bluegreen.state import State
@@ -90,10 +91,11 @@ class Harness:
     def cfg(self, **fleet: object) -> Config:
         return config.from_dict({**self.raw, "fleet": fleet})
 
-    def run(self, action: str, cfg: Config) -> Run:
+    def run(self, action: str, cfg: Config, dry_run: bool = False) -> Run:
         self.out = io.StringIO()
         report = Reporter(stream=self.out)
-        fleet = Fleet(cfg, opener=self.world.opener, report=report)
+        fleet = Fleet(cfg, opener=self.world.opener, report=report,
+                      plan=Plan() if dry_run else None)
         return Run(cfg, fleet, Ledger(cfg, fleet, Who("tester"), report), report,
                    Outcome(action))
 
@@ -108,9 +110,10 @@ class Harness:
             tar.addfile(info, io.BytesIO(data))
         return path
 
-    def deploy(self, version: str, **fleet: object) -> Outcome:
+    def deploy(self, version: str, dry_run: bool = False, **fleet: object) -> Outcome:
         cfg = self.cfg(**fleet)
-        run = self.run("deploy", cfg)
+        run = self.run("deploy", cfg, dry_run)
+        self.last = run
         if cfg.fleet.batch:
             return deploy.deploy_in_batches(run, self.artifact(version), version)
         return deploy.deploy(run, self.artifact(version), version)
@@ -244,3 +247,15 @@ def test_state_files_from_before_rolling_deploys_still_load() -> None:
     assert st.hosts == {} and st.rollout is None and st.live_on("any") == "blue"
     again = State.from_json(st.to_json(), "demo")
     assert again == st
+
+
+def test_a_dry_run_of_a_rolling_deploy_plans_every_batch_and_changes_nothing(
+        h: Harness) -> None:
+    before = {host: dict(fs) for host, fs in h.world.files.items()}
+    out = h.deploy("v2", dry_run=True, batch="2")
+    assert out.result == "ok"
+    plan = h.last.fleet.plan
+    assert plan is not None
+    lines = "\n".join(plan.lines(verbose=False))
+    assert "health on a1, a2" in lines and "verify on a3, a4" in lines
+    assert h.world.files == before and h.front() == dict.fromkeys(HOSTS, "blue")
