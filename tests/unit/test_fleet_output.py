@@ -114,6 +114,7 @@ class _Dummy:
     def __init__(self, spec: HostSpec, cfg: config.Config) -> None:
         from bluegreen.hosts import HostStats
         self.spec, self.label, self.stats = spec, spec.label, HostStats(connects=1)
+        self.phase = ""
 
 
 # ---------------------------------------------------------------- sudo
@@ -227,3 +228,19 @@ def test_systemd_backend_runs_systemctl_through_sudo_when_configured() -> None:
     # exactly what the connect phase checks sudo for
     rules = preflight.sudo_rules(sudo.cfg, "app")
     assert "systemctl stop demo@blue.service" in rules
+
+
+def test_a_slow_fan_out_prints_progress_naming_the_hosts_it_waits_for() -> None:
+    import time
+    out = io.StringIO()
+    report = Reporter(stream=out)
+    fleet = Fleet(cfg16(), opener=lambda spec, cfg: _Dummy(spec, cfg), report=report,
+                  progress_every=0.05, parallel=16)
+    with report.phase("health", "GET /health"):
+        fleet.on_all(fleet.app_hosts, "health",
+                     lambda h: time.sleep(0.3 if h.label == "app09" else 0.0))
+    lines = out.getvalue().splitlines()
+    progress = [ln for ln in lines if "hosts done" in ln]
+    assert progress and progress[0].startswith("    health    15/16 hosts done after ")
+    assert progress[0].endswith("waiting for app09")
+    assert re.match(r"<-- health    16/16 ok \d\.\d{3}s \(slowest app09 0\.3\d\ds\)", lines[-1])
