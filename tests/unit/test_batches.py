@@ -62,6 +62,7 @@ class World(FakeWorld):
     """The fake world, plus hosts whose new release never turns healthy."""
 
     sick: set[str]
+    interrupt_on: str = ""  # Ctrl-C while this host's new release is health-checked
 
     def opener(self, spec: HostSpec, cfg: Config) -> FakeHost:
         world = self
@@ -69,6 +70,9 @@ class World(FakeWorld):
         class Host(FakeHost):
             def _app(self, port: int, path: str) -> HttpReply:
                 release = world.running.get((self.label, port), "")
+                if self.label == world.interrupt_on and release.startswith("v2"):
+                    world.interrupt_on = ""
+                    raise KeyboardInterrupt
                 if self.label in world.sick and release.startswith("v2"):
                     return HttpReply(503)
                 return super()._app(port, path)
@@ -259,3 +263,16 @@ def test_a_dry_run_of_a_rolling_deploy_plans_every_batch_and_changes_nothing(
     lines = "\n".join(plan.lines(verbose=False))
     assert "health on a1, a2" in lines and "verify on a3, a4" in lines
     assert h.world.files == before and h.front() == dict.fromkeys(HOSTS, "blue")
+
+
+def test_an_interrupted_rollout_keeps_what_it_committed_and_resumes(h: Harness) -> None:
+    h.world.interrupt_on = "a3"
+    with pytest.raises(KeyboardInterrupt):
+        h.deploy("v2", batch="2")
+    assert h.front() == {"a1": "green", "a2": "green", "a3": "blue", "a4": "blue"}
+    st = h.state()
+    assert st["rollout"]["status"] == "stopped" and st["rollout"]["done"] == ["a1", "a2"]
+    assert h.history()[-1]["result"] == "interrupted"
+    assert "/srv/demo/lock" not in h.world.files["a1"]  # released
+    h.deploy("v2", batch="2")
+    assert h.front() == dict.fromkeys(HOSTS, "green") and h.state()["rollout"] is None
