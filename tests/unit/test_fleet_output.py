@@ -244,3 +244,13 @@ def test_a_slow_fan_out_prints_progress_naming_the_hosts_it_waits_for() -> None:
     assert progress and progress[0].startswith("    health    15/16 hosts done after ")
     assert progress[0].endswith("waiting for app09")
     assert re.match(r"<-- health    16/16 ok \d\.\d{3}s \(slowest app09 0\.3\d\ds\)", lines[-1])
+
+
+def test_bench_cost_takes_the_worst_host_of_each_role() -> None:
+    from bench.fleet import cost
+    rows = [{"role": "app", "commands": 3, "connections": 1},
+            {"role": "app", "commands": 4, "connections": 1},
+            {"role": "traffic", "commands": 2, "connections": 1},
+            {"role": "app+traffic", "commands": 5, "connections": 2}]
+    assert cost({"hosts": rows}) == {"rt_app": 5, "rt_traffic": 5, "connections": 2}
+    assert cost({"hosts": rows[:3]}) == {"rt_app": 4, "rt_traffic": 2, "connections": 1}
