@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -59,6 +60,14 @@ def measure(rig: Rig, args: argparse.Namespace) -> Outcome:
         line = f"fleet: not measured: {reason}"
         return Outcome({"fleet": {"skipped": reason}}, line, True)
     work = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    try:
+        return _in_fleet(work, args)
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _in_fleet(work: Path, args: argparse.Namespace) -> Outcome:
     arts = build_artifacts(work / "dist", ("v1", "v2", "v3"))
     reps = 3 if args.quick else 5
     loaded_deploys = 3 if args.quick else 10
