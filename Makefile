@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo demo-stop test unit bench lint clean
+.PHONY: setup demo demo-stop test unit fleet bench lint clean
 
 setup: $(VENV)/.installed
 	@scripts/install-system-deps.sh | grep -v '^found:' || true
@@ -30,6 +30,11 @@ test: setup
 
 unit: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
+
+## the whole 16-host fleet run (network namespaces, non-root deploy user, two lua traffic
+## hosts): `make test` runs its bounded part; this adds ten deploys under load, rolling batches
+fleet: setup
+	BLUEGREEN_FLEET=full $(VENV)/bin/pytest -q -p no:cacheprovider -m fleet tests/integration
 
 ## every benchmark (bench/run.py), one result line each; `$(PY) -m bench.NAME` runs one
 bench: setup

@@ -327,6 +327,50 @@ class LockCfg:
     lease: float = seconds(300.0)
 
 
+SUDO_TRAFFIC = ("nginx",)
+SUDO_APP = ("systemctl", "supervisorctl")
+SUDO = "sudo -n"  # never a password prompt: a missing rule fails at once, and is named
+
+
+@dataclass(frozen=True)
+class Sudo:
+    """What bluegreen runs through `sudo -n` when it logs in as a non-root user, per host
+    type. Every needed rule is checked on every host before anything changes (README,
+    "Fleets": the exact sudoers lines)."""
+
+    # "nginx": nginx -t and nginx -s reload on the traffic hosts
+    traffic: list[str] = field(default_factory=list, metadata={
+        "split": True, "items": {"choices": SUDO_TRAFFIC}})
+    # "systemctl" (process.backend = "systemd") or "supervisorctl" on the app hosts
+    app: list[str] = field(default_factory=list, metadata={
+        "split": True, "items": {"choices": SUDO_APP}})
+
+
+def _check_batch(value: str) -> str:
+    text = value.strip()
+    if not text:
+        return ""
+    number = text[:-1] if text.endswith("%") else text
+    if not number.isdigit() or int(number) < 1 or (text.endswith("%") and int(number) > 100):
+        raise ValueError(f"expected a number of hosts (e.g. 2) or a percentage 1%-100% (e.g. "
+                         f"25%), got {value!r}")
+    return text
+
+
+@dataclass(frozen=True)
+class FleetCfg:
+    # hosts acted on at once (each holds one SSH connection); --parallel
+    parallel: int = setting(32, ge=1, le=1024, range="1 to 1024")
+    # a phase still running after this long prints which hosts it waits for
+    progress_every: float = seconds(10.0)
+    # rolling deploys (every app host its own traffic host): "" all at once, "25%" or "2"
+    batch: str = setting("", check=_check_batch, number_text=True,
+                         what="a number of hosts or a percentage")
+    max_fail: int = setting(0, ge=0)  # hosts that may fail before a rollout stops
+    pause: float = seconds(0.0, ge=0)  # between batches
+    keep_partial: bool = False  # a stopped rollout leaves switched hosts switched
+
+
 @dataclass(frozen=True)
 class HooksCfg:
     # relative to the config file
@@ -357,6 +401,8 @@ class Config:
     hooks: HooksCfg = field(default_factory=HooksCfg)
     lock: LockCfg = field(default_factory=LockCfg)
     watch: Watch = field(default_factory=Watch)
+    sudo: Sudo = field(default_factory=Sudo)
+    fleet: FleetCfg = field(default_factory=FleetCfg)
     # no value is ever echoed in a message: [env] often holds secrets
     env: dict[str, str] = field(default_factory=dict,
                                 metadata={"items": {"number_text": True, "secret": True}})
@@ -468,6 +514,34 @@ def from_dict(
     binder = Binder(source, origins=origins, text_forms={HostSpec: parse_host})
     cfg = binder.bind(Config, raw, source=source, base_dir=base_dir)
     _check_semantics(cfg, binder)
+    return _with_sudo(cfg, binder)
+
+
+def _with_sudo(cfg: Config, binder: Binder) -> Config:
+    """[sudo] puts `sudo -n` in front of the commands it names: the rest of bluegreen runs
+    nginx.command and process.supervisorctl as they are (systemctl: process.py)."""
+    import dataclasses
+
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(binder.where(key), key, problem)
+
+    if "nginx" in cfg.sudo.traffic:
+        if cfg.nginx.command.split()[0] == "sudo":
+            fail("nginx.command", "starts with sudo, and sudo.traffic = [\"nginx\"] adds "
+                                  f"`{SUDO}` itself: give the plain command, e.g. "
+                                  "\"/usr/sbin/nginx\"")
+        cfg = dataclasses.replace(cfg, nginx=dataclasses.replace(
+            cfg.nginx, command=f"{SUDO} {cfg.nginx.command}"))
+    if "supervisorctl" in cfg.sudo.app:
+        if cfg.process.supervisorctl.split()[0] == "sudo":
+            fail("process.supervisorctl", "starts with sudo, and sudo.app = "
+                                          "[\"supervisorctl\"] adds it itself")
+        cfg = dataclasses.replace(cfg, process=dataclasses.replace(
+            cfg.process, supervisorctl=f"{SUDO} {cfg.process.supervisorctl}"))
+    if "systemctl" in cfg.sudo.app and cfg.process.backend != "systemd":
+        fail("sudo.app", "\"systemctl\" is for process.backend = \"systemd\"")
+    if "supervisorctl" in cfg.sudo.app and cfg.process.backend != "supervisor":
+        fail("sudo.app", "\"supervisorctl\" is for process.backend = \"supervisor\"")
     return cfg
 
 

@@ -1,10 +1,14 @@
 """The flows, as lists of named phases. Read top to bottom, each list is the whole story.
 
-deploy:   inspect lock recover state pre-deploy upload stop start health pre-switch
+deploy:   inspect connect lock recover state pre-deploy upload stop start health pre-switch
           switch verify record watch post-switch post-deploy
-switch:   lock recover state ready health pre-switch switch verify record watch post-switch
-rollback: lock recover state restart ready health pre-switch switch verify record watch
-          post-switch post-rollback
+switch:   connect lock recover state ready health pre-switch switch verify record watch
+          post-switch
+rollback: connect lock recover state restart ready health pre-switch switch verify record
+          watch post-switch post-rollback
+
+`connect` opens every host at once before the lock: an unreachable host, a missing sudo
+rule, fails the run before anything changes anywhere (preflight.py).
 
 The old slot stays up, warm, so switching back is one health check and one router change.
 What each phase does is in phases.py; failure handling (undo a pending traffic change,
@@ -16,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bluegreen import batches, preflight
 from bluegreen import phases as p
 from bluegreen.errors import LockHeld
 from bluegreen.run import Outcome, Phase, Run, perform
@@ -26,6 +31,7 @@ def _switch_detail(run: Run) -> str:
             f"{len(run.cfg.traffic_hosts)} traffic host(s)")
 
 
+CONNECT = Phase("connect", preflight.connect)  # prints its own lines, only for remote hosts
 LOCK = Phase("lock", p.lock, lambda r: f"on {r.cfg.primary.label}")
 RECOVER = Phase("recover", p.recover_interrupted)
 PRE_SWITCH = Phase("pre-switch", p.hook("pre-switch"), lambda r: "hook", hook="pre-switch")
@@ -48,7 +54,7 @@ HEALTH = Phase("health", p.check_target_healthy,
 def deploy_phases(artifact: Path, version: str) -> list[Phase]:
     return [
         Phase("inspect", lambda r: p.inspect(r, artifact, version), lambda r: str(artifact)),
-        LOCK, RECOVER,
+        CONNECT, LOCK, RECOVER,
         Phase("state", p.plan_deploy, lambda r: ""),
         Phase("announce", p.announce_deploy),
         Phase("pre-deploy", p.hook("pre-deploy"), lambda r: "hook", hook="pre-deploy"),
@@ -71,7 +77,7 @@ def deploy_phases(artifact: Path, version: str) -> list[Phase]:
 def switch_phases(to: str) -> list[Phase]:
     return [
         Phase("arguments", lambda r: p.check_slot_name(to)),
-        LOCK, RECOVER,
+        CONNECT, LOCK, RECOVER,
         Phase("state", p.read_state),
         Phase("target", lambda r: p.choose_switch_target(r, to)),
         READY, HEALTH, PRE_SWITCH, SWITCH, VERIFY, RECORD, WATCH, POST_SWITCH,
@@ -79,7 +85,7 @@ def switch_phases(to: str) -> list[Phase]:
 
 
 ROLLBACK = [
-    LOCK, RECOVER,
+    CONNECT, LOCK, RECOVER,
     Phase("state", p.read_state),
     Phase("target", p.choose_rollback_target),
     Phase("restart", p.restart_if_cold),
@@ -106,6 +112,27 @@ def rollback(run: Run) -> Outcome:
     return perform(run, ROLLBACK, lambda r: (
         f"=== rolled back {r.cfg.app} to {r.version or r.release_id} (slot {r.target}) in "
         f"{r.outcome.seconds:.2f}s"))
+
+
+def batch_phases(artifact: Path, version: str) -> list[Phase]:
+    """`fab deploy --batch`: the same deploy, one batch of hosts at a time (batches.py)."""
+    return [
+        Phase("inspect", lambda r: p.inspect(r, artifact, version), lambda r: str(artifact)),
+        CONNECT, LOCK, RECOVER,
+        Phase("state", batches.plan_rollout, lambda r: ""),
+        Phase("announce", batches.announce),
+        Phase("pre-deploy", p.hook("pre-deploy"), lambda r: "hook", hook="pre-deploy"),
+        Phase("rollout", batches.roll, lambda r: f"batches of {r.cfg.fleet.batch}"),
+        Phase("record", batches.commit),
+        Phase("post-deploy", p.hook("post-deploy"), lambda r: "hook", hook="post-deploy"),
+    ]
+
+
+def deploy_in_batches(run: Run, artifact: Path, version: str = "") -> Outcome:
+    return perform(run, batch_phases(artifact, version), lambda r: (
+        f"=== deployed {r.cfg.app} {r.version or r.release_id} to every host in batches: "
+        f"live slot {r.target} in {r.outcome.seconds:.2f}s; {r.outcome.from_slot} slot kept "
+        "warm for `fab rollback`"))
 
 
 def recover_if_pending(run: Run) -> None:

@@ -37,6 +37,18 @@ T = TypeVar("T")
 KILL_GRACE = 5  # seconds `timeout` waits after TERM before KILL on a remote command
 
 
+@dataclass
+class HostStats:
+    """What one run cost on one host, for the per-host summary and the benchmarks:
+    connections opened, remote commands (each one SSH round trip and a remote shell),
+    file operations over SFTP (uploads included) and HTTP tunnels (direct-tcpip)."""
+
+    connects: int = 0
+    commands: int = 0
+    file_ops: int = 0
+    tunnels: int = 0
+
+
 @dataclass(frozen=True)
 class Result:
     command: str
@@ -57,6 +69,11 @@ class Host(ABC):
         self.cfg = cfg
         self.default_timeout = cfg.ssh.command_timeout
         self.phase = ""  # set by the flow so errors say where they happened
+        self.stats = HostStats()
+
+    def connect(self) -> None:  # noqa: B027 - optional: only connections need opening
+        """Open the connection now (a no-op for the local machine), so that an unreachable
+        host fails the run before anything changes anywhere."""
 
     @property
     def label(self) -> str:
@@ -76,6 +93,7 @@ class Host(ABC):
         del mutates, says  # used by DryRunHost
         limit = float(timeout or self.default_timeout)
         wrapped = f"timeout -k {KILL_GRACE} {limit:g} bash -c {shlex.quote(command)}"
+        self.stats.commands += 1
         with interrupts.step():  # a signal waits for the command; none starts after one
             result = self._exec(wrapped, limit + KILL_GRACE + 5)
         if result.rc == 124:
@@ -298,6 +316,9 @@ class SshHost(Host):
         self._sftp = None
         self._lock = threading.Lock()
 
+    def connect(self) -> None:
+        self.sftp()  # the connection, then the file channel every flow uses
+
     @property
     def conn(self):
         with self._lock:
@@ -321,6 +342,7 @@ class SshHost(Host):
         # Fabric installs AutoAddPolicy and never reads known_hosts (FIELD-NOTES): we replace
         # both before open(), so a changed or unknown host key stops the deploy.
         known = self.cfg.resolve(ssh.known_hosts)
+        self.stats.connects += 1
         if ssh.accept_unknown_hosts:
             log.warning("host %s: ssh.accept_unknown_hosts = true: unknown host keys are "
                         "accepted without verification", self.label)
@@ -406,6 +428,7 @@ class SshHost(Host):
 
     def put(self, local: Path, remote: str) -> None:
         """Stream the file in large pipelined writes (never all in memory), check the size."""
+        self.stats.file_ops += 1
         try:
             sftp = self.sftp()
             banner = (self.conn.transport.remote_version or "").lower()
@@ -425,6 +448,7 @@ class SshHost(Host):
                                                        "then re-run") from exc
 
     def _sftp_call(self, fn: Callable[[Any], T]) -> T:
+        self.stats.file_ops += 1
         try:
             return fn(self.sftp())
         except (OSError, EOFError) as exc:
@@ -495,6 +519,7 @@ class SshHost(Host):
                  method: str = "GET", tls: httpwire.Tls | None = None) -> HttpReply:
         import paramiko
 
+        self.stats.tunnels += 1
         try:
             chan = self.conn.transport.open_channel(
                 "direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=timeout)
@@ -539,6 +564,17 @@ class DryRunHost(Host):
     def phase(self, value: str) -> None:
         if hasattr(self, "inner"):
             self.inner.phase = value
+
+    @property  # type: ignore[override]
+    def stats(self) -> HostStats:
+        return self.inner.stats
+
+    @stats.setter
+    def stats(self, value: HostStats) -> None:
+        pass  # the real host counts what a dry run really does (reads)
+
+    def connect(self) -> None:
+        self.inner.connect()
 
     def _plan(self, words: str, command: str = "") -> None:
         self.plan.add(self.label, words, command)

@@ -17,7 +17,7 @@ from bluegreen.lock import new_owner
 from bluegreen.routers import switch_notices
 from bluegreen.routers.base import Applied
 from bluegreen.run import Run
-from bluegreen.state import SlotRecord
+from bluegreen.state import SlotRecord, State
 from bluegreen.traffic import TrafficChange
 
 # ---------------------------------------------------------------- taking hold
@@ -45,18 +45,34 @@ def read_state(run: Run) -> None:
 def check_consistency(run: Run) -> None:
     """Recorded state and what every router routes to must agree before we change anything."""
     state = run.live
+    if state.rollout is not None:
+        raise partial_rollout(state)
     for router in run.routers:
         routed = router.routed()
-        if routed.slot != state.live or routed.file_slot != state.live:
+        expected = state.live_on(router.label)
+        if routed.slot != expected or routed.file_slot != expected:
             where = (f"routes to {routed.slot or '(no bluegreen config)'}"
                      if routed.slot == routed.file_slot
                      else f"routes to {routed.slot} while its file {router.target} says "
                           f"{routed.file_slot}")
             raise BluegreenError(
-                f"state says live slot is {state.live or '(none)'} but {router.product} on "
+                f"state says live slot is {expected or '(none)'} but {router.product} on "
                 f"{router.label} {where}", host=router.label, phase="state",
-                hint=f"someone changed {router.product} by hand or a switch was interrupted: run "
-                     f"`fab switch --to {routed.slot or state.live or 'blue'}` to converge")
+                hint=f"someone changed {router.product} by hand or a switch was interrupted: "
+                     f"run `fab switch --to {routed.slot or expected or 'blue'}` to converge")
+
+
+def partial_rollout(state: State) -> BluegreenError:
+    """A rolling deploy was stopped with hosts on both slots: only resuming it or putting
+    every host on one slot is safe."""
+    r = state.rollout
+    assert r is not None
+    return BluegreenError(
+        f"a rolling deploy of {r.version or r.release} is partial: {len(r.done)} host(s) "
+        f"serve {r.slot} ({', '.join(r.done) or 'none'}), the others {r.from_slot}"
+        + (f"; failed: {', '.join(r.failed)}" if r.failed else ""), phase="state",
+        hint=f"resume it with the same artifact: `fab deploy --batch {r.batch or 'N'} "
+             f"--artifact ...`; or put every host back: `fab switch --to {r.from_slot}`")
 
 
 # ---------------------------------------------------------------- deploy: prepare the idle slot
@@ -245,7 +261,7 @@ def switch_traffic(run: Run) -> None:
     run.change = TrafficChange(
         run.cfg, run.routers, run.target, rec.release, rec.version,
         owner=new_owner(run.ledger.who.name, f"{run.cfg.app} {run.outcome.action}",
-                             run.ledger.who.build_url))
+                             run.ledger.who.build_url), on_host=run.fleet.record)
     run.change.lock_traffic_hosts(run.report.say)
     previous = {r.label: r.installed() for r in run.routers}
     run.ledger.write_intent(journal.Intent(
@@ -260,7 +276,10 @@ def switch_traffic(run: Run) -> None:
 def verify_traffic(run: Run) -> str:
     assert run.change is not None
     run.change.verify()
-    return f"answers from {run.target} in {run.change.verified_in:.3f}s"
+    skew = run.outcome.flip_skew_ms = run.change.skew_ms
+    return (f"answers from {run.target} in {run.change.verified_in:.3f}s"
+            + (f"; flip skew {skew:.1f} ms across {len(run.change.flips)} traffic hosts"
+               if skew is not None else ""))
 
 
 def keep_new_release_idle(run: Run, exc: BluegreenError) -> None:
@@ -282,6 +301,8 @@ def record_live(run: Run) -> None:
         state.previous_release = dataclasses.replace(state.slots[state.live])
     state.live = target
     state.slots[target].status = "running"
+    state.hosts.clear()  # every traffic host was moved: no host differs any more
+    state.rollout = None
     run.ledger.save_state(state)
     if run.change is not None:
         run.change.commit()
@@ -300,13 +321,14 @@ def recover_interrupted(run: Run) -> None:
     fixed = []
     for router in run.routers:
         routed = router.routed()
-        if routed.slot == routed.file_slot == state.live and state.live:
+        expected = state.live_on(router.label)
+        if routed.slot == routed.file_slot == expected and expected:
             continue  # this host never changed, or the change was committed
         previous = intent.previous.get(router.label, router.installed())
         offset = router.error_log_size()
         router.restore(Applied(previous, reloaded=True, flipped=True))
-        if state.live:
-            router.verify(Applied(previous, offset), state.live)
+        if expected:
+            router.verify(Applied(previous, offset), expected)
         fixed.append(router.label)
     run.ledger.record({"action": "recover", "result": "ok", "intent": intent.id,
                        "interrupted": intent.action, "from_slot": intent.from_slot,

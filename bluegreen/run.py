@@ -46,6 +46,8 @@ class Outcome:
     error: str | None = None
     failed_host: str | None = None
     seconds: float | None = None
+    flip_skew_ms: float | None = None  # first to last traffic host's flip (2+ hosts)
+    rollout: dict[str, Any] | None = None  # a rolling deploy: batches, hosts done, failed
 
     def entry(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -88,8 +88,10 @@ class Slots:
         return max(reports, key=lambda r: r.elapsed)
 
     def not_running_on(self, slot: str) -> list[str]:
-        backend = self.backend
-        return [h.label for h in self.fleet.app_hosts if not backend.running(h, slot)]
+        """Hosts where the slot's process is not running: asked of every host at once."""
+        backend, hosts = self.backend, self.fleet.app_hosts
+        up = self.fleet.on_all(hosts, "health", lambda h: backend.running(h, slot))
+        return [h.label for h, running in zip(hosts, up, strict=True) if not running]
 
     def last_logs(self, slot: str, lines: int = 20) -> str:
         chunks = []

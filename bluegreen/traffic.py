@@ -65,6 +65,32 @@ class TrafficChange:
     applied: list[tuple[Router, Applied]] = field(default_factory=list)
     locked: list[Router] = field(default_factory=list)
     verified_in: float = 0.0
+    # told each traffic host's share of the change: (label, phase, seconds, error or None)
+    on_host: Callable[[str, str, float, str | None], None] | None = None
+    flips: dict[str, tuple[float, float]] = field(default_factory=dict)  # label -> start, end
+
+    @property
+    def skew_ms(self) -> float | None:
+        """How far apart the traffic hosts flipped: from the first flip's start to the last
+        flip's end (an upper bound: each flip took effect somewhere inside its window).
+        None with fewer than two hosts."""
+        if len(self.flips) < 2:
+            return None
+        starts = [a for a, _ in self.flips.values()]
+        ends = [b for _, b in self.flips.values()]
+        return round((max(ends) - min(starts)) * 1000, 2)
+
+    def _timed(self, router: Router, phase: str, fn: Callable[[], T]) -> T:
+        start = time.monotonic()
+        try:
+            result = fn()
+        except BluegreenError as exc:
+            if self.on_host is not None:
+                self.on_host(router.label, phase, time.monotonic() - start, exc.what)
+            raise
+        if self.on_host is not None:
+            self.on_host(router.label, phase, time.monotonic() - start, None)
+        return result
 
     @property
     def pending(self) -> bool:
@@ -110,6 +136,9 @@ class TrafficChange:
         at_once = len(self.routers) == 1 and self.routers[0].tests_and_applies_at_once
 
         def install_and_test(router: Router) -> BluegreenError | None:
+            return self._timed(router, "switch", lambda: _install_and_test(router))
+
+        def _install_and_test(router: Router) -> BluegreenError | None:
             router.host.phase = "switch"
             try:
                 applied = router.install(texts[id(router)])
@@ -129,12 +158,21 @@ class TrafficChange:
         _raise_first(_parallel(self.routers, install_and_test))
         if not at_once:
             _raise_first(_parallel(self.applied, _errors_of(
-                lambda ra: ra[0].apply(ra[1], self.slot, shapes[id(ra[0])]))))
+                lambda ra: self._flip(ra, shapes[id(ra[0])]))))
+
+    def _flip(self, ra: tuple[Router, Applied], shape: str) -> None:
+        router, applied = ra
+
+        def go() -> None:
+            start = time.monotonic()
+            router.apply(applied, self.slot, shape)
+            self.flips[router.label] = (start, time.monotonic())
+        self._timed(router, "switch", go)
 
     def verify(self) -> None:
         start = time.monotonic()
         _raise_first(_parallel(self.applied, _errors_of(
-            lambda ra: ra[0].verify(ra[1], self.slot))))
+            lambda ra: self._timed(ra[0], "verify", lambda: ra[0].verify(ra[1], self.slot)))))
         self.verified_in = time.monotonic() - start
 
     def commit(self) -> None:
