@@ -22,7 +22,7 @@ from typing import Any
 
 from bluegreen import batches, preflight
 from bluegreen import phases as p
-from bluegreen.errors import LockHeld
+from bluegreen.errors import BluegreenError, LockHeld
 from bluegreen.run import Outcome, Phase, Run, perform
 
 
@@ -138,8 +138,13 @@ def deploy_in_batches(run: Run, artifact: Path, version: str = "") -> Outcome:
 def recover_if_pending(run: Run) -> None:
     """Before `status` reports: recover an interrupted switch when no live run holds the
     lock (if one does, it is that run's switch in progress: status shows it as pending)."""
-    if run.fleet.dry_run or run.ledger.read_intent() is None:
+    if run.fleet.dry_run:
         return
+    try:
+        if run.ledger.read_intent() is None:
+            return
+    except BluegreenError:
+        return  # an unreadable journal: status shows it, with what to do
     try:
         with run.ledger.locked("recover"):
             p.recover_interrupted(run)

@@ -229,6 +229,11 @@ class Fleet:
         results = [one(hosts[0])] if len(hosts) == 1 else self._fan_out(hosts, one)
         return [r for r in results if r is not None]
 
+    def enter_phase(self, name: str) -> None:
+        """Errors say where they happened: every host of the run is now in `name`."""
+        for h in self._hosts.values():
+            h.phase = name
+
     def close(self) -> None:
         if self.only is not None:
             return  # a view: the whole fleet closes the connections

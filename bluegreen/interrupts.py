@@ -77,6 +77,14 @@ def step() -> Iterator[None]:
 
 
 @contextmanager
+def uninterruptible() -> Iterator[None]:
+    """A few steps that must finish together (a commit): a signal waits for the end of the
+    block and is acted on at the next step boundary."""
+    with cleaning_up():
+        yield
+
+
+@contextmanager
 def cleaning_up() -> Iterator[None]:
     """Undo, record and unlock: steps are allowed again, and a signal cannot cut them."""
     global _cleaning_up

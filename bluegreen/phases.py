@@ -10,7 +10,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from bluegreen import journal, release, render
+from bluegreen import interrupts, journal, release, render
 from bluegreen.errors import BluegreenError
 from bluegreen.layout import release_id
 from bluegreen.lock import new_owner
@@ -303,10 +303,13 @@ def record_live(run: Run) -> None:
     state.slots[target].status = "running"
     state.hosts.clear()  # every traffic host was moved: no host differs any more
     state.rollout = None
-    run.ledger.save_state(state)
-    if run.change is not None:
-        run.change.commit()
-    run.ledger.clear_intent()
+    # The commit point: once state says the target is live, the change must not be undone
+    # by a signal arriving at the end of that write; it waits until the commit is whole.
+    with interrupts.uninterruptible():
+        run.ledger.save_state(state)
+        if run.change is not None:
+            run.change.commit()
+        run.ledger.clear_intent()
 
 
 def recover_interrupted(run: Run) -> None:
@@ -326,7 +329,7 @@ def recover_interrupted(run: Run) -> None:
             continue  # this host never changed, or the change was committed
         previous = intent.previous.get(router.label, router.installed())
         offset = router.error_log_size()
-        router.restore(Applied(previous, reloaded=True, flipped=True))
+        router.restore(router.recovery_applied(previous))
         if expected:
             router.verify(Applied(previous, offset), expected)
         fixed.append(router.label)

@@ -97,6 +97,12 @@ class Run:
         return round(time.monotonic() - self.began, 3)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the run; `summary` says what it left behind, truthfully."""
+
+    summary: str = ""
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -113,6 +119,7 @@ def run_phase(run: Run, phase: Phase) -> None:
         return
     if phase.when is not None and not phase.when(run):
         return
+    run.fleet.enter_phase(phase.name)
     if phase.detail is None:
         phase.fn(run)
         return
@@ -133,6 +140,14 @@ def perform(run: Run, phases: list[Phase], summary: Callable[[Run], str]) -> Out
             run_phase(run, current)
             interrupts.checkpoint()
             run.ledger.heartbeat()
+    except KeyboardInterrupt as stop:
+        exc = Interrupted()
+        with interrupts.cleaning_up():
+            try:
+                _clean_up_after(run, current, exc)
+            finally:
+                run.stack.__exit__(type(exc), exc, exc.__traceback__)
+        raise exc from stop
     except BaseException as exc:
         with interrupts.cleaning_up():
             try:
@@ -157,12 +172,18 @@ def _clean_up_after(run: Run, current: Phase, exc: BaseException) -> None:
         if current.on_failure is not None:
             current.on_failure(run, exc)
         _record_failure(run, exc)
-    elif run.ledger.owner is not None:
-        run.outcome.result, run.outcome.phase = "interrupted", current.name
-        run.outcome.error = f"interrupted in {current.name}" + (
-            f"; {restored}" if restored else "")
-        run.outcome.seconds = run.elapsed()
-        run.ledger.record(run.outcome.entry())
+    else:
+        done = run.change is not None and run.change.committed
+        summary = (f"the switch to {run.target} had committed ({run.version or run.release_id}"
+                   f" is live); only the phases after it did not run" if done
+                   else restored or "traffic was not touched")
+        if isinstance(exc, Interrupted):
+            exc.summary = f"interrupted in {current.name}: {summary}"
+        if run.ledger.owner is not None:
+            run.outcome.result, run.outcome.phase = "interrupted", current.name
+            run.outcome.error = f"interrupted in {current.name}; {summary}"
+            run.outcome.seconds = run.elapsed()
+            run.ledger.record(run.outcome.entry())
 
 
 def _undo(run: Run) -> str:

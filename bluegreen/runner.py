@@ -63,10 +63,11 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
                 failed["hosts"] = exc.hosts  # type: ignore[attr-defined]
             print(json.dumps(failed, default=str))
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("\nINTERRUPTED: a switch in progress was undone and the lock released; traffic "
-              "stays on the live slot. Re-run the same command: every phase converges.",
-              file=sys.stderr)
+    except KeyboardInterrupt as stop:
+        said = (getattr(stop, "summary", "")
+                or "traffic stays where the last completed phase left it")
+        print(f"\nINTERRUPTED: {said}. The lock was released. Re-run the same command: "
+              "every phase converges.", file=sys.stderr)
         return 130
 
 

@@ -118,8 +118,9 @@ def read_state(host: Host, layout: Layout, app: str) -> State:
     except (ValueError, TypeError) as exc:
         raise BluegreenError(
             f"state file {layout.state} is corrupt: {exc}", host=host.label, phase="state",
-            hint="inspect it; `fab status` shows what nginx and the slots really do, and "
-                 "`fab switch --to SLOT` rewrites it from a known-good slot") from exc
+            hint=f"nothing was changed; `fab status` shows what the routers and the slots "
+                 f"really do, and `fab history` what was deployed: restore {layout.state} "
+                 "from that (or a backup) by hand, then re-run") from exc
 
 
 def write_state(host: Host, layout: Layout, state: State) -> None:

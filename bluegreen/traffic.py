@@ -65,6 +65,7 @@ class TrafficChange:
     applied: list[tuple[Router, Applied]] = field(default_factory=list)
     locked: list[Router] = field(default_factory=list)
     verified_in: float = 0.0
+    committed: bool = False  # the new slot is recorded: nothing of it may be undone
     # told each traffic host's share of the change: (label, phase, seconds, error or None)
     on_host: Callable[[str, str, float, str | None], None] | None = None
     flips: dict[str, tuple[float, float]] = field(default_factory=dict)  # label -> start, end
@@ -177,6 +178,7 @@ class TrafficChange:
 
     def commit(self) -> None:
         """The new slot is recorded: nothing left to undo."""
+        self.committed = True
         self.applied.clear()
         self.unlock_traffic_hosts()
 

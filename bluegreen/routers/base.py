@@ -131,6 +131,11 @@ class Router(ABC):
     def verify(self, applied: Applied, slot: str) -> float:
         """Prove the change took effect; seconds it took."""
 
+    def recovery_applied(self, previous: str | None) -> Applied:
+        """What to undo for a change a dead run may have made (the journal's previous
+        file): by default, as if the file had been applied every way."""
+        return Applied(previous, reloaded=True, flipped=True)
+
     @abstractmethod
     def restore(self, applied: Applied) -> None:
         """Put back what `install` replaced, and make it take effect again."""

@@ -66,6 +66,13 @@ class NginxLuaRouter(NginxRouter):
         applied.reloaded = True
         self.reload()
 
+    def recovery_applied(self, previous: str | None) -> Applied:
+        """A dead run's change of the same shape only flipped the live port: flipping it
+        back is enough, and a reload would close idle keep-alive clients."""
+        before, now = parse_marker(previous), parse_marker(self.installed())
+        same_shape = before is not None and now is not None and before.shape == now.shape
+        return Applied(previous, reloaded=not same_shape, flipped=True)
+
     def restore(self, applied: Applied) -> None:
         self.put_back(applied)
         before = parse_marker(applied.previous)

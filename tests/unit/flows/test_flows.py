@@ -549,3 +549,66 @@ def test_the_lock_record_says_which_phase_runs_now(h: Harness, monkeypatch) -> N
     monkeypatch.setattr(NginxRouter, "verify", spy)
     h.deploy("v1")
     assert seen == ["verify True"]
+
+
+# ---------------------------------------------------------------- defects the fault suite found
+
+def test_a_signal_at_the_commit_write_does_not_undo_a_committed_switch(
+        h: Harness, monkeypatch) -> None:
+    """SIGTERM during the state write that commits the switch: the commit completes, the
+    switch stands, and the run says it committed (it does not claim an undo)."""
+    from bluegreen import interrupts
+    from bluegreen.run import Interrupted
+    h.deploy("v1")
+    real = h.world.opener
+
+    def opener(spec, cfg):  # type: ignore[no-untyped-def]
+        host = real(spec, cfg)
+        note = host._note
+        writes = {"n": 0}
+
+        def on_note(words: str) -> None:
+            note(words)
+            if words == "write state.json":
+                writes["n"] += 1
+                if writes["n"] == 2:  # the commit's write: a signal arrives right now
+                    interrupts._handler(15, None) if interrupts._in_flight else None
+        host._note = on_note  # type: ignore[method-assign]
+        return host
+    h.world.opener = opener  # type: ignore[method-assign]
+    interrupts.reset()
+    try:
+        with pytest.raises(Interrupted) as stop:
+            h.deploy("v2")
+    finally:
+        interrupts.reset()
+    assert "had committed" in stop.value.summary
+    assert h.front_slot() == "green" and h.state()["live"] == "green"
+    assert "/srv/demo/intent.json" not in h.world.files["local"]
+    assert "had committed" in h.history()[-1]["error"]
+
+
+def test_lua_recovery_of_a_same_shape_flip_flips_back_without_a_reload(tmp_path: Path) -> None:
+    h = Harness(tmp_path, mode="lua", control_port=9999)
+    h.deploy("v1")
+    h.deploy("v2")
+    killed_deploy(h, "v3", "set live port")
+    deploy.switch(h.run("switch"), "green")  # any command recovers first
+    recovered = h.changes()
+    assert "set live port 8082" in recovered
+    assert not any("reload" in c for c in recovered)
+
+
+def test_status_still_reports_with_a_corrupt_state_file_or_journal(h: Harness) -> None:
+    from bluegreen import views
+    h.deploy("v1")
+    fs = h.world.files["local"]
+    fs["/srv/demo/state.json"] = b"{ not json"
+    fs["/srv/demo/intent.json"] = b"garbage"
+    st = status_of(h)
+    assert st["exit_code"] == views.STATUS_INCONSISTENT
+    assert st["traffic_hosts"]["local"]["routes_to"] == "blue"  # the router still says
+    assert len(st["problems"]) == 2 and st["pending_switch"].startswith("unreadable journal")
+    text = views.format_status(st)
+    assert "UNREADABLE: state file /srv/demo/state.json is corrupt" in text
+    assert views.history(h.cfg, h.run("history").fleet)[-1]["version"] == "v1"
