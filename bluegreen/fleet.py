@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from bluegreen import failpoints
 from bluegreen.config import Config, HostSpec
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import DryRunHost, Host, open_host
@@ -37,6 +38,7 @@ class Fleet:
     def host(self, spec: HostSpec) -> Host:
         if spec not in self._hosts:
             real = self.opener(spec, self.cfg)
+            failpoints.track(real)  # the fault suite's `drop` cuts its connection
             self._hosts[spec] = real if self.plan is None else DryRunHost(real, self.plan)
         return self._hosts[spec]
 

@@ -9,7 +9,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from bluegreen import journal, release, render
+from bluegreen import failpoints, journal, release, render
 from bluegreen.errors import BluegreenError
 from bluegreen.layout import release_id
 from bluegreen.routers.base import Applied
@@ -91,6 +91,7 @@ def upload(run: Run) -> str:
         h, fleet.layout(h), art, run.release_id, run.artifact_name, run.cfg.keep_releases,
         protected)))
     run.outcome.uploaded_bytes = sent
+    failpoints.hit("upload.unpacked")
     state.slots[run.target] = SlotRecord(release=run.release_id, version=run.version,
                                          checksum=art.checksum, artifact=run.artifact_name,
                                          deployed_at=time.time(), status="starting")
@@ -228,6 +229,7 @@ def switch_traffic(run: Run) -> None:
         action=run.outcome.action, from_slot=run.live.live, to_slot=run.target,
         who=run.ledger.who.name, previous=previous,
         previous_sum={label: journal.checksum(text) for label, text in previous.items()}))
+    failpoints.hit("switch.after-intent")
     run.change.apply()
 
 
@@ -256,6 +258,7 @@ def record_live(run: Run) -> None:
     state.live = target
     state.slots[target].status = "running"
     run.ledger.save_state(state)
+    failpoints.hit("record.after-state")
     if run.change is not None:
         run.change.commit()
     run.ledger.clear_intent()

@@ -7,7 +7,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from bluegreen import commands
+from bluegreen import commands, failpoints
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Host
 from bluegreen.layout import Layout, artifact_suffix
@@ -63,6 +63,7 @@ def ship(host: Host, layout: Layout, artifact: Artifact, release_id: str, file_n
         except BaseException:
             host.remove(tmp)
             raise
+        failpoints.hit("upload.mid")
         finalize = commands.finalize_upload(tmp, stored, artifact.checksum) + " && "
         uploaded = artifact.size
     release_dir = layout.release(release_id)

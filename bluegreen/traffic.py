@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from bluegreen import failpoints
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError, CommandFailed
 from bluegreen.render import parse_marker
@@ -82,6 +83,7 @@ class TrafficChange:
                 return exc
             # From here on the host holds our file: every way out must be able to undo it.
             self.applied.append((router, applied))
+            failpoints.hit("switch.after-install")
             try:
                 router.test(applied, and_apply=at_once)
             except ConfigRejected as exc:  # the router put its previous file back already
@@ -95,6 +97,7 @@ class TrafficChange:
         if not at_once:
             _raise_first(_parallel(self.applied, _errors_of(
                 lambda ra: ra[0].apply(ra[1], self.slot, shape))))
+        failpoints.hit("switch.after-apply")
 
     def verify(self) -> None:
         start = time.monotonic()
