@@ -35,6 +35,7 @@ import errno
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 import weakref
@@ -113,13 +114,15 @@ def hit(name: str) -> None:
 
 
 def _act(name: str, action: Action) -> None:
+    said = f"failpoint {name}: {action.kind}"
+    if action.kind == "drop":
+        said += f" ({drop_connections()} SSH connection(s) cut)"
+    print(said, file=sys.stderr, flush=True)  # the suite checks the point was reached
     if action.kind == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(5)  # the signal is delivered before this returns; never go on
     elif action.kind == "term":
         os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at the next bytecode
-    elif action.kind == "drop":
-        drop_connections()
     elif action.kind == "fill":
         fill(action.arg)
     elif action.kind == "hold":
