@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo demo-stop test unit bench lint clean
+.PHONY: setup demo demo-stop test unit faults bench lint clean
 
 setup: $(VENV)/.installed
 	@scripts/install-system-deps.sh | grep -v '^found:' || true
@@ -30,6 +30,11 @@ test: setup
 
 unit: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
+
+## the whole fault suite: every fault x point x switch mode x host type, then its table
+## (`make test` runs a bounded subset; -m here overrides pyproject's "not faults_full")
+faults: setup
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m faults tests/faults
 
 ## every benchmark (bench/run.py), one result line each; `$(PY) -m bench.NAME` runs one
 bench: setup

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 import requests
 
 from testkit.loadgen import ClassConfig, LoadGen, LoadResult
@@ -70,6 +71,7 @@ DOWN_POINTS: tuple[str, ...] = ("before:upload", "before:stop", "health.probing"
                                 "switch.after-install", "switch.after-apply", "before:record")
 # Where the disk fills up
 FILL_POINTS: tuple[str, ...] = ("before:upload", "upload.mid", "before:switch")
+TMPFS_MB = 16  # paths.root of a disk-full cell: a tmpfs this big
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Cell:
     point: str
     mode: str  # reload | lua
     host: str  # local | ssh
+    tmpfs: bool = False  # paths.root on a small tmpfs of its own
 
     @property
     def id(self) -> str:
@@ -98,8 +101,8 @@ def down_cells() -> list[Cell]:
 
 
 def fill_cells() -> list[Cell]:
-    return [Cell("fill", point, mode, host) for point in FILL_POINTS for mode in MODES
-            for host in HOSTS]
+    return [Cell("fill", point, mode, host, tmpfs=True) for point in FILL_POINTS
+            for mode in MODES for host in HOSTS]
 
 
 # The bounded subset `make test` runs: one cell per way a run can be cut short, across
@@ -344,3 +347,26 @@ def can_mount_tmpfs(probe: Path) -> str:
         return f"cannot mount a tmpfs: {exc}"
     umount(probe)
     return ""
+
+
+# ------------------------------------------------------------------------------ cells
+
+
+def params(cells: list[Cell]) -> list[object]:
+    return [pytest.param(c, id=c.id, marks=() if c.id in REPRESENTATIVE
+                         else (pytest.mark.faults_full,)) for c in cells]
+
+
+def reached(ran: object, cell: Cell) -> None:
+    """The fault happened where the cell says (a misspelt point would pass silently)."""
+    err = getattr(ran, "stderr", "")
+    assert f"failpoint {cell.point}: {cell.fault}" in err, \
+        f"the failpoint {cell.point} was not reached:\n{getattr(ran, 'stdout', '')}\n{err}"
+
+
+def converges(rig: Rig, first: str) -> None:
+    """(c): the next plain deploy succeeds, with no manual step, and serves v3."""
+    ran = rig.deploy("v3")
+    assert ran.returncode == 0, f"the next plain `fab deploy` failed after {first}:\n" \
+        f"{ran.stdout}\n{ran.stderr}"
+    check_status_is_true(rig, expect_version="v3")

@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.faults.faultkit import (
-    REPRESENTATIVE,
     Cell,
     Rig,
     check_status_is_true,
+    converges,
     down_cells,
     drop_cells,
     failpoint_env,
@@ -22,30 +22,12 @@ from tests.faults.faultkit import (
     judge_load,
     kill_cells,
     no_traceback,
+    params,
+    reached,
     under_load,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
-
-
-def params(cells: list[Cell]) -> list[object]:
-    return [pytest.param(c, id=c.id, marks=() if c.id in REPRESENTATIVE
-                         else (pytest.mark.faults_full,)) for c in cells]
-
-
-def reached(ran: object, cell: Cell) -> None:
-    """The fault happened where the cell says (a misspelt point would pass silently)."""
-    err = getattr(ran, "stderr", "")
-    assert f"failpoint {cell.point}: {cell.fault}" in err, \
-        f"the failpoint {cell.point} was not reached:\n{getattr(ran, 'stdout', '')}\n{err}"
-
-
-def converges(rig: Rig, first: str) -> None:
-    """(c): the next plain deploy succeeds, with no manual step, and serves v3."""
-    ran = rig.deploy("v3")
-    assert ran.returncode == 0, f"the next plain `fab deploy` failed after {first}:\n" \
-        f"{ran.stdout}\n{ran.stderr}"
-    check_status_is_true(rig, expect_version="v3")
 
 
 @pytest.mark.parametrize("cell", params(kill_cells()))
