@@ -109,12 +109,58 @@ def fill_cells() -> list[Cell]:
 # both modes and both host types, at the points where state and traffic disagree most.
 REPRESENTATIVE: frozenset[str] = frozenset({
     Cell("kill", "switch.after-install", "reload", "local").id,  # file new, no reload
-    Cell("kill", "switch.after-apply", "lua", "ssh").id,         # flipped, not recorded
+    Cell("term", "switch.after-apply", "lua", "ssh").id,         # flipped: undone by a flip
     Cell("term", "health.probing", "reload", "ssh").id,          # signal mid-phase
-    Cell("term", "switch.after-install", "lua", "local").id,     # signal inside the switch
+    Cell("kill", "record.after-state", "lua", "local").id,       # committed, journal left
     Cell("kill", "before:stop", "lua", "local").id,              # lock held by a dead run
     Cell("drop", "switch.after-install", "reload", "ssh").id,    # link cut inside the switch
 })
+
+# ------------------------------------------------------------------------------ known defects
+# Found by this suite in the core; each is pinned in its smallest deterministic form in
+# test_core_defects.py (xfail strict). The lead fixes the core; then these marks come off.
+TERM_AFTER_STATE = (
+    "DEFECT (phases.record_live + run.perform): a SIGTERM that arrives after record_live "
+    "wrote state.json (live = the new slot) and before run.change.commit() (over SSH: any "
+    "SIGTERM during that SFTP write, since interrupts.step() raises at the write's end) "
+    "makes perform() undo the switch: nginx is put back on the old slot and the journal "
+    "cleared, but state.json keeps saying the new slot is live. The run prints "
+    "'INTERRUPTED ... traffic stays on the live slot'; `fab status` then exits 5 (file and "
+    "front door say blue, state says green) and the next plain `fab deploy` refuses "
+    "('state says live slot is green but nginx routes to blue'). The state write and "
+    "commit() (and clearing the journal) must be one step a signal cannot split, or undo "
+    "must also put the state back.")
+
+LUA_RECOVERY_RELOADS = (
+    "DEFECT (phases.recover_interrupted): recovery restores with Applied(previous, "
+    "reloaded=True, flipped=True), so in lua mode it always reloads nginx, although a "
+    "flip back is enough when the interrupted change had the same shape (the switch only "
+    "flipped the live port). A reload on nginx < 1.27.4 closes idle keep-alive client "
+    "connections: the fault suite saw a keep-alive POST fail in lua mode "
+    "(kill-switch.after-apply-lua-ssh: 1 RemoteDisconnected of 8837), breaking lua mode's "
+    "zero-failed-requests promise. Recovery should reload only when the installed file's "
+    "shape differs from the previous one (parse_marker(...).shape).")
+
+INTERRUPTED_AFTER_COMMIT = (
+    "DEFECT (runner.py message + run.perform history entry): a SIGTERM after the record "
+    "phase committed the switch (state and nginx both on the new slot, journal cleared) is "
+    "reported as 'INTERRUPTED: a switch in progress was undone ...; traffic stays on the "
+    "live slot', and history records the deploy as 'interrupted in post-switch; traffic "
+    "was not touched' (`fab history` shows it so), while the new release is live. Both "
+    "must say the switch committed (only the post hooks were skipped).")
+
+# cell id -> (reason, strict). Strict where the failure is deterministic; not strict where
+# the defect shows only when a keep-alive request races the needless reload.
+KNOWN: dict[str, tuple[str, bool]] = {
+    **{Cell("term", "record.after-state", m, h).id: (TERM_AFTER_STATE, True)
+       for m in MODES for h in HOSTS},
+    **{Cell("kill", p, "lua", h).id: (LUA_RECOVERY_RELOADS, False)
+       for p in ("switch.after-install", "switch.after-apply", "before:record")
+       for h in HOSTS},
+    **{Cell("down", p, "lua", "ssh").id: (LUA_RECOVERY_RELOADS, False)
+       for p in ("switch.after-install", "switch.after-apply", "before:record")},
+}
+
 
 # Small and steady: the machine running the suite has two cores shared with the deploys
 LOAD_MIX = {
@@ -353,8 +399,15 @@ def can_mount_tmpfs(probe: Path) -> str:
 
 
 def params(cells: list[Cell]) -> list[object]:
-    return [pytest.param(c, id=c.id, marks=() if c.id in REPRESENTATIVE
-                         else (pytest.mark.faults_full,)) for c in cells]
+    """pytest params: `faults_full` unless representative; known defects marked xfail."""
+    out = []
+    for c in cells:
+        marks: list[Any] = [] if c.id in REPRESENTATIVE else [pytest.mark.faults_full]
+        if c.id in KNOWN:
+            reason, strict = KNOWN[c.id]
+            marks.append(pytest.mark.xfail(strict=strict, reason=reason))
+        out.append(pytest.param(c, id=c.id, marks=marks))
+    return out
 
 
 def reached(ran: object, cell: Cell) -> None:
