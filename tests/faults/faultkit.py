@@ -149,6 +149,14 @@ INTERRUPTED_AFTER_COMMIT = (
     "was not touched' (`fab history` shows it so), while the new release is live. Both "
     "must say the switch committed (only the post hooks were skipped).")
 
+STALE_PHASE_LABEL = (
+    "DEFECT (errors from the primary's state/lock/journal I/O take Host.phase, which only "
+    "fleet.on_all and the switch set): a failure in the ledger's own I/O is reported with "
+    "the phase that last used that host, not the one that failed: an SSH link lost before "
+    "the switch's lock re-check prints 'FAILED [phase=health ...]', one lost before the "
+    "record phase's state write prints 'FAILED [phase=switch ...]', and history records "
+    "the same wrong phase. The run knows the phase it is in (perform's `current`).")
+
 # cell id -> (reason, strict). Strict where the failure is deterministic; not strict where
 # the defect shows only when a keep-alive request races the needless reload.
 KNOWN: dict[str, tuple[str, bool]] = {

@@ -13,6 +13,7 @@ import pytest
 from tests.faults.faultkit import (
     INTERRUPTED_AFTER_COMMIT,
     LUA_RECOVERY_RELOADS,
+    STALE_PHASE_LABEL,
     TERM_AFTER_STATE,
     Cell,
     Rig,
@@ -66,3 +67,15 @@ def test_an_interrupt_after_the_commit_is_not_reported_as_undone(cell: Cell, rig
     last = json.loads(rig.project.history.read_text().splitlines()[-1])
     assert last["version"] == "v2"
     assert "traffic was not touched" not in last.get("error", ""), last
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("defect", p, "reload", "ssh"), id=p)
+                                  for p in ("switch", "record")])
+@pytest.mark.xfail(strict=True, reason=STALE_PHASE_LABEL)
+def test_a_failure_names_the_phase_it_happened_in(cell: Cell, rig: Rig) -> None:
+    assert rig.deploy("v1").returncode == 0
+    ran = rig.deploy("v2", env=failpoint_env(f"before:{cell.point}", "drop"))
+    assert ran.returncode == 1 and "SSH connection lost" in ran.stderr, ran.stderr
+    assert f"FAILED [phase={cell.point} " in ran.stderr, ran.stderr
+    last = json.loads(rig.project.history.read_text().splitlines()[-1])
+    assert last["phase"] == cell.point, last

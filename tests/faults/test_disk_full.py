@@ -7,6 +7,7 @@ next plain deploy converges."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -33,7 +34,22 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 # for the reasons below and are marked so, not faked. Cells not listed survive today.
 PENDING_ENOSPC = ("pending the ENOSPC handling on the artifacts branch (helper G), not on "
                   "main yet: ")
-XFAIL: dict[str, str] = {}
+WRITE_ATOMIC_LEFTOVER = (
+    "DEFECT (hosts.Host.write_atomic, core): a write that fails with ENOSPC leaves its temp "
+    "file (.intent.json.XXXXXXXX.tmp, .state.json.XXXXXXXX.tmp) beside the target for good: "
+    "nothing removes it and pruning skips dotfiles. The deploy itself fails cleanly and the "
+    "next one converges; only the leftovers fail this cell. write_atomic should remove its "
+    "temp file when the write or the rename fails.")
+XFAIL: dict[str, str] = {
+    "before:upload/local": PENDING_ENOSPC + (
+        "LocalHost.put lets OSError(ENOSPC) from os.sendfile out of the run: a Python "
+        "traceback, no FAILED line, no history entry, no on-failure hook"),
+    **{f"upload.mid/{h}": PENDING_ENOSPC + (
+        "when the upload fits but the unpack does not, commands.unpack leaves "
+        "releases/<id>.partial behind (the next unpack of that release replaces it, so the "
+        "next deploy converges; the leftover is what fails)") for h in ("local", "ssh")},
+    **{f"before:switch/{h}": WRITE_ATOMIC_LEFTOVER for h in ("local", "ssh")},
+}
 
 
 def leftovers(root: Path) -> list[str]:
@@ -73,11 +89,13 @@ def test_a_disk_that_fills_mid_deploy_leaves_nothing_behind_and_converges(
         no_traceback(ran)
         assert ran.returncode == 1 and "FAILED [phase=" in ran.stderr, \
             f"exit {ran.returncode}:\n{ran.stdout}\n{ran.stderr}"
-        assert "No space left on device" in ran.stderr, ran.stderr
+        # locally the OS says ENOSPC; over SFTP the server only says "Failure", so the
+        # message must at least point at the disk
+        assert re.search(r"No space left on device|disk space", ran.stderr), ran.stderr
         check_status_is_true(rig, expect_version="v1")  # on the full disk
         left = leftovers(srv)
         (srv / BALLAST).unlink()  # the space comes back
-        assert left == [], f"the failed deploy left {left} behind on the full disk"
         converges(rig, f"the disk filling at {cell.point}")
         load.wait(0.3)
     judge_load(rig, load.stop(), {"v1", "v2", "v3"})
+    assert left == [], f"the failed deploy left {left} behind on the full disk"
