@@ -18,6 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from bluegreen import failpoints
 from bluegreen.config import Config, HostSpec
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import DryRunHost, Host, open_host
@@ -77,6 +78,7 @@ class Fleet:
     def host(self, spec: HostSpec) -> Host:
         if spec not in self._hosts:
             real = self.opener(spec, self.cfg)
+            failpoints.track(real)  # the fault suite's `drop` cuts its connection
             self._hosts[spec] = real if self.plan is None else DryRunHost(real, self.plan)
         return self._hosts[spec]
 

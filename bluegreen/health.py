@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from bluegreen import failpoints
 from bluegreen.config import Health
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Host
@@ -62,6 +63,7 @@ def wait_healthy(host: Host, port: int, cfg: Health, *,
     while True:
         last = probe(host, port, cfg)
         probes += 1
+        failpoints.hit("health.probing")
         streak = streak + 1 if last.ok else 0
         if streak >= cfg.successes:
             return HealthReport(time.monotonic() - start, probes, last.detail)

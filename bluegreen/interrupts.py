@@ -41,7 +41,8 @@ def reset() -> None:
 def _handler(signum: int, frame: object) -> None:
     global _requested
     with _lock:
-        busy = _in_flight > 0 and not _requested
+        # a step in flight, or a commit/cleanup that must finish whole: wait for it
+        busy = (_in_flight > 0 or _cleaning_up > 0) and not _requested
         _requested = True
     if not busy:
         raise KeyboardInterrupt

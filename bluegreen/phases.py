@@ -10,7 +10,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from bluegreen import interrupts, journal, release, render
+from bluegreen import failpoints, interrupts, journal, release, render
 from bluegreen.errors import BluegreenError
 from bluegreen.layout import release_id
 from bluegreen.lock import new_owner
@@ -121,6 +121,7 @@ def upload(run: Run) -> str:
         h, fleet.layout(h), art, run.release_id, run.artifact_name, run.cfg.keep_releases,
         protected)))
     run.outcome.uploaded_bytes = sent
+    failpoints.hit("upload.unpacked")
     state.slots[run.target] = SlotRecord(release=run.release_id, version=run.version,
                                          checksum=art.checksum, artifact=run.artifact_name,
                                          deployed_at=time.time(), status="starting")
@@ -270,6 +271,7 @@ def switch_traffic(run: Run) -> None:
         previous_sum={label: journal.checksum(text) for label, text in previous.items()}))
     for line in switch_notices(run.routers):  # say what this way of switching costs
         run.report.say(f"    {line}")
+    failpoints.hit("switch.after-intent")
     run.change.apply()
 
 
@@ -307,6 +309,7 @@ def record_live(run: Run) -> None:
     # by a signal arriving at the end of that write; it waits until the commit is whole.
     with interrupts.uninterruptible():
         run.ledger.save_state(state)
+        failpoints.hit("record.after-state")
         if run.change is not None:
             run.change.commit()
         run.ledger.clear_intent()

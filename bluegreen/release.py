@@ -32,7 +32,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from bluegreen import commands
+from bluegreen import commands, failpoints
 from bluegreen.errors import BluegreenError, CommandFailed
 from bluegreen.hosts import Host
 from bluegreen.layout import Layout, artifact_suffix
@@ -441,6 +441,7 @@ def ship(host: Host, layout: Layout, artifact: Artifact, release_id: str, file_n
             if failure is not None:
                 raise failure from exc
             raise
+        failpoints.hit("upload.mid")
         finalize = commands.finalize_upload(tmp, stored, artifact.checksum) + " && "
         uploaded = artifact.size
     release_dir = layout.release(release_id)

@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bluegreen import interrupts
+from bluegreen import failpoints, interrupts
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError
 from bluegreen.fleet import Fleet
@@ -137,7 +137,9 @@ def perform(run: Run, phases: list[Phase], summary: Callable[[Run], str]) -> Out
     current = phases[0]
     try:
         for current in phases:
+            failpoints.hit(f"before:{current.name}")
             run_phase(run, current)
+            failpoints.hit(f"after:{current.name}")
             interrupts.checkpoint()
             run.ledger.heartbeat()
     except KeyboardInterrupt as stop:

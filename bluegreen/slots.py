@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bluegreen import commands, health, traffic
+from bluegreen import commands, failpoints, health, traffic
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError
 from bluegreen.fleet import Fleet
@@ -41,6 +41,7 @@ class Slots:
             self._report_cut("requests still in flight", port,
                              [f"{h}: {n}" for h, n in in_flight.items()])
             conn_drain = 0
+        failpoints.hit("stop.drained")
 
         def one(h: Host) -> commands.StopReport:
             out = h.run(commands.drain_stop_free(

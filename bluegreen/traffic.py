@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from bluegreen import lock
+from bluegreen import failpoints, lock
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError, CommandFailed
 from bluegreen.render import parse_marker
@@ -147,6 +147,7 @@ class TrafficChange:
                 return exc
             # From here on the host holds our file: every way out must be able to undo it.
             self.applied.append((router, applied))
+            failpoints.hit("switch.after-install")
             try:
                 router.test(applied, and_apply=at_once)
             except ConfigRejected as exc:  # the router put its previous file back already
@@ -160,6 +161,7 @@ class TrafficChange:
         if not at_once:
             _raise_first(_parallel(self.applied, _errors_of(
                 lambda ra: self._flip(ra, shapes[id(ra[0])]))))
+        failpoints.hit("switch.after-apply")
 
     def _flip(self, ra: tuple[Router, Applied], shape: str) -> None:
         router, applied = ra

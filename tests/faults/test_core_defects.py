@@ -1,0 +1,81 @@
+"""Convergence defects the fault suite found in the core, each pinned by a deterministic
+test in its smallest form (xfail strict: it fails today, for the reason given; when the
+core is fixed it passes, and strict makes the suite say so, so the mark comes off).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from tests.faults.faultkit import (
+    INTERRUPTED_AFTER_COMMIT,
+    LUA_RECOVERY_RELOADS,
+    STALE_PHASE_LABEL,
+    TERM_AFTER_STATE,
+    Cell,
+    Rig,
+    check_status_is_true,
+    failpoint_env,
+    front_door,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.faults]
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("defect", "record.after-state", m, "local"),
+                                               id=m) for m in ("reload", "lua")])
+@pytest.mark.xfail(strict=True, reason=TERM_AFTER_STATE)
+def test_sigterm_between_the_state_write_and_the_commit_converges(cell: Cell,
+                                                                  rig: Rig) -> None:
+    assert rig.deploy("v1").returncode == 0
+    ran = rig.deploy("v2", env=failpoint_env("record.after-state", "term"))
+    assert ran.returncode == 130, ran.stderr
+    door = front_door(rig)
+    assert door.slot == rig.project.state().get("live"), \
+        f"state says {rig.project.state().get('live')}, the front door answers {door}"
+    check_status_is_true(rig)
+    assert rig.deploy("v3").returncode == 0
+    check_status_is_true(rig, expect_version="v3")
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("defect", p, "lua", "local"), id=p)
+                                  for p in ("switch.after-install", "switch.after-apply",
+                                            "before:record")])
+@pytest.mark.xfail(strict=True, reason=LUA_RECOVERY_RELOADS)
+def test_recovery_in_lua_mode_flips_back_without_a_reload(cell: Cell, rig: Rig) -> None:
+    assert rig.deploy("v1").returncode == 0
+    ran = rig.deploy("v2", env=failpoint_env(cell.point, "kill"))
+    assert ran.returncode == -signal.SIGKILL
+    workers = sorted(rig.nginx.worker_pids())
+    check_status_is_true(rig, expect_version="v1")  # status recovered the switch
+    history = rig.project.history.read_text()
+    assert '"action": "recover"' in history
+    assert sorted(rig.nginx.worker_pids()) == workers, "recovery reloaded nginx"
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("defect", p, "reload", "local"), id=p)
+                                  for p in ("before:post-switch", "after:post-deploy")])
+@pytest.mark.xfail(strict=True, reason=INTERRUPTED_AFTER_COMMIT)
+def test_an_interrupt_after_the_commit_is_not_reported_as_undone(cell: Cell, rig: Rig) -> None:
+    assert rig.deploy("v1").returncode == 0
+    ran = rig.deploy("v2", env=failpoint_env(cell.point, "term"))
+    check_status_is_true(rig, expect_version="v2")  # it did commit: v2 is live
+    assert "was undone" not in ran.stderr and "stays on the live slot" not in ran.stderr, \
+        ran.stderr
+    last = json.loads(rig.project.history.read_text().splitlines()[-1])
+    assert last["version"] == "v2"
+    assert "traffic was not touched" not in last.get("error", ""), last
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("defect", p, "reload", "ssh"), id=p)
+                                  for p in ("switch", "record")])
+@pytest.mark.xfail(strict=True, reason=STALE_PHASE_LABEL)
+def test_a_failure_names_the_phase_it_happened_in(cell: Cell, rig: Rig) -> None:
+    assert rig.deploy("v1").returncode == 0
+    ran = rig.deploy("v2", env=failpoint_env(f"before:{cell.point}", "drop"))
+    assert ran.returncode == 1 and "SSH connection lost" in ran.stderr, ran.stderr
+    assert f"FAILED [phase={cell.point} " in ran.stderr, ran.stderr
+    last = json.loads(rig.project.history.read_text().splitlines()[-1])
+    assert last["phase"] == cell.point, last
