@@ -11,7 +11,8 @@ import sys
 
 from bluegreen.runner import execute
 
-CORE_COMMANDS = ("deploy", "switch", "rollback", "status", "releases", "history", "unlock")
+CORE_COMMANDS = ("deploy", "switch", "promote", "rollback", "maintenance", "status",
+                 "releases", "history", "unlock")
 
 
 def build_parser(with_automation: bool = True) -> argparse.ArgumentParser:
@@ -36,9 +37,25 @@ def build_parser(with_automation: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--version", default="")
     p.add_argument("--force", action="store_true",
                    help="deploy an artifact the watch window once reverted")
+    p.add_argument("--no-switch", action="store_true",
+                   help="stop at a healthy idle slot, marked ready; `promote` switches later")
+    p.add_argument("--canary", default="", metavar="STEPS",
+                   help="rising percents of users to the new slot, e.g. 5,25,100 (lua mode)")
+    p.add_argument("--step", type=float, default=None, metavar="SECONDS",
+                   help="seconds each canary step is watched (default: canary.step)")
     p = sub.add_parser("switch", help="flip traffic to the other slot")
     common(p)
     p.add_argument("--to", default="", choices=["", "blue", "green"])
+    p.add_argument("--weight", type=int, default=None, metavar="PERCENT",
+                   help="a canary: this share of users to the idle slot (lua mode)")
+    p.add_argument("--abort", action="store_true", help="end a canary: back to 0%%")
+    p = sub.add_parser("promote", help="switch to the slot `deploy --no-switch` left ready")
+    common(p)
+    p = sub.add_parser("maintenance", help="503 with a message at the front door, or stop")
+    common(p)
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--message", default="")
+    p.add_argument("--retry-after", type=int, default=60, metavar="SECONDS")
     p = sub.add_parser("rollback", help="back to the previous release")
     common(p)
     for name in ("status", "releases"):
@@ -81,7 +98,15 @@ def main(argv: list[str] | None = None) -> int:
                    version=getattr(args, "version", ""), to=getattr(args, "to", ""),
                    history=getattr(args, "history", 10), since=getattr(args, "since", ""),
                    only_action=getattr(args, "only_action", ""),
-                   force=getattr(args, "force", False))
+                   force=getattr(args, "force", False),
+                   **_flow_flags(args))
+
+
+def _flow_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The flags only some flows take, as `execute` passes them on."""
+    names = {"no_switch", "canary", "step", "weight", "abort", "state", "message",
+             "retry_after"}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
             lock_wait: float = 0.0,
             as_json: bool = False, artifact: str = "", version: str = "", to: str = "",
             history: int = 10, since: str = "", only_action: str = "",
-            force: bool = False) -> int:
+            force: bool = False, **flow_flags: Any) -> int:
     # Jenkins' abort and the webhook worker stop a deploy with SIGTERM: like Ctrl-C, it
     # waits for the remote steps in flight, then undoes a half-done switch and unlocks
     interrupts.install()
@@ -39,10 +39,12 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
     try:
         config_mod.check_label("--version", version)
         config_mod.check_label("--who", who)
+        if action == "maintenance":
+            _maintenance_on(flow_flags.get("state", ""))  # before the config: a typo first
         cfg = config_mod.load(config or None, overrides=overrides or [])
         result, plan = _dispatch(cfg, action, dry_run=dry_run, who=who, quiet=as_json,
                                  lock_wait=lock_wait, since=since, only_action=only_action,
-                                 force=force,
+                                 force=force, flow_flags=flow_flags,
                                  artifact=artifact, version=version, to=to, history=history)
         if plan is not None:
             print("\nDRY RUN: nothing was changed. These changes would be made:")
@@ -66,7 +68,8 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
 def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, quiet: bool,
               lock_wait: float, artifact: str, version: str, to: str,
               history: int, since: str = "", only_action: str = "",
-              force: bool = False) -> tuple[Any, Any]:
+              force: bool = False, flow_flags: dict[str, Any] | None = None
+              ) -> tuple[Any, Any]:
     # imported here: `bluegreen --help` and the automation service need none of the flow
     from bluegreen import deploy, lock, views
     from bluegreen.fleet import Fleet
@@ -80,13 +83,23 @@ def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, q
     report = Reporter(quiet=quiet)
     ledger = Ledger(cfg, fleet, Who.from_env(who), report, lock_wait=lock_wait)
     try:
+        flags = flow_flags or {}
         if action in deploy.FLOWS:
             run = Run(cfg, fleet, ledger, report, Outcome(action))
             if action == "deploy":
                 return deploy.deploy(run, _artifact_path(cfg, artifact), version,
-                                     force=force).entry(), plan
+                                     force=force, no_switch=flags.get("no_switch", False),
+                                     canary=flags.get("canary", ""),
+                                     step=flags.get("step")).entry(), plan
             if action == "switch":
-                return deploy.switch(run, to).entry(), plan
+                return deploy.switch(run, to, weight=flags.get("weight"),
+                                     abort=flags.get("abort", False)).entry(), plan
+            if action == "promote":
+                return deploy.promote(run).entry(), plan
+            if action == "maintenance":
+                return deploy.maintenance(run, _maintenance_on(flags.get("state", "")),
+                                          flags.get("message", ""),
+                                          flags.get("retry_after", 60)).entry(), plan
             return deploy.rollback(run).entry(), plan
         if action == "status":
             deploy.recover_if_pending(Run(cfg, fleet, ledger, report, Outcome("recover")))
@@ -110,6 +123,14 @@ def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, q
         raise ValueError(action)
     finally:
         fleet.close()
+
+
+def _maintenance_on(state: str) -> bool:
+    if state not in ("on", "off"):
+        raise ArgumentError("maintenance", f"expected on or off, got {state!r}",
+                            hint='fab maintenance on --message "back at 14:00", or '
+                                 "fab maintenance off")
+    return state == "on"
 
 
 def _artifact_path(cfg: config_mod.Config, artifact: str) -> Path:
