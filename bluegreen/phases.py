@@ -124,7 +124,7 @@ def upload(run: Run) -> str:
 
 
 def stop_target(run: Run) -> str:
-    disarm_preview(run, run.target)
+    disarm_preview(run)
     return run.slots.stop(run.target)
 
 
@@ -211,7 +211,7 @@ def restart_if_cold(run: Run) -> None:
         raise BluegreenError(f"release {back_to.release} is no longer on {', '.join(missing)}",
                              phase="rollback", host=",".join(missing),
                              hint="deploy that version again with `fab deploy`")
-    disarm_preview(run, slot)
+    disarm_preview(run)
     run.ledger.save_state(state)  # the slot is about to change hands: say so first
     with run.report.phase("stop", f"drain and stop slot {slot}"):
         run.slots.stop(slot)
@@ -297,7 +297,7 @@ def record_live(run: Run) -> None:
         state.previous = state.live
         state.previous_release = dataclasses.replace(state.slots[state.live])
     state.live = target
-    disarm_preview(run, target)  # it is live now: no route of its own any more
+    disarm_preview(run)  # it is live now: no route of its own any more
     state.slots[target].status = "running"
     state.weight = 0  # a whole switch ends any canary
     run.ledger.save_state(state)
@@ -539,11 +539,13 @@ def mark_ready(run: Run) -> str:
     state, slot = run.live, run.target
     token = preview_token(run.cfg)
     note = "no preview route (preview.token_env is not set)"
-    if token and not run.fleet.dry_run:
-        digest = hashlib.sha1(token.encode()).hexdigest()  # noqa: S324 - a lookup key, and the token is random
+    if token:
+        # nginx gets the token's sha1, never the token (it is random: no dictionary to try)
+        digest = hashlib.sha1(token.encode()).hexdigest()  # noqa: S324
         for router in run.routers:
             router.set_preview(slot, digest)
-        for router in run.routers:  # proven through each front door, as a user would try it
+        # proven through each front door, as a user would try it (a dry run plans the route)
+        for router in [] if run.fleet.dry_run else run.routers:
             router.probe_headers = {run.cfg.preview.header: token}
             try:
                 router.wait_front_door(slot)  # type: ignore[attr-defined]
@@ -557,12 +559,13 @@ def mark_ready(run: Run) -> str:
     return note
 
 
-def disarm_preview(run: Run, slot: str) -> None:
-    """A ready slot that is about to be stopped, reused or promoted: its preview route goes
-    first (a preview request must never reach a stopped slot). Best effort: a host that
-    cannot be told keeps a route to a slot that then answers 502 to the token only."""
-    state = run.live
-    if state.slots[slot].status != "ready" or not run.cfg.preview.token_env:
+def disarm_preview(run: Run) -> None:
+    """The idle slot is about to be stopped, reused or promoted: a preview route to it goes
+    first (a preview request must never reach a stopped slot). Only where previews are
+    configured, and without asking first (there is one route at most, and it can only
+    lead to the idle slot). Best effort: a host that cannot be told keeps a route to a
+    slot that then answers 502 to the token only."""
+    if not run.cfg.preview.token_env:
         return
     for router in run.routers:
         if "preview" not in router.features:
