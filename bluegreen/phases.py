@@ -377,6 +377,7 @@ def revert_to_warm_slot(run: Run, exc: BluegreenError) -> None:
         change.lock_traffic_hosts(run.report.say)
         with run.report.phase("revert", f"traffic back to {back} "
                                         f"({rec.version or rec.release})"):
+            route_now(run, back, started)
             change.apply()
             change.verify()
     except BluegreenError as revert_exc:
@@ -706,6 +707,7 @@ def revert_canary(run: Run, exc: BluegreenError) -> None:
         change.lock_traffic_hosts(run.report.say)
         with run.report.phase("revert", f"canary back to 0%: everyone on {state.live} "
                                         f"({rec.version or rec.release})"):
+            route_now(run, state.live, started)
             change.apply()
             change.verify()
     except BluegreenError as revert_exc:
@@ -797,3 +799,20 @@ def check_canary_to(to: str) -> None:
     if to:
         raise BluegreenError("--to does not go with --weight: a canary always goes to the "
                              "idle slot", phase="switch", hint="leave --to out")
+
+
+def route_now(run: Run, slot: str, breach_seen: float) -> None:
+    """A breach: users off the bad release first, where the router can do that at once
+    (lua: one POST); the file and its test follow in the revert's traffic change. A host
+    that cannot is left to that change; one that fails to is reported, not fatal."""
+    moved = []
+    for router in run.routers:
+        try:
+            if router.route_now(slot):
+                moved.append(router.label)
+        except BluegreenError as exc:
+            run.report.say(f"    {router.label}: could not move users at once "
+                           f"({exc.what.splitlines()[0]}); the revert's switch will")
+    if moved:
+        run.report.say(f"    users on {slot} {(time.monotonic() - breach_seen) * 1000:.0f} ms "
+                       f"after the breach ({', '.join(moved)}); now the file follows")

@@ -213,6 +213,13 @@ class Router(ABC):
     def front_door_request(self, path: str) -> Answer:
         """One GET through this host's front door, as a user would send it."""
 
+    def route_now(self, slot: str) -> bool:
+        """Send every new request to `slot` at once, ahead of the file (a revert to a slot
+        that was live seconds ago: the file follows through the usual change). False: this
+        router can only change through its file."""
+        del slot
+        return False
+
     def counters(self) -> dict[str, SlotCounters] | None:
         """Per-slot counters since the router started; None: not available in this mode."""
         return None

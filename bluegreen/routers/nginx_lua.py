@@ -138,6 +138,12 @@ class NginxLuaRouter(NginxRouter):
         except BluegreenError:
             return None
 
+    def route_now(self, slot: str) -> bool:
+        """One POST to the zone, no canary: users are off a bad release within a round
+        trip, instead of after `nginx -t` (~0.1 s) and the file install."""
+        self.set_live_port(self.cfg.port_of(slot), 0)
+        return True
+
     # ---------------------------------------------------------------- a canary
     def verify(self, applied: Applied, slot: str) -> float:
         """With a canary, both sides must answer through the front door: the live slot to
