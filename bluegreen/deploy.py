@@ -180,6 +180,7 @@ def deploy(run: Run, artifact: Path, version: str = "", *, force: bool = False,
         raise BluegreenError("--no-switch and --canary do not go together", phase="deploy",
                              hint="--no-switch prepares a release for `fab promote`; "
                                   "--canary walks it live step by step")
+    run.outcome.canary = steps
     phases = deploy_phases(artifact, version, no_switch=no_switch, canary=steps,
                            step=run.cfg.canary.step if step is None else step)
     if no_switch:

@@ -300,6 +300,8 @@ def record_live(run: Run) -> None:
     disarm_preview(run)  # it is live now: no route of its own any more
     state.slots[target].status = "running"
     state.weight = 0  # a whole switch ends any canary
+    if run.outcome.weight:
+        run.outcome.weight = 0  # and history says so: the share is what is true now
     run.ledger.save_state(state)
     if run.change is not None:
         run.change.commit()

@@ -47,6 +47,7 @@ class Outcome:
     requests: int | None = None
     failed_requests: int | None = None
     weight: int | None = None  # a canary step: the new slot's share of users, percent
+    canary: list[int] | None = None  # `deploy --canary`: the steps it was asked to walk
     maintenance: str | None = None  # on | off
     result: str | None = None
     phase: str | None = None

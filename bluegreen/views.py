@@ -139,7 +139,10 @@ def format_history(entries: list[dict[str, Any]]) -> str:
                 else f" {h['note']}" if h.get("note") else "")
         if h.get("failed_requests") is not None and h.get("requests") is not None:
             tail += f" ({h['failed_requests']} failed of {h['requests']} during the switch)"
-        if h.get("weight"):
+        if h.get("canary"):
+            tail += f" (canary {','.join(str(w) for w in h['canary'])}"
+            tail += f", left at {h['weight']}%)" if h.get("weight") else ")"
+        elif h.get("weight"):
             tail += f" (canary {h['weight']}%)"
         if h.get("maintenance"):
             tail += f" (maintenance {h['maintenance']})"

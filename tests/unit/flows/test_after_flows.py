@@ -257,7 +257,9 @@ def test_a_canary_walk_gates_each_step_and_ends_live(tmp_path: Path) -> None:
     assert [c for c in h.changes() if c.startswith("set live port")] == [
         "set live port 8081 weight 5", "set live port 8081 weight 25", "set live port 8082"]
     assert h.state()["live"] == "green" and h.state()["weight"] == 0
-    assert h.history()[-1]["result"] == "ok" and h.history()[-1]["weight"] == 25
+    last = h.history()[-1]
+    assert last["result"] == "ok" and last["weight"] == 0 and last["canary"] == [5, 25, 100]
+    assert "(canary 5,25,100)" in views.format_history(h.history()).splitlines()[-1]
 
 
 def test_a_canary_that_fails_its_gate_goes_back_to_zero_and_is_marked_bad(
