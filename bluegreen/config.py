@@ -843,6 +843,9 @@ def _check_semantics(cfg: Config, binder: Binder) -> None:
             fail(f"hosts.app[{i}]", f"lua mode routes by IP address and {addr!r} is a "
                                     "name: give the host `upstream = \"<its IP>\"`")
     _check_front_door(cfg, fail)
+    if cfg.preview.cookie == cfg.canary.cookie:
+        fail("preview.cookie", f"the preview token and the canary cohort need two cookies, "
+                               f"and both are {cfg.preview.cookie!r}", "canary.cookie")
     if not cfg.hosts.app:
         fail("hosts.app", "expected at least one app host")
     for k in cfg.env:
