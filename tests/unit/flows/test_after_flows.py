@@ -442,3 +442,22 @@ def test_the_watch_judges_p99_from_the_routers_histogram_with_its_probes() -> No
     assert t.p99_ms is not None and 900 < t.p99_ms <= 1000  # users' tail, not the probe's
     assert Tally(latencies_ms=[1.0, 2.0]).p99_ms == 2.0  # no histogram: the probes alone
     assert not math.isnan(t.p99_ms)
+
+
+def test_dry_runs_plan_a_canary_and_maintenance_and_change_nothing(tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    h.deploy("v1")
+    h.deploy("v2")
+    deploy.rollback(h.run("rollback"))
+    files = {k: dict(v) for k, v in h.world.files.items()}
+    run = h.run("switch", dry_run=True)
+    deploy.switch(run, weight=10)
+    plan = "\n".join(run.fleet.plan.lines())  # type: ignore[union-attr]
+    assert "/bluegreen/live?port=8081&weight=10" in plan
+    assert "[all] verify: /health through every front door, on both sides" in plan
+    run = h.run("maintenance", dry_run=True)
+    deploy.maintenance(run, True, "back soon")
+    plan = "\n".join(run.fleet.plan.lines())  # type: ignore[union-attr]
+    assert "/bluegreen/maintenance?on=1&retry=60&message=back%20soon" in plan
+    assert h.world.files == files and h.world.log == []
+    assert h.world.lua_weight["local"] == 0 and "local" not in h.world.lua_maintenance
