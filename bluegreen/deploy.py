@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bluegreen import phases as p
-from bluegreen.errors import BluegreenError, LockHeld
+from bluegreen.errors import ArgumentError, LockHeld
 from bluegreen.run import Outcome, Phase, Run, perform
 
 
@@ -177,9 +177,9 @@ def deploy(run: Run, artifact: Path, version: str = "", *, force: bool = False,
     run.force = force
     steps = p.parse_steps(canary) if canary else None
     if no_switch and steps:
-        raise BluegreenError("--no-switch and --canary do not go together", phase="deploy",
-                             hint="--no-switch prepares a release for `fab promote`; "
-                                  "--canary walks it live step by step")
+        raise ArgumentError("--canary", "does not go with --no-switch",
+                            hint="--no-switch prepares a release for `fab promote`; "
+                                 "--canary walks it live step by step")
     run.outcome.canary = steps
     phases = deploy_phases(artifact, version, no_switch=no_switch, canary=steps,
                            step=run.cfg.canary.step if step is None else step)
@@ -255,8 +255,8 @@ def check_maintenance_message(text: str | None) -> None:
     from bluegreen.config import check_label
     check_label("--message", text)
     if len(text) > MAX_MESSAGE:
-        raise BluegreenError(f"--message is {len(text)} characters; at most {MAX_MESSAGE}",
-                             phase="maintenance", hint="say it in a line, and link to more")
+        raise ArgumentError("--message", f"is {len(text)} characters; at most {MAX_MESSAGE}",
+                            hint="say it in a line, and link to more")
 
 
 def recover_if_pending(run: Run) -> None:

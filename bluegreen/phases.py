@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bluegreen import journal, release, render
 from bluegreen.config import Config
-from bluegreen.errors import BluegreenError
+from bluegreen.errors import ArgumentError, BluegreenError
 from bluegreen.layout import release_id
 from bluegreen.lock import new_owner
 from bluegreen.routers import Router, switch_notices
@@ -598,9 +598,9 @@ def choose_promote_target(run: Run) -> None:
 
 def check_weight(weight: int) -> None:
     if not 0 <= weight <= 100:
-        raise BluegreenError(f"--weight must be a percent from 0 to 100, not {weight}",
-                             phase="switch", hint="e.g. --weight 10; 100 switches whole, "
-                                                  "--abort (or 0) ends a canary")
+        raise ArgumentError("--weight", f"must be a percent from 0 to 100, not {weight}",
+                            hint="e.g. --weight 10; 100 switches whole, --abort (or 0) ends "
+                                 "a canary")
 
 
 def parse_steps(text: str) -> list[int]:
@@ -611,10 +611,10 @@ def parse_steps(text: str) -> list[int]:
         steps = []
     if (not steps or any(not 1 <= s <= 100 for s in steps)
             or any(b <= a for a, b in itertools.pairwise(steps))):
-        raise BluegreenError(f"--canary must be rising percents 1-100, e.g. 5,25,100, not "
-                             f"{text!r}", phase="deploy",
-                             hint="end with 100 to switch whole; without it the deploy ends "
-                                  "with the canary running (`fab promote` finishes it)")
+        raise ArgumentError("--canary", f"must be rising percents 1-100, e.g. 5,25,100, not "
+                                        f"{text!r}",
+                            hint="end with 100 to switch whole; without it the deploy ends "
+                                 "with the canary running (`fab promote` finishes it)")
     return steps
 
 
@@ -799,8 +799,8 @@ def check_canary_deploy(run: Run) -> None:
 
 def check_canary_to(to: str) -> None:
     if to:
-        raise BluegreenError("--to does not go with --weight: a canary always goes to the "
-                             "idle slot", phase="switch", hint="leave --to out")
+        raise ArgumentError("--to", "does not go with --weight: a canary always goes to the "
+                                    "idle slot", hint="leave --to out")
 
 
 def route_now(run: Run, slot: str, breach_seen: float) -> None:

@@ -233,16 +233,20 @@ def test_weights_in_reload_mode_are_refused_naming_the_host(tmp_path: Path) -> N
 def test_bad_weights_and_steps_are_clear_errors(tmp_path: Path) -> None:
     h = harness(tmp_path)
     h.deploy("v1")
-    with pytest.raises(BluegreenError, match="percent from 0 to 100, not 120"):
+    with pytest.raises(BluegreenError, match="--weight: must be a percent from 0 to 100, "
+                                             "not 120") as err:
         deploy.switch(h.run("switch"), weight=120)
+    assert err.value.exit_code == 2  # a bad argument, like a bad config value
     for steps in ("5,5,100", "0,50", "ten", "50,25"):
-        with pytest.raises(BluegreenError, match="rising percents 1-100"):
+        with pytest.raises(BluegreenError, match="--canary: must be rising percents 1-100"):
             deploy.deploy(h.run("deploy"), artifact(tmp_path, "v2"), "v2", canary=steps)
-    with pytest.raises(BluegreenError, match="do not go together"):
+    with pytest.raises(BluegreenError, match="--canary: does not go with --no-switch"):
         deploy.deploy(h.run("deploy"), artifact(tmp_path, "v2"), "v2", canary="5,100",
                       no_switch=True)
-    with pytest.raises(BluegreenError, match="--to does not go with --weight"):
+    with pytest.raises(BluegreenError, match="--to: does not go with --weight"):
         deploy.switch(h.run("switch"), "green", weight=5)
+    assert h.state()["live"] == "blue" and not any(e["result"] == "failed"
+                                                   for e in h.history())
 
 
 def test_a_canary_walk_gates_each_step_and_ends_live(tmp_path: Path) -> None:
