@@ -46,8 +46,9 @@ def read_state(run: Run) -> None:
     run.state = run.ledger.read_state()
 
 
-def check_consistency(run: Run) -> None:
-    """Recorded state and what every router routes to must agree before we change anything."""
+def check_consistency(run: Run, *, weight: bool = True) -> None:
+    """Recorded state and what every router routes to must agree before we change anything
+    (a canary's share too, unless the change is a new share, which converges it anyway)."""
     state = run.live
     for router in run.routers:
         routed = router.routed()
@@ -61,12 +62,13 @@ def check_consistency(run: Run) -> None:
                 f"{where}", host=router.label, phase="state",
                 hint="someone changed nginx by hand or a switch was interrupted: run "
                      f"`fab switch --to {routed.slot or state.live or 'blue'}` to converge")
-        if routed.weight != state.weight:
+        if weight and routed.weight != state.weight:
             raise BluegreenError(
                 f"state says the canary gets {state.weight}% of users but nginx on "
                 f"{router.label} gives it {routed.weight}%", host=router.label, phase="state",
-                hint="nginx restarted, or a weight change was cut off: `fab switch --weight "
-                     f"{state.weight}` converges, or `fab switch --abort` ends the canary")
+                hint="someone set it by hand, or a weight change was cut off: `fab switch "
+                     f"--weight {state.weight}` sets it again, `fab switch --abort` ends the "
+                     "canary")
 
 
 # ---------------------------------------------------------------- deploy: prepare the idle slot
@@ -157,9 +159,9 @@ def mark_vetoed(run: Run, exc: BluegreenError) -> None:
 # ---------------------------------------------------------------- switch and rollback: choose
 
 
-def choose_switch_target(run: Run, to: str) -> None:
+def choose_switch_target(run: Run, to: str, *, checked: bool = False) -> None:
     state = run.live
-    if not to:
+    if not to and not checked:
         check_consistency(run)  # an explicit --to is how you converge
         if not state.live:
             raise BluegreenError("nothing is live yet", phase="switch",
@@ -376,10 +378,10 @@ def revert_to_warm_slot(run: Run, exc: BluegreenError) -> None:
                            owner=new_owner(run.ledger.who.name, f"{run.cfg.app} revert",
                                            run.ledger.who.build_url))
     try:
-        change.lock_traffic_hosts(run.report.say)
         with run.report.phase("revert", f"traffic back to {back} "
                                         f"({rec.version or rec.release})"):
-            route_now(run, back, started)
+            route_now(run, back, started)  # first: another app's switch may hold the lock
+            change.lock_traffic_hosts(run.report.say)
             change.apply()
             change.verify()
     except BluegreenError as revert_exc:
@@ -590,7 +592,7 @@ def choose_promote_target(run: Run) -> None:
             "there is nothing to promote: no slot is ready and no canary is running",
             phase="switch", hint="`fab deploy --no-switch` prepares a release, `fab switch "
                                  "--weight N` starts a canary; `fab switch` flips anyway")
-    choose_switch_target(run, "")
+    choose_switch_target(run, "", checked=True)
 
 
 # ---------------------------------------------------------------- canary by weight
@@ -621,12 +623,12 @@ def parse_steps(text: str) -> list[int]:
 def choose_canary_target(run: Run) -> None:
     """A canary goes to the idle slot, which must hold a finished, healthy release."""
     state = run.live
-    check_consistency(run)
+    check_consistency(run, weight=False)
     if not state.live:
         raise BluegreenError("nothing is live yet: a canary needs a live slot to share with",
                              phase="switch", hint="run `fab deploy` first")
     require(run, "weights", "a canary")
-    choose_switch_target(run, "")
+    choose_switch_target(run, "", checked=True)
 
 
 def set_weight(run: Run, weight: int) -> None:
@@ -706,10 +708,10 @@ def revert_canary(run: Run, exc: BluegreenError) -> None:
                            owner=new_owner(run.ledger.who.name, f"{run.cfg.app} revert",
                                            run.ledger.who.build_url))
     try:
-        change.lock_traffic_hosts(run.report.say)
         with run.report.phase("revert", f"canary back to 0%: everyone on {state.live} "
                                         f"({rec.version or rec.release})"):
-            route_now(run, state.live, started)
+            route_now(run, state.live, started)  # first: another app may hold the lock
+            change.lock_traffic_hosts(run.report.say)
             change.apply()
             change.verify()
     except BluegreenError as revert_exc:

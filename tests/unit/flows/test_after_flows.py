@@ -334,11 +334,14 @@ def test_a_share_nginx_lost_is_an_inconsistency_with_the_way_out(tmp_path: Path)
     h.deploy("v2")
     deploy.rollback(h.run("rollback"))
     deploy.switch(h.run("switch"), weight=10)
-    h.world.lua_weight["local"] = 0  # say, nginx restarted from an older file
+    h.world.lua_weight["local"] = 0  # say, someone POSTed to the control listener
     with pytest.raises(BluegreenError) as err:
-        deploy.switch(h.run("switch"), weight=20)
+        deploy.promote(h.run("promote"))
     assert "state says the canary gets 10% of users but nginx on local gives it 0%" in \
         err.value.what and "--weight 10" in err.value.hint
+    assert h.state()["live"] == "blue"
+    deploy.switch(h.run("switch"), weight=10)  # the way out it names: sets it again
+    assert h.world.lua_weight["local"] == 10 and status_of(h)["consistent"]
 
 
 # ---------------------------------------------------------------- maintenance
