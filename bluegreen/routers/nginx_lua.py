@@ -190,14 +190,6 @@ class NginxLuaRouter(NginxRouter):
         with interrupts.step():
             self.control(f"/bluegreen/preview?{query}", method="POST")
 
-    def preview(self) -> str:
-        """The slot the preview route reaches now ("" when there is none)."""
-        try:
-            port = int(self.zone().get("preview", 0) or 0)
-        except BluegreenError:
-            return ""
-        return {self.cfg.slots.blue: "blue", self.cfg.slots.green: "green"}.get(port, "")
-
     def set_maintenance(self, message: str | None, retry_after: int = 60) -> None:
         if message is None:
             query = "on=0"
