@@ -22,7 +22,7 @@ from bluegreen.routers.nginx_lua import NginxLuaRouter
 from testkit.fabout import PhaseReader
 from testkit.loadgen import LoadGen, error_kind, no_retry_session
 from testkit.nginx import PrivateNginx
-from testkit.project import Project
+from testkit.project import Project, ssh_toml
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(
@@ -292,3 +292,31 @@ def test_reload_mode_says_the_switch_was_not_measured(reload_project: Project) -
            "per-request counters" in out
     entry = json.loads(proj.history.read_text().splitlines()[-1])
     assert "failed_requests" not in entry and "requests" not in entry
+
+
+def test_over_ssh_the_control_listener_takes_a_preview_a_share_and_maintenance(
+        tmp_path: Path, private_nginx_lua: PrivateNginx, artifacts: dict[str, Path],
+        request: pytest.FixtureRequest) -> None:
+    sshd = request.getfixturevalue("sshd")
+    proj = Project(tmp_path / "app", private_nginx_lua, artifacts,
+                   f'app = ["127.0.0.1:{sshd.port}"]', ssh_toml=ssh_toml(sshd), mode="lua",
+                   env={"BG_PREVIEW": TOKEN},
+                   extra_toml='[preview]\ntoken_env = "BG_PREVIEW"\n').write()
+    try:
+        proj.deploy("v1")
+        proj.deploy("v2", "--no-switch")
+        url = proj.nginx.url("/")
+        assert requests.get(url, headers={"X-Bluegreen-Preview": TOKEN},
+                            timeout=5).headers["X-App-Version"] == "v2"
+        assert proj.front_version() == "v1"
+        proj.fab("switch", "--weight", "20")
+        assert proj.status()["weights"] == {"blue": 80, "green": 20}
+        proj.fab("switch", "--abort")
+        proj.fab("maintenance", "on", "--message", "über kurz: 5 min")
+        r = proj.front()
+        assert r.status_code == 503 and r.text == "über kurz: 5 min\n"
+        proj.fab("maintenance", "off")
+        out = proj.fab("promote").stdout
+        assert "0 failed of" in out and proj.front_version() == "v2"
+    finally:
+        proj.stop_everything()
