@@ -180,6 +180,9 @@ def deploy(run: Run, artifact: Path, version: str = "", *, force: bool = False,
         raise ArgumentError("--canary", "does not go with --no-switch",
                             hint="--no-switch prepares a release for `fab promote`; "
                                  "--canary walks it live step by step")
+    if step is not None and not 0 < step <= MAX_STEP:
+        raise ArgumentError("--step", f"must be seconds from 0 to {MAX_STEP:g} (exclusive of "
+                                      f"0), not {step:g}", hint="e.g. --step 60")
     run.outcome.canary = steps
     phases = deploy_phases(artifact, version, no_switch=no_switch, canary=steps,
                            step=run.cfg.canary.step if step is None else step)
@@ -233,7 +236,7 @@ def rollback(run: Run) -> Outcome:
 def maintenance(run: Run, on: bool, message: str = "", retry_after: int = 60) -> Outcome:
     text = (message or DEFAULT_MAINTENANCE) if on else None
     phases = [
-        Phase("arguments", lambda r: check_maintenance_message(text)),
+        Phase("arguments", lambda r: check_maintenance_args(text, retry_after)),
         LOCK, RECOVER,
         Phase("state", p.read_state),
         Phase("maintenance", lambda r: p.set_maintenance(r, text, retry_after),
@@ -247,9 +250,14 @@ def maintenance(run: Run, on: bool, message: str = "", retry_after: int = 60) ->
 
 DEFAULT_MAINTENANCE = "Down for maintenance; back soon."
 MAX_MESSAGE = 500  # characters: the lua mode sends it in a URL
+MAX_RETRY_AFTER = 86400  # a day: clients (and crawlers) come back within it
+MAX_STEP = 86400.0  # a canary step longer than a day is a typo
 
 
-def check_maintenance_message(text: str | None) -> None:
+def check_maintenance_args(text: str | None, retry_after: int) -> None:
+    if not 0 <= retry_after <= MAX_RETRY_AFTER:
+        raise ArgumentError("--retry-after", f"must be seconds from 0 to {MAX_RETRY_AFTER}, "
+                                             f"not {retry_after}", hint="e.g. --retry-after 600")
     if text is None:
         return
     from bluegreen.config import check_label

@@ -404,6 +404,12 @@ def test_a_maintenance_message_is_one_short_line(tmp_path: Path) -> None:
         deploy.maintenance(h.run("maintenance"), True, "two\nlines")
     with pytest.raises(BluegreenError, match="at most 500"):
         deploy.maintenance(h.run("maintenance"), True, "x" * 501)
+    with pytest.raises(BluegreenError, match="--retry-after: must be seconds from 0 to 86400"):
+        deploy.maintenance(h.run("maintenance"), True, "soon", -1)
+    with pytest.raises(BluegreenError, match="--step: must be seconds"):
+        deploy.deploy(h.run("deploy"), artifact(tmp_path, "v2"), "v2", canary="5,100",
+                      step=-5)
+    assert "local" not in h.world.lua_maintenance and h.state()["live"] == "blue"
 
 
 # ---------------------------------------------------------------- the pieces
