@@ -664,6 +664,8 @@ def record_weight(run: Run) -> None:
     """Commit the share: state says it, the change has nothing left to undo."""
     state = run.live
     state.weight = run.weight
+    if run.weight:  # it serves users now: its deploy finished (a walk may end below 100)
+        state.slots[state.idle].status = "running"
     run.outcome.weight = run.weight
     run.ledger.save_state(state)
     if run.change is not None:

@@ -474,3 +474,17 @@ def test_dry_runs_plan_a_canary_and_maintenance_and_change_nothing(tmp_path: Pat
     assert "/bluegreen/maintenance?on=1&retry=60&message=back%20soon" in plan
     assert h.world.files == files and h.world.log == []
     assert h.world.lua_weight["local"] == 0 and "local" not in h.world.lua_maintenance
+
+
+def test_a_walk_that_ends_below_100_leaves_the_canary_for_promote(tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    h.deploy("v1")
+    ran = h.hook("post-deploy")
+    deploy.deploy(h.run("deploy"), artifact(tmp_path, "v2"), "v2", canary="5,25", step=0.1)
+    assert "demo v2 is a canary: 25% of users on green" in h.out.getvalue()
+    assert h.state()["live"] == "blue" and h.state()["weight"] == 25 and not ran.exists()
+    last = h.history()[-1]
+    assert last["weight"] == 25 and "(canary 5,25, left at 25%)" in \
+        views.format_history(h.history()).splitlines()[-1]
+    deploy.promote(h.run("promote"))
+    assert h.state()["live"] == "green" and h.state()["weight"] == 0 and ran.exists()
