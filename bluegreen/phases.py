@@ -664,8 +664,11 @@ def record_weight(run: Run) -> None:
     """Commit the share: state says it, the change has nothing left to undo."""
     state = run.live
     state.weight = run.weight
-    if run.weight:  # it serves users now: its deploy finished (a walk may end below 100)
-        state.slots[state.idle].status = "running"
+    canary = state.slots[state.idle]
+    if run.weight and canary.status == "starting":
+        # a canary deploy's slot serves users now: its deploy finished (the walk may end
+        # below 100); a slot `--no-switch` left ready stays ready for `fab promote`
+        canary.status = "running"
     run.outcome.weight = run.weight
     run.ledger.save_state(state)
     if run.change is not None:

@@ -488,3 +488,14 @@ def test_a_walk_that_ends_below_100_leaves_the_canary_for_promote(tmp_path: Path
         views.format_history(h.history()).splitlines()[-1]
     deploy.promote(h.run("promote"))
     assert h.state()["live"] == "green" and h.state()["weight"] == 0 and ran.exists()
+
+
+def test_a_ready_slot_stays_ready_through_a_canary_and_its_abort(tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    h.deploy("v1")
+    deploy.deploy(h.run("deploy"), artifact(tmp_path, "v2"), "v2", no_switch=True)
+    deploy.switch(h.run("switch"), weight=20)
+    deploy.switch(h.run("switch"), abort=True)
+    assert h.state()["slots"]["green"]["status"] == "ready"
+    deploy.promote(h.run("promote"))
+    assert h.state()["live"] == "green"
