@@ -27,8 +27,8 @@ from bench.rig import verdict
 from testkit import REPO
 
 OUT = REPO / ".run" / "bench"
-BENCHMARKS = ("zero_downtime", "startup", "switch", "deploy_overhead", "health", "upload",
-              "history", "memory", "ssh_exec", "fleet")
+BENCHMARKS = ("zero_downtime", "revert", "startup", "switch", "deploy_overhead", "health",
+              "upload", "history", "memory", "ssh_exec", "fleet")
 
 
 def machine() -> str:
@@ -84,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("\n== results")
     for name, rc, line in results:
         print(f"{'ok ' if rc == 0 else 'MISSED'} {line or name}")
-    speed = speed_results([n for n in names if n != "zero_downtime"])
+    speed = speed_results([n for n in names if n not in ("zero_downtime", "revert")])
     if speed:
         print(summary_line(speed))
         print("speed targets: " + " ".join(f"{k}={verdict(v)}"

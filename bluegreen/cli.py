@@ -11,7 +11,8 @@ import sys
 
 from bluegreen.runner import execute
 
-CORE_COMMANDS = ("deploy", "switch", "rollback", "status", "releases", "history", "unlock")
+CORE_COMMANDS = ("deploy", "switch", "promote", "rollback", "maintenance", "status",
+                 "releases", "history", "unlock")
 
 
 def build_parser(with_automation: bool = True) -> argparse.ArgumentParser:
@@ -49,9 +50,25 @@ def build_parser(with_automation: bool = True) -> argparse.ArgumentParser:
                    help="wait between batches")
     p.add_argument("--keep-partial", action="store_true",
                    help="a stopped rolling deploy leaves the hosts it switched switched")
+    p.add_argument("--no-switch", action="store_true",
+                   help="stop at a healthy idle slot, marked ready; `promote` switches later")
+    p.add_argument("--canary", default="", metavar="STEPS",
+                   help="rising percents of users to the new slot, e.g. 5,25,100 (lua mode)")
+    p.add_argument("--step", type=float, default=None, metavar="SECONDS",
+                   help="seconds each canary step is watched (default: canary.step)")
     p = sub.add_parser("switch", help="flip traffic to the other slot")
     common(p)
     p.add_argument("--to", default="", choices=["", "blue", "green"])
+    p.add_argument("--weight", type=int, default=None, metavar="PERCENT",
+                   help="a canary: this share of users to the idle slot (lua mode)")
+    p.add_argument("--abort", action="store_true", help="end a canary: back to 0%%")
+    p = sub.add_parser("promote", help="switch to the slot `deploy --no-switch` left ready")
+    common(p)
+    p = sub.add_parser("maintenance", help="503 with a message at the front door, or stop")
+    common(p)
+    p.add_argument("state", choices=["on", "off"])
+    p.add_argument("--message", default="")
+    p.add_argument("--retry-after", type=int, default=60, metavar="SECONDS")
     p = sub.add_parser("rollback", help="back to the previous release")
     common(p)
     for name in ("status", "releases"):
@@ -97,7 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                    force=getattr(args, "force", False),
                    parallel=getattr(args, "parallel", 0), batch=getattr(args, "batch", ""),
                    max_fail=getattr(args, "max_fail", None), pause=getattr(args, "pause", None),
-                   keep_partial=getattr(args, "keep_partial", False))
+                   keep_partial=getattr(args, "keep_partial", False),
+                   **_flow_flags(args))
+
+
+def _flow_flags(args: argparse.Namespace) -> dict[str, object]:
+    """The flags only some flows take, as `execute` passes them on."""
+    names = {"no_switch", "canary", "step", "weight", "abort", "state", "message",
+             "retry_after"}
+    return {k: v for k, v in vars(args).items() if k in names}
 
 
 if __name__ == "__main__":

@@ -320,6 +320,43 @@ class Watch:
     interval: float = _duration(0.25, ge=0.05)
 
 
+_HEADER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{0,63}")
+_COOKIE_NAME_RE = re.compile(r"[A-Za-z0-9_]{1,64}")  # what nginx's $cookie_NAME can read
+
+
+def _env_var_name(value: str) -> str:
+    if value and not _ENV_NAME_RE.fullmatch(value):
+        raise ValueError(f"expected the NAME of an environment variable (letters, digits, _), "
+                         f"got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Try a `fab deploy --no-switch` release through the real front door before anyone is
+    switched (lua mode): a request carrying the token in this header or cookie is routed
+    to the ready slot. The token itself never goes in a file: `token_env` names the
+    environment variable (on the machine running fab) that holds it."""
+
+    header: str = setting("X-Bluegreen-Preview", pattern=_HEADER_NAME_RE,
+                          what="an HTTP header name (letters, digits, -)")
+    cookie: str = setting("bluegreen_preview", pattern=_COOKIE_NAME_RE,
+                          what="a cookie name (letters, digits, _)")
+    # empty: no preview route (a ready slot is then reached only by `fab promote`)
+    token_env: str = setting("", check=_env_var_name)
+
+
+@dataclass(frozen=True)
+class Canary:
+    """`fab switch --weight N` / `fab deploy --canary 5,25,100`: a share of users, chosen by
+    a cohort cookie, goes to the new slot (lua mode). The cookie keeps a user on one side."""
+
+    cookie: str = setting("bluegreen_cohort", pattern=_COOKIE_NAME_RE,
+                          what="a cookie name (letters, digits, _)")
+    # the default of `--step`: how long each step is watched before the next one
+    step: float = seconds(60.0)
+
+
 @dataclass(frozen=True)
 class LockCfg:
     # a lock from another machine whose heartbeat is older than this is taken over; the
@@ -403,6 +440,8 @@ class Config:
     watch: Watch = field(default_factory=Watch)
     sudo: Sudo = field(default_factory=Sudo)
     fleet: FleetCfg = field(default_factory=FleetCfg)
+    preview: Preview = field(default_factory=Preview)
+    canary: Canary = field(default_factory=Canary)
     # no value is ever echoed in a message: [env] often holds secrets
     env: dict[str, str] = field(default_factory=dict,
                                 metadata={"items": {"number_text": True, "secret": True}})
@@ -572,6 +611,9 @@ def _check_semantics(cfg: Config, binder: Binder) -> None:
             fail(f"hosts.app[{i}]", f"lua mode routes by IP address and {addr!r} is a "
                                     "name: give the host `upstream = \"<its IP>\"`")
     _check_front_door(cfg, fail)
+    if cfg.preview.cookie == cfg.canary.cookie:
+        fail("preview.cookie", f"the preview token and the canary cohort need two cookies, "
+                               f"and both are {cfg.preview.cookie!r}", "canary.cookie")
     if not cfg.hosts.app:
         fail("hosts.app", "expected at least one app host")
     for k in cfg.env:

@@ -7,15 +7,19 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import itertools
+import os
 import time
 from pathlib import Path
 
 from bluegreen import failpoints, interrupts, journal, release, render
-from bluegreen.errors import BluegreenError
+from bluegreen.config import Config
+from bluegreen.errors import ArgumentError, BluegreenError
 from bluegreen.layout import release_id
 from bluegreen.lock import new_owner
-from bluegreen.routers import switch_notices
-from bluegreen.routers.base import Applied
+from bluegreen.routers import Router, switch_notices
+from bluegreen.routers.base import Applied, SlotCounters
 from bluegreen.run import Run
 from bluegreen.state import SlotRecord, State
 from bluegreen.traffic import TrafficChange
@@ -42,8 +46,9 @@ def read_state(run: Run) -> None:
     run.state = run.ledger.read_state()
 
 
-def check_consistency(run: Run) -> None:
-    """Recorded state and what every router routes to must agree before we change anything."""
+def check_consistency(run: Run, *, weight: bool = True) -> None:
+    """Recorded state and what every router routes to must agree before we change anything
+    (a canary's share too, unless the change is a new share, which converges it anyway)."""
     state = run.live
     if state.rollout is not None:
         raise partial_rollout(state)
@@ -60,6 +65,14 @@ def check_consistency(run: Run) -> None:
                 f"{router.label} {where}", host=router.label, phase="state",
                 hint=f"someone changed {router.product} by hand or a switch was interrupted: "
                      f"run `fab switch --to {routed.slot or expected or 'blue'}` to converge")
+
+        if weight and routed.weight != state.weight:
+            raise BluegreenError(
+                f"state says the canary gets {state.weight}% of users but nginx on "
+                f"{router.label} gives it {routed.weight}%", host=router.label, phase="state",
+                hint="someone set it by hand, or a weight change was cut off: `fab switch "
+                     f"--weight {state.weight}` sets it again, `fab switch --abort` ends the "
+                     "canary")
 
 
 def partial_rollout(state: State) -> BluegreenError:
@@ -84,6 +97,7 @@ def plan_deploy(run: Run) -> None:
     read_state(run)
     check_consistency(run)
     refuse_bad_artifact(run)
+    refuse_while_canary(run, "a deploy")
     state = run.live
     run.target = state.idle
     render.render(run.cfg, run.target, run.release_id, run.version)
@@ -130,6 +144,7 @@ def upload(run: Run) -> str:
 
 
 def stop_target(run: Run) -> str:
+    disarm_preview(run)
     return run.slots.stop(run.target)
 
 
@@ -162,9 +177,9 @@ def mark_vetoed(run: Run, exc: BluegreenError) -> None:
 # ---------------------------------------------------------------- switch and rollback: choose
 
 
-def choose_switch_target(run: Run, to: str) -> None:
+def choose_switch_target(run: Run, to: str, *, checked: bool = False) -> None:
     state = run.live
-    if not to:
+    if not to and not checked:
         check_consistency(run)  # an explicit --to is how you converge
         if not state.live:
             raise BluegreenError("nothing is live yet", phase="switch",
@@ -180,6 +195,7 @@ def choose_switch_target(run: Run, to: str) -> None:
 def choose_rollback_target(run: Run) -> None:
     check_consistency(run)
     state = run.live
+    refuse_while_canary(run, "a rollback")
     back_to = state.previous_release
     if not state.live or not back_to.release:
         raise BluegreenError("there is no previous release to roll back to",
@@ -215,6 +231,7 @@ def restart_if_cold(run: Run) -> None:
         raise BluegreenError(f"release {back_to.release} is no longer on {', '.join(missing)}",
                              phase="rollback", host=",".join(missing),
                              hint="deploy that version again with `fab deploy`")
+    disarm_preview(run)
     run.ledger.save_state(state)  # the slot is about to change hands: say so first
     with run.report.phase("stop", f"drain and stop slot {slot}"):
         run.slots.stop(slot)
@@ -230,7 +247,7 @@ def check_target_ready(run: Run) -> None:
     if not rec.release:
         raise BluegreenError(f"slot {run.target} has never held a release", phase="switch",
                              hint="run `fab deploy` first")
-    if rec.status != "running":
+    if rec.status not in ("running", "ready"):
         raise BluegreenError(
             f"slot {run.target} holds {rec.version or rec.release}, whose deploy did not "
             f"finish (status: {rec.status})", phase="switch",
@@ -272,12 +289,14 @@ def switch_traffic(run: Run) -> None:
     for line in switch_notices(run.routers):  # say what this way of switching costs
         run.report.say(f"    {line}")
     failpoints.hit("switch.after-intent")
+    measure_before(run)
     run.change.apply()
 
 
 def verify_traffic(run: Run) -> str:
     assert run.change is not None
     run.change.verify()
+    measure_after(run)
     skew = run.outcome.flip_skew_ms = run.change.skew_ms
     return (f"answers from {run.target} in {run.change.verified_in:.3f}s"
             + (f"; flip skew {skew:.1f} ms across {len(run.change.flips)} traffic hosts"
@@ -302,9 +321,13 @@ def record_live(run: Run) -> None:
         state.previous = state.live
         state.previous_release = dataclasses.replace(state.slots[state.live])
     state.live = target
+    disarm_preview(run)  # it is live now: no route of its own any more
     state.slots[target].status = "running"
     state.hosts.clear()  # every traffic host was moved: no host differs any more
     state.rollout = None
+    state.weight = 0  # a whole switch ends any canary
+    if run.outcome.weight:
+        run.outcome.weight = 0  # and history says so: the share is what is true now
     # The commit point: once state says the target is live, the change must not be undone
     # by a signal arriving at the end of that write; it waits until the commit is whole.
     with interrupts.uninterruptible():
@@ -328,13 +351,16 @@ def recover_interrupted(run: Run) -> None:
     for router in run.routers:
         routed = router.routed()
         expected = state.live_on(router.label)
-        if routed.slot == routed.file_slot == expected and expected:
+        if (routed.slot == routed.file_slot == expected and expected
+                and routed.weight == routed.file_weight == state.weight):
             continue  # this host never changed, or the change was committed
         previous = intent.previous.get(router.label, router.installed())
         offset = router.error_log_size()
         router.restore(router.recovery_applied(previous))
         if expected:
-            router.verify(Applied(previous, offset), expected)
+            marker = render.parse_marker(previous)
+            router.verify(Applied(previous, offset, weight=marker.weight if marker else 0),
+                          expected)
         fixed.append(router.label)
     run.ledger.record({"action": "recover", "result": "ok", "intent": intent.id,
                        "interrupted": intent.action, "from_slot": intent.from_slot,
@@ -381,9 +407,10 @@ def revert_to_warm_slot(run: Run, exc: BluegreenError) -> None:
                            owner=new_owner(run.ledger.who.name, f"{run.cfg.app} revert",
                                            run.ledger.who.build_url))
     try:
-        change.lock_traffic_hosts(run.report.say)
         with run.report.phase("revert", f"traffic back to {back} "
                                         f"({rec.version or rec.release})"):
+            route_now(run, back, started)  # first: another app's switch may hold the lock
+            change.lock_traffic_hosts(run.report.say)
             change.apply()
             change.verify()
     except BluegreenError as revert_exc:
@@ -396,6 +423,7 @@ def revert_to_warm_slot(run: Run, exc: BluegreenError) -> None:
         raise
     reason = exc.what.removeprefix("auto-reverted: ")
     state = copy.deepcopy(before)
+    state.weight = 0  # the revert rendered no canary: everyone is on the warm slot
     state.slots[run.target] = dataclasses.replace(bad, status="bad")
     if bad.checksum:
         state.bad_releases[bad.checksum] = reason
@@ -428,3 +456,401 @@ def check_slot_name(to: str) -> None:
         raise BluegreenError(f"--to must be blue or green, not {to!r}", phase="switch",
                              hint="use --to blue or --to green, or leave it out to switch "
                                   "to the idle slot")
+
+
+# ---------------------------------------------------------------- the switch, measured
+
+
+def measure_before(run: Run) -> None:
+    """The routers' own counters just before traffic moves: the start of the switch window
+    (None: some router keeps none, and the window will say so rather than show zeros)."""
+    run.counts_before = _read_counts(run)
+
+
+def measure_after(run: Run) -> None:
+    """The end of the switch window (after verify): what users saw, summed over both slots
+    and every traffic host, goes to the outcome (and so to history)."""
+    before = run.counts_before
+    now = _read_counts(run) if before is not None else None
+    if before is None or now is None:
+        return
+    requests = failed = 0
+    for label, slots in now.items():
+        for slot, c in slots.items():
+            old = before.get(label, {}).get(slot)
+            if old is None or c.requests < old.requests:  # nginx restarted in between
+                old = SlotCounters()
+            requests += c.requests - old.requests
+            failed += max(0, c.failed - old.failed)
+    run.outcome.requests, run.outcome.failed_requests = requests, failed
+
+
+def _read_counts(run: Run) -> dict[str, dict[str, SlotCounters]] | None:
+    if run.fleet.dry_run:
+        return None
+    counts = {}
+    for router in run.routers:
+        counted = router.counters()
+        if counted is None:
+            return None
+        counts[router.label] = counted
+    return counts
+
+
+def measured(run: Run) -> str:
+    """The measured line of a run's summary: what users saw during the switch."""
+    o = run.outcome
+    if o.requests is not None and o.failed_requests is not None:
+        return (f"{o.failed_requests:,} failed of {o.requests:,} requests during the switch "
+                "(nginx's own counts)")
+    if run.fleet.dry_run:
+        return ""
+    kinds = sorted({r.kind for r in run.routers if "counters" not in r.features})
+    why = (f"{'/'.join(kinds)} mode keeps no per-request counters (lua mode does)" if kinds
+           else "nginx had no bluegreen counters before this switch (the first one, or the "
+                "first since the lua file was installed)")
+    return f"failed requests during the switch: not measured ({why})"
+
+
+# ---------------------------------------------------------------- what the routers can do
+
+
+def require(run: Run, feature: str, what: str) -> None:
+    """Refuse, before anything changes, a flow some traffic host cannot do."""
+    lacking = [r for r in run.routers if feature not in r.features]
+    if lacking:
+        modes = ", ".join(f"{r.label} ({r.kind} mode)" for r in lacking)
+        raise BluegreenError(
+            f"{what} needs nginx's lua module on every traffic host, and {modes} has none",
+            phase="state", host=",".join(r.label for r in lacking),
+            hint="install libnginx-mod-http-lua there (nginx.mode = \"auto\" finds it) or set "
+                 "nginx.mode = \"lua\"; nothing was changed")
+
+
+def refuse_while_canary(run: Run, action: str) -> None:
+    """A deploy or rollback would stop or reuse the idle slot, which a canary's users are
+    on: end the canary first."""
+    state = run.live
+    if state.weight:
+        raise BluegreenError(
+            f"a canary is running: {state.weight}% of users are on {state.idle} "
+            f"({state.slots[state.idle].version or state.slots[state.idle].release}); "
+            f"{action} would take that slot from them", phase="state",
+            hint="`fab promote` to finish the canary, or `fab switch --abort` to send "
+                 "everyone back to the live slot; then run this again")
+
+
+# ---------------------------------------------------------------- prepare now, cut over later
+
+
+def preview_token(cfg: Config) -> str:
+    """The preview token from the environment `preview.token_env` names; "" when no
+    preview route is configured. A missing or short token is an error naming the variable."""
+    name = cfg.preview.token_env
+    if not name:
+        return ""
+    token = os.environ.get(name, "")
+    if len(token) < 16:
+        raise BluegreenError(
+            f"preview.token_env names {name}, which is "
+            + ("not set" if not token else "shorter than 16 characters")
+            + " in this environment", phase="state", host="local",
+            hint=f"export {name}=$(openssl rand -hex 32), or leave preview.token_env empty "
+                 "for no preview route; nothing was changed")
+    return token
+
+
+def check_no_switch(run: Run) -> None:
+    """`deploy --no-switch`: with a preview configured, every traffic host must be able to
+    route it, and the token must be there, before anything is uploaded."""
+    if preview_token(run.cfg):
+        require(run, "preview", "a preview route (preview.token_env is set)")
+
+
+def mark_ready(run: Run) -> str:
+    """The slot is healthy and waits for `fab promote`; with a preview configured, requests
+    carrying the token reach it through the real front door from now on."""
+    state, slot = run.live, run.target
+    token = preview_token(run.cfg)
+    note = "no preview route (preview.token_env is not set)"
+    if token:
+        # nginx gets the token's sha1, never the token (it is random: no dictionary to try)
+        digest = hashlib.sha1(token.encode()).hexdigest()  # noqa: S324
+        for router in run.routers:
+            router.set_preview(slot, digest)
+        # proven through each front door, as a user would try it (a dry run plans the route)
+        for router in [] if run.fleet.dry_run else run.routers:
+            router.probe_headers = {run.cfg.preview.header: token}
+            try:
+                router.wait_front_door(slot)  # type: ignore[attr-defined]
+            finally:
+                router.probe_headers = None
+        note = (f"preview: requests with header {run.cfg.preview.header} (or cookie "
+                f"{run.cfg.preview.cookie}) = ${run.cfg.preview.token_env} reach {slot} "
+                "through the front door")
+    state.slots[slot].status = "ready"
+    run.ledger.save_state(state)
+    return note
+
+
+def disarm_preview(run: Run) -> None:
+    """The idle slot is about to be stopped, reused or promoted: a preview route to it goes
+    first (a preview request must never reach a stopped slot). Only where previews are
+    configured, and without asking first (there is one route at most, and it can only
+    lead to the idle slot). Best effort: a host that cannot be told keeps a route to a
+    slot that then answers 502 to the token only."""
+    if not run.cfg.preview.token_env:
+        return
+    for router in run.routers:
+        if "preview" not in router.features:
+            continue
+        try:
+            router.set_preview(None)
+        except BluegreenError as exc:
+            run.report.say(f"    warning: could not remove the preview route on "
+                           f"{router.label}: {exc.what.splitlines()[0]}")
+
+
+def choose_promote_target(run: Run) -> None:
+    """`fab promote`: the idle slot a `deploy --no-switch` left ready, or a canary's."""
+    state = run.live
+    check_consistency(run)
+    rec = state.slots[state.idle]
+    if not state.live or not (rec.status == "ready" or state.weight):
+        raise BluegreenError(
+            "there is nothing to promote: no slot is ready and no canary is running",
+            phase="switch", hint="`fab deploy --no-switch` prepares a release, `fab switch "
+                                 "--weight N` starts a canary; `fab switch` flips anyway")
+    choose_switch_target(run, "", checked=True)
+
+
+# ---------------------------------------------------------------- canary by weight
+
+
+def check_weight(weight: int) -> None:
+    if not 0 <= weight <= 100:
+        raise ArgumentError("--weight", f"must be a percent from 0 to 100, not {weight}",
+                            hint="e.g. --weight 10; 100 switches whole, --abort (or 0) ends "
+                                 "a canary")
+
+
+def parse_steps(text: str) -> list[int]:
+    """`--canary 5,25,100`: rising percents, each 1-100."""
+    try:
+        steps = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        steps = []
+    if (not steps or any(not 1 <= s <= 100 for s in steps)
+            or any(b <= a for a, b in itertools.pairwise(steps))):
+        raise ArgumentError("--canary", f"must be rising percents 1-100, e.g. 5,25,100, not "
+                                        f"{text!r}",
+                            hint="end with 100 to switch whole; without it the deploy ends "
+                                 "with the canary running (`fab promote` finishes it)")
+    return steps
+
+
+def choose_canary_target(run: Run) -> None:
+    """A canary goes to the idle slot, which must hold a finished, healthy release."""
+    state = run.live
+    check_consistency(run, weight=False)
+    if not state.live:
+        raise BluegreenError("nothing is live yet: a canary needs a live slot to share with",
+                             phase="switch", hint="run `fab deploy` first")
+    require(run, "weights", "a canary")
+    choose_switch_target(run, "", checked=True)
+
+
+def set_weight(run: Run, weight: int) -> None:
+    """Give the idle slot `weight` percent of users, journaled like a switch: a run killed
+    half-way is put back to the committed share by the next command."""
+    run.ledger.ensure_still_locked()
+    state = run.live
+    rec = state.slots[state.live]
+    run.weight = weight
+    measure_before(run)
+    run.change = TrafficChange(
+        run.cfg, run.routers, state.live, rec.release, rec.version, weight=weight,
+        owner=new_owner(run.ledger.who.name, f"{run.cfg.app} canary", run.ledger.who.build_url))
+    run.change.lock_traffic_hosts(run.report.say)
+    previous = {r.label: r.installed() for r in run.routers}
+    run.ledger.write_intent(journal.Intent(
+        action="canary", from_slot=state.live, to_slot=state.idle, who=run.ledger.who.name,
+        previous=previous,
+        previous_sum={label: journal.checksum(text) for label, text in previous.items()}))
+    run.change.apply()
+
+
+def verify_weight(run: Run) -> str:
+    assert run.change is not None
+    run.change.verify()
+    measure_after(run)
+    side = (f"both {run.live.live} and {run.target} answer" if run.weight
+            else f"answers from {run.live.live}")
+    return f"{side} in {run.change.verified_in:.3f}s"
+
+
+def record_weight(run: Run) -> None:
+    """Commit the share: state says it, the change has nothing left to undo."""
+    state = run.live
+    state.weight = run.weight
+    canary = state.slots[state.idle]
+    if run.weight and canary.status == "starting":
+        # a canary deploy's slot serves users now: its deploy finished (the walk may end
+        # below 100); a slot `--no-switch` left ready stays ready for `fab promote`
+        canary.status = "running"
+    run.outcome.weight = run.weight
+    run.ledger.save_state(state)
+    if run.change is not None:
+        run.change.commit()
+    run.ledger.clear_intent()
+
+
+def watch_canary(run: Run, seconds: float) -> str:
+    """The gate of a canary step: the watch, for `seconds`, of the canary slot only. Its
+    probes carry a cohort cookie inside the share, so they reach the canary too."""
+    from bluegreen import watch
+    from bluegreen.routers.nginx_lua import cohort_in
+    cfg = dataclasses.replace(run.cfg.watch, seconds=seconds)
+    for router in run.routers:
+        router.probe_headers = {
+            "Cookie": f"{run.cfg.canary.cookie}={cohort_in(run.weight, canary=True)}"}
+    try:
+        report = watch.watch(cfg, run.target, run.routers,
+                             crashed=lambda: run.slots.not_running_on(run.target),
+                             say=run.report.say)
+    finally:
+        for router in run.routers:
+            router.probe_headers = None
+    run.outcome.watch = {**report.tally.to_dict(), "seconds": round(report.seconds, 2),
+                         "breach": report.breach or None, "weight": run.weight}
+    if report.breach:
+        raise BluegreenError(f"auto-reverted: {report.breach}", phase="watch",
+                             hint="the canary went back to 0% (everyone on the live slot) "
+                                  "and the release was marked bad; fix the build and "
+                                  "`fab deploy` again")
+    t = report.tally
+    return f"{t.requests} requests, {t.errors} failed over {report.seconds:.1f} s ({t.source})"
+
+
+def revert_canary(run: Run, exc: BluegreenError) -> None:
+    """A breach during a canary step: everyone back on the live slot at once, the canary's
+    release marked bad (rollback never returns to it, a redeploy needs --force)."""
+    state = run.live
+    started = time.monotonic()
+    rec = state.slots[state.live]
+    change = TrafficChange(run.cfg, run.routers, state.live, rec.release, rec.version,
+                           owner=new_owner(run.ledger.who.name, f"{run.cfg.app} revert",
+                                           run.ledger.who.build_url))
+    try:
+        with run.report.phase("revert", f"canary back to 0%: everyone on {state.live} "
+                                        f"({rec.version or rec.release})"):
+            route_now(run, state.live, started)  # first: another app may hold the lock
+            change.lock_traffic_hosts(run.report.say)
+            change.apply()
+            change.verify()
+    except BluegreenError as revert_exc:
+        undone = change.undo()
+        exc.what += f"\n    the revert to 0% FAILED too: {revert_exc.what}; {undone}"
+        exc.hint = "the canary may still get users: run `fab switch --abort` now"
+        return
+    except BaseException:
+        change.undo()
+        raise
+    bad = state.slots[run.target]
+    reason = exc.what.removeprefix("auto-reverted: ")
+    state.weight = 0
+    state.slots[run.target] = dataclasses.replace(bad, status="bad")
+    if bad.checksum:
+        state.bad_releases[bad.checksum] = reason
+    run.ledger.save_state(state, failing=True)
+    change.commit()
+    run.outcome.auto_reverted, run.outcome.weight = True, 0
+    run.report.say(f"    reverted to 0% in {time.monotonic() - started:.2f} s; "
+                   f"{bad.version or bad.release} is marked bad")
+
+
+def abort_canary(run: Run) -> str:
+    """`fab switch --abort`: everyone back on the live slot (the canary keeps running)."""
+    state = run.live
+    if not state.weight:
+        return "no canary is running: nothing to do"
+    run.target = state.idle
+    set_weight(run, 0)
+    run.change.verify()  # type: ignore[union-attr]
+    measure_after(run)
+    record_weight(run)
+    return f"everyone on {state.live} again; {run.target} keeps running, idle"
+
+
+# ---------------------------------------------------------------- maintenance mode
+
+
+def set_maintenance(run: Run, message: str | None, retry_after: int) -> str:
+    """Every traffic host answers with the maintenance page (or stops): all or none; the
+    slots are never touched."""
+    run.ledger.ensure_still_locked()
+    state = run.live
+    require_maintenance(run)
+    done: list[Router] = []
+    try:
+        for router in run.routers:
+            router.set_maintenance(message, retry_after)
+            done.append(router)
+    except BaseException:
+        previous = state.maintenance or None
+        for router in done:
+            try:
+                router.set_maintenance(previous, state.maintenance_retry_after or retry_after)
+            except BluegreenError as exc:
+                run.report.say(f"    warning: could not put {router.label} back: "
+                               f"{exc.what.splitlines()[0]}")
+        raise
+    state.maintenance = message or ""
+    state.maintenance_retry_after = retry_after if message else 0
+    run.ledger.save_state(state)
+    run.outcome.maintenance = "on" if message else "off"
+    hosts = ", ".join(r.label for r in run.routers)
+    return (f"503 with Retry-After {retry_after} s on {hosts}" if message
+            else f"serving {state.live or 'the live slot'} again on {hosts}")
+
+
+def require_maintenance(run: Run) -> None:
+    lacking = [r for r in run.routers if "maintenance" not in r.features]
+    if lacking:
+        raise BluegreenError(
+            "maintenance mode is not available on " + ", ".join(
+                f"{r.label} ({r.kind} mode)" for r in lacking), phase="maintenance",
+            host=",".join(r.label for r in lacking), hint="nothing was changed")
+
+
+def check_canary_deploy(run: Run) -> None:
+    """`deploy --canary`: a live slot to share users with, and routers that can split."""
+    if not run.live.live:
+        raise BluegreenError("nothing is live yet: a canary needs a live slot to share users "
+                             "with", phase="state",
+                             hint="deploy the first release without --canary; nothing was "
+                                  "changed")
+    require(run, "weights", "a canary")
+
+
+def check_canary_to(to: str) -> None:
+    if to:
+        raise ArgumentError("--to", "does not go with --weight: a canary always goes to the "
+                                    "idle slot", hint="leave --to out")
+
+
+def route_now(run: Run, slot: str, breach_seen: float) -> None:
+    """A breach: users off the bad release first, where the router can do that at once
+    (lua: one POST); the file and its test follow in the revert's traffic change. A host
+    that cannot is left to that change; one that fails to is reported, not fatal."""
+    moved = []
+    for router in run.routers:
+        try:
+            if router.route_now(slot):
+                moved.append(router.label)
+        except BluegreenError as exc:
+            run.report.say(f"    {router.label}: could not move users at once "
+                           f"({exc.what.splitlines()[0]}); the revert's switch will")
+    if moved:
+        run.report.say(f"    users on {slot} {(time.monotonic() - breach_seen) * 1000:.0f} ms "
+                       f"after the breach ({', '.join(moved)}); now the file follows")

@@ -39,12 +39,17 @@ SNIPPET_PARTS = ("server", "location")
 _VAR_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
+# a canary's share, after the shape (a file without it gives the idle slot nothing)
+WEIGHT_RE = re.compile(r"bluegreen-live: [^\n]* weight=(?P<weight>\d+)")
+
+
 @dataclass(frozen=True)
 class Marker:
     slot: str
     port: int
     release: str
     shape: str
+    weight: int = 0  # percent of users the idle slot gets (a canary)
 
 
 def parse_marker(text: str | None) -> Marker | None:
@@ -52,7 +57,22 @@ def parse_marker(text: str | None) -> Marker | None:
     if not text:
         return None
     m = MARKER_RE.search(text)
-    return Marker(m["slot"], int(m["port"]), m["release"] or "", m["shape"] or "") if m else None
+    if not m:
+        return None
+    w = WEIGHT_RE.search(text)
+    return Marker(m["slot"], int(m["port"]), m["release"] or "", m["shape"] or "",
+                  int(w["weight"]) if w else 0)
+
+
+def header_var(name: str) -> str:
+    """nginx's variable for a request header: X-Bluegreen-Preview -> http_x_bluegreen_preview."""
+    return "http_" + name.lower().replace("-", "_")
+
+
+def maintenance_file(cfg: Config) -> str:
+    """Reload mode's maintenance snippet: beside the target, not *.conf (conf.d/*.conf is
+    included at http level), present only while maintenance is on."""
+    return cfg.nginx_target.removesuffix(".conf") + ".maintenance"
 
 
 def is_lua_config(text: str | None) -> bool:
@@ -89,9 +109,10 @@ def effective_mode(cfg: Config, mode: str | None = None) -> str:
 
 
 def template_context(cfg: Config, live_slot: str, release: str, version: str,
-                     generation: int = 0, shape: str = "", part: str = "http"
-                     ) -> dict[str, Any]:
+                     generation: int = 0, shape: str = "", part: str = "http",
+                     weight: int = 0) -> dict[str, Any]:
     live_port = cfg.port_of(live_slot)
+    maint = maintenance_file(cfg)
     return {
         "app": cfg.app,
         # the app's name as part of an nginx variable name (which takes [A-Za-z0-9_] only)
@@ -117,7 +138,18 @@ def template_context(cfg: Config, live_slot: str, release: str, version: str,
         # grows with every rendering: in lua mode a reload of an older file never wins
         "generation": generation,
         "marker": (f"bluegreen-live: slot={live_slot} port={live_port} release={release}"
-                   + (f" shape={shape}" if shape else "")),
+                   + (f" shape={shape}" if shape else "")
+                   + (f" weight={weight}" if weight else "")),
+        # a canary: this share of users (by cohort cookie) goes to the idle slot
+        "weight": weight,
+        "canary_port": cfg.port_of(other_slot(live_slot)),
+        "cohort_cookie": cfg.canary.cookie,
+        "preview_header": cfg.preview.header,
+        "preview_header_var": header_var(cfg.preview.header),
+        "preview_cookie_var": "cookie_" + cfg.preview.cookie,
+        # reload mode: `fab maintenance on` writes this file; the glob include (its last
+        # letter in brackets) matches nothing while maintenance is off, which nginx allows
+        "maintenance_include": maint[:-1] + "[" + maint[-1] + "]",
     }
 
 
@@ -135,7 +167,9 @@ def template_path(cfg: Config, mode: str | None = None) -> Path:
 def _render_raw(cfg: Config, ctx: dict[str, Any], mode: str | None = None) -> str:
     path = template_path(cfg, mode)
     try:
-        env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(path.parent)),
+        # your own template may include the bundled pieces (bluegreen-lua-*.j2) by name
+        env = jinja2.Environment(loader=jinja2.FileSystemLoader([str(path.parent),
+                                                                 str(TEMPLATES)]),
                                  undefined=jinja2.StrictUndefined, keep_trailing_newline=True,
                                  autoescape=False)  # noqa: S701 - nginx config, not HTML
         return env.get_template(path.name).render(**ctx)
@@ -159,7 +193,7 @@ def render_snippets(cfg: Config, mode: str | None = None) -> dict[str, str]:
 
 
 def render(cfg: Config, live_slot: str, release: str, version: str,
-           generation: int | None = None, mode: str | None = None) -> str:
+           generation: int | None = None, mode: str | None = None, weight: int = 0) -> str:
     """Render the template (the http-level file, the target); a template error names the
     file and line, before any host is touched. `mode` is the router's (reload or lua)."""
     base = _render_raw(cfg, template_context(cfg, "blue", "", "", 0), mode)
@@ -167,8 +201,10 @@ def render(cfg: Config, live_slot: str, release: str, version: str,
     snippets = render_snippets(cfg, mode)
     shape = hashlib.sha256("\0".join([base, *snippets.values()]).encode()).hexdigest()[:12]
     gen = int(time.time() * 1000) if generation is None else generation
-    text = _render_raw(cfg, template_context(cfg, live_slot, release, version, gen, shape),
-                       mode)
+    # the weight, like the live slot, is left out of the shape: changing it is a flip in
+    # lua mode, never a reload
+    text = _render_raw(cfg, template_context(cfg, live_slot, release, version, gen, shape,
+                                             weight=weight), mode)
     if not MARKER_RE.search(text):
         raise BluegreenError(f"nginx template {template_path(cfg, mode)} does not render the "
                              "marker line (`# {{ marker }}`)", phase="render",

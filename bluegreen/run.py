@@ -21,6 +21,7 @@ from bluegreen.ledger import Ledger
 from bluegreen.release import Artifact
 from bluegreen.report import Reporter
 from bluegreen.routers import Router, router_for
+from bluegreen.routers.base import SlotCounters
 from bluegreen.slots import Slots
 from bluegreen.state import State
 from bluegreen.traffic import TrafficChange
@@ -41,6 +42,13 @@ class Outcome:
     health_seconds: float | None = None
     watch: dict[str, object] | None = None  # what the watch window saw
     auto_reverted: bool | None = None
+    # the router's own counts over the switch window (before the switch, after verify),
+    # both slots and every traffic host; absent when the routers keep no counters
+    requests: int | None = None
+    failed_requests: int | None = None
+    weight: int | None = None  # a canary step: the new slot's share of users, percent
+    canary: list[int] | None = None  # `deploy --canary`: the steps it was asked to walk
+    maintenance: str | None = None  # on | off
     result: str | None = None
     phase: str | None = None
     error: str | None = None
@@ -71,6 +79,10 @@ class Run:
     change: TrafficChange | None = None
     before: State | None = None  # state as it was before `record` made the target live
     force: bool = False  # deploy an artifact the watch once reverted
+    # per traffic host, the routers' counters read just before the switch (None: some
+    # router keeps none, so the switch window cannot be measured)
+    counts_before: dict[str, dict[str, SlotCounters]] | None = None
+    weight: int = 0  # the share of users the traffic change gives the idle slot (canary)
     _routers: list[Router] | None = None
 
     @property

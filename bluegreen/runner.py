@@ -30,7 +30,7 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
             history: int = 10, since: str = "", only_action: str = "",
             force: bool = False, parallel: int = 0, batch: str = "",
             max_fail: int | None = None, pause: float | None = None,
-            keep_partial: bool = False) -> int:
+            keep_partial: bool = False, **flow_flags: Any) -> int:
     # Jenkins' abort and the webhook worker stop a deploy with SIGTERM: like Ctrl-C, it
     # waits for the remote steps in flight, then undoes a half-done switch and unlocks
     interrupts.install()
@@ -41,12 +41,14 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
     try:
         config_mod.check_label("--version", version)
         config_mod.check_label("--who", who)
+        if action == "maintenance":
+            _maintenance_on(flow_flags.get("state", ""))  # before the config: a typo first
         cfg = fleet_flags(config_mod.load(config or None, overrides=overrides or []),
                           parallel=parallel, batch=batch, max_fail=max_fail, pause=pause,
                           keep_partial=keep_partial)
         result, plan = _dispatch(cfg, action, dry_run=dry_run, who=who, quiet=as_json,
                                  lock_wait=lock_wait, since=since, only_action=only_action,
-                                 force=force,
+                                 force=force, flow_flags=flow_flags,
                                  artifact=artifact, version=version, to=to, history=history)
         if plan is not None:
             print("\nDRY RUN: nothing was changed. These changes would be made:")
@@ -74,7 +76,8 @@ def execute(action: str, *, config: str = "", overrides: list[str] | None = None
 def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, quiet: bool,
               lock_wait: float, artifact: str, version: str, to: str,
               history: int, since: str = "", only_action: str = "",
-              force: bool = False) -> tuple[Any, Any]:
+              force: bool = False, flow_flags: dict[str, Any] | None = None
+              ) -> tuple[Any, Any]:
     # imported here: `bluegreen --help` and the automation service need none of the flow
     from bluegreen import deploy, lock, views
     from bluegreen.fleet import Fleet
@@ -89,6 +92,7 @@ def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, q
                   progress_every=cfg.fleet.progress_every)
     ledger = Ledger(cfg, fleet, Who.from_env(who), report, lock_wait=lock_wait)
     try:
+        flags = flow_flags or {}
         if action in deploy.FLOWS:
             run = Run(cfg, fleet, ledger, report, Outcome(action))
             try:
@@ -96,9 +100,19 @@ def _dispatch(cfg: config_mod.Config, action: str, *, dry_run: bool, who: str, q
                     path = _artifact_path(cfg, artifact)
                     run.force = force
                     outcome = (deploy.deploy_in_batches(run, path, version) if cfg.fleet.batch
-                               else deploy.deploy(run, path, version, force=force))
+                               else deploy.deploy(run, path, version, force=force,
+                                                  no_switch=flags.get("no_switch", False),
+                                                  canary=flags.get("canary", ""),
+                                                  step=flags.get("step")))
                 elif action == "switch":
-                    outcome = deploy.switch(run, to)
+                    outcome = deploy.switch(run, to, weight=flags.get("weight"),
+                                            abort=flags.get("abort", False))
+                elif action == "promote":
+                    outcome = deploy.promote(run)
+                elif action == "maintenance":
+                    outcome = deploy.maintenance(run, _maintenance_on(flags.get("state", "")),
+                                                 flags.get("message", ""),
+                                                 flags.get("retry_after", 60))
                 else:
                     outcome = deploy.rollback(run)
             except BluegreenError as exc:
@@ -167,6 +181,14 @@ def _host_summary(fleet: Any, report: Any) -> list[dict[str, Any]]:
     if len(rows) > 1:
         report.say("\nper host:\n" + format_table(rows))
     return rows
+
+
+def _maintenance_on(state: str) -> bool:
+    if state not in ("on", "off"):
+        raise ArgumentError("maintenance", f"expected on or off, got {state!r}",
+                            hint='fab maintenance on --message "back at 14:00", or '
+                                 "fab maintenance off")
+    return state == "on"
 
 
 def _artifact_path(cfg: config_mod.Config, artifact: str) -> Path:

@@ -27,7 +27,9 @@ class SlotRecord:
     checksum: str = ""
     artifact: str = ""  # file name inside the release, for {artifact} on a restart
     deployed_at: float = 0.0
-    status: str = "empty"  # empty | starting | running | failed | vetoed | bad
+    # empty | starting | running | failed | vetoed | bad | ready (deployed with --no-switch:
+    # healthy, waiting for `fab promote`)
+    status: str = "empty"
 
 
 @dataclass
@@ -73,6 +75,11 @@ class State:
     # releases the watch window reverted, by checksum -> why: never rolled back to, and a
     # deploy of the same artifact needs --force
     bad_releases: dict[str, str] = field(default_factory=dict)
+    # a canary: the percent of users (by cohort cookie) the idle slot gets; 0: none
+    weight: int = 0
+    # maintenance mode: the message the front door answers with (503); "": off
+    maintenance: str = ""
+    maintenance_retry_after: int = 0
     serial: int = 0  # bumps on every write: a cheap way to see concurrent edits
     updated_at: float = 0.0
     # hosts that serve another slot than `live`, while a rolling deploy is under way or

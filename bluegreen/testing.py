@@ -9,9 +9,12 @@ network, in milliseconds.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
+import urllib.parse
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -19,7 +22,7 @@ from typing import IO
 from bluegreen.config import Config, HostSpec
 from bluegreen.hosts import Host, Result
 from bluegreen.httpwire import HttpReply
-from bluegreen.render import SLOT_HEADER, front_door, parse_marker
+from bluegreen.render import SLOT_HEADER, front_door, maintenance_file, parse_marker
 
 
 class Killed(BaseException):
@@ -37,6 +40,13 @@ class FakeWorld:
     broken: set[str] = field(default_factory=set)  # release ids whose pages all answer 500
     routed: dict[str, int] = field(default_factory=dict)  # traffic host -> live port (nginx)
     lua_live: dict[str, int] = field(default_factory=dict)  # traffic host -> zone port
+    # lua mode's zone beyond the live port, per traffic host: a canary's share of users,
+    # the preview route (port, sha1 hex of the token), maintenance (message), and what
+    # nginx counts per port of the requests through the front door
+    lua_weight: dict[str, int] = field(default_factory=dict)
+    lua_preview: dict[str, tuple[int, str]] = field(default_factory=dict)
+    lua_maintenance: dict[str, str] = field(default_factory=dict)
+    counted: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)
     nginx_rejects: bool = False  # `nginx -t` fails
     fail_on: dict[str, str] = field(default_factory=dict)  # substring of a command -> stderr
     next_pid: int = 1000
@@ -149,6 +159,7 @@ class FakeHost(Host):
         if self.cfg.nginx.mode == "lua":
             # the zone keeps the highest generation: a newer file wins on reload
             self.world.lua_live[self.label] = marker.port
+            self.world.lua_weight[self.label] = marker.weight
 
     # ---------------------------------------------------------------- files
     def put(self, local: Path, remote: str) -> None:
@@ -218,10 +229,45 @@ class FakeHost(Host):
             live = (world.lua_live if cfg.nginx.mode == "lua" else world.routed).get(self.label)
             if live is None:
                 raise ConnectionRefusedError("nothing listens on the front door")
+            if cfg.nginx.mode == "lua":
+                live = self._lua_route(live, headers or {})
+                if live == 0:
+                    return HttpReply(503, {"retry-after": "60"},
+                                     world.lua_maintenance[self.label].encode())
+            elif self.fs.get(maintenance_file(cfg)) is not None:
+                return HttpReply(503, {"retry-after": "60"}, b"maintenance\n")
             slot = self._slot_of(live)
-            reply = self._app(live, path)
+            try:
+                reply = self._app(live, path)
+            except ConnectionRefusedError:
+                self._count(live, 502)
+                return HttpReply(502, {SLOT_HEADER.lower(): slot}, b"bad gateway")
+            self._count(live, reply.status)
             return HttpReply(reply.status, {SLOT_HEADER.lower(): slot}, reply.body)
         return self._app(port, path)
+
+    def _lua_route(self, live: int, headers: dict[str, str]) -> int:
+        """Where the lua access phase sends a request: the preview route for the token,
+        else 0 under maintenance, else the canary for a cohort inside the share."""
+        world, cfg = self.world, self.cfg
+        preview = world.lua_preview.get(self.label)
+        token = headers.get(cfg.preview.header)
+        if preview and token and hashlib.sha1(token.encode()).hexdigest() == preview[1]:  # noqa: S324
+            return preview[0]
+        if self.label in world.lua_maintenance:
+            return 0
+        weight = world.lua_weight.get(self.label, 0)
+        cookie = headers.get("Cookie", "")
+        cohort = cookie.split("=", 1)[1] if cookie.startswith(cfg.canary.cookie + "=") else ""
+        if weight and (weight >= 100 or zlib.crc32(cohort.encode()) % 100 < weight):
+            return cfg.slots.green if live == cfg.slots.blue else cfg.slots.blue
+        return live
+
+    def _count(self, port: int, status: int) -> None:
+        c = self.world.counted.setdefault((self.label, port), {})
+        c["requests"] = c.get("requests", 0) + 1
+        key = "upstream_errors" if status == 502 else f"{status // 100}xx"
+        c[key] = c.get(key, 0) + 1
 
     def _app(self, port: int, path: str) -> HttpReply:
         release = self.world.running.get((self._app_host_label(), port))
@@ -237,13 +283,43 @@ class FakeHost(Host):
             else self.label
 
     def _control(self, path: str, method: str) -> HttpReply:
-        if self.label not in self.world.routed:
+        world = self.world
+        if self.label not in world.routed:
             raise ConnectionRefusedError("no lua config loaded")
+        where, _, query = path.partition("?")
+        args = dict(urllib.parse.parse_qsl(query))
         if method == "POST":
-            port = int(path.split("port=")[1])
-            self.world.check_alive()
-            self.world.lua_live[self.label] = port
-            self._note(f"set live port {port}")
-        live = self.world.lua_live.get(self.label, 0)
-        body = {"live": live, "gen": 0, "inflight": {}}
+            world.check_alive()
+            if where == "/bluegreen/live":
+                port, weight = int(args["port"]), int(args.get("weight", 0))
+                world.lua_live[self.label] = port
+                world.lua_weight[self.label] = weight
+                self._note(f"set live port {port}" + (f" weight {weight}" if weight else ""))
+            elif where == "/bluegreen/preview":
+                if args["port"] == "0":
+                    world.lua_preview.pop(self.label, None)
+                    self._note("remove the preview route")
+                else:
+                    world.lua_preview[self.label] = (int(args["port"]), args["digest"])
+                    self._note(f"preview route to port {args['port']}")
+            elif where == "/bluegreen/maintenance":
+                if args.get("on") == "1":
+                    world.lua_maintenance[self.label] = args["message"]
+                    self._note("maintenance on")
+                else:
+                    world.lua_maintenance.pop(self.label, None)
+                    self._note("maintenance off")
+        live = world.lua_live.get(self.label, 0)
+        ports = (self.cfg.slots.blue, self.cfg.slots.green)
+        body = {"live": live, "gen": 0, "inflight": {},
+                "weight": world.lua_weight.get(self.label, 0),
+                "preview": world.lua_preview.get(self.label, (0, ""))[0],
+                "maintenance": self.label in world.lua_maintenance,
+                "counters": {str(port): self._counters_of(port) for port in ports}}
         return HttpReply(200, {}, json.dumps(body).encode())
+
+    def _counters_of(self, port: int) -> dict[str, object]:
+        c = self.world.counted.get((self.label, port), {})
+        return {"requests": c.get("requests", 0), "upstream_errors": c.get("upstream_errors", 0),
+                "responses": {f"{n}xx": c.get(f"{n}xx", 0) for n in range(1, 6)},
+                "latency_le_ms": [1, 10, 100], "latency": [c.get("requests", 0), 0, 0, 0]}

@@ -61,6 +61,9 @@ class TrafficChange:
     release: str
     version: str
     owner: lock.Owner | None = None  # holds each traffic host's lock from apply to commit
+    # a canary: this share of users (percent, by cohort cookie) goes to the other slot while
+    # `slot` stays live; 0: everyone to `slot` (every plain switch, and the end of a canary)
+    weight: int = 0
     lock_wait: float = field(default_factory=lambda: TRAFFIC_LOCK_WAIT)
     applied: list[tuple[Router, Applied]] = field(default_factory=list)
     locked: list[Router] = field(default_factory=list)
@@ -130,7 +133,10 @@ class TrafficChange:
                          + [r.generation_floor() + 1 for r in self.routers])
         # rendered per router: in nginx.mode = "auto" one host may switch by lua and
         # another by reload, each from its own template
-        texts = {id(r): r.render(self.slot, self.release, self.version, generation)
+        # (a weight is passed only when there is one: a driver without canaries keeps the
+        # four-argument render)
+        share = {"weight": self.weight} if self.weight else {}
+        texts = {id(r): r.render(self.slot, self.release, self.version, generation, **share)
                  for r in self.routers}
         shapes = {key: parse_marker(text).shape  # type: ignore[union-attr]
                   for key, text in texts.items()}

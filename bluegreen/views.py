@@ -61,8 +61,13 @@ def status(cfg: Config, fleet: Fleet, history: int = 10) -> dict[str, Any]:
     def traffic_view(router: Router) -> dict[str, Any]:
         routed = router.routed()
         marker = parse_marker(router.installed())
+        maintenance = routed.maintenance
+        if maintenance is None and state.maintenance:
+            maintenance = router.maintenance()  # (reload mode: is its snippet there?)
         return {"routes_to": routed.slot or None, "file_says": routed.file_slot or None,
-                "seen": routed.detail, "release": marker.release if marker else None}
+                "seen": routed.detail, "release": marker.release if marker else None,
+                "weight": routed.weight, "preview": routed.preview or None,
+                "maintenance": maintenance}
 
     routers = {h.label: router_for(cfg, h) for h in fleet.traffic_hosts}
     app_hosts = {h.label: _or_unknown(lambda h=h: host_view(h)) for h in fleet.app_hosts}
@@ -71,7 +76,10 @@ def status(cfg: Config, fleet: Fleet, history: int = 10) -> dict[str, Any]:
     # during a rolling deploy a host may serve the other slot: state says which
     consistent = not problems and pending is None and all(
         "unknown" not in t and t["routes_to"] == (state.live_on(label) or None)
-        and t["file_says"] == (state.live_on(label) or None) for label, t in traffic.items())
+        and t["file_says"] == (state.live_on(label) or None)
+        and t["weight"] == state.weight
+        and (t["maintenance"] is None or t["maintenance"] == bool(state.maintenance))
+        for label, t in traffic.items())
     healthy = bool(live) and all(
         "unknown" not in v and v[state.live_on(label) or live]["healthy"]  # type: ignore[index]
         for label, v in app_hosts.items())
@@ -90,6 +98,15 @@ def status(cfg: Config, fleet: Fleet, history: int = 10) -> dict[str, Any]:
         # which host serves what while a rolling deploy is under way (or kept partial)
         "hosts_live": {label: rec.__dict__ for label, rec in state.hosts.items()},
         "rollout": state.rollout.__dict__ if state.rollout else None,
+        # a canary: each slot's share of users (percent); None when everyone is on `live`
+        "weight": state.weight,
+        "weights": ({live: 100 - state.weight, state.idle: state.weight}
+                    if state.weight and live else None),
+        "ready": next((name for name, rec in state.slots.items() if rec.status == "ready"),
+                      None),
+        "maintenance": ({"message": state.maintenance,
+                         "retry_after": state.maintenance_retry_after}
+                        if state.maintenance else None),
         "lock": owner.__dict__ if owner else None,
         "history": read_history(primary, layout, history),
         "exit_code": (STATUS_INCONSISTENT if not consistent
@@ -143,6 +160,15 @@ def format_history(entries: list[dict[str, Any]]) -> str:
         tail = (f" [{h.get('phase')}] {str(h.get('error', '')).splitlines()[0][:80]}"
                 if h.get("result") in ("failed", "interrupted")
                 else f" {h['note']}" if h.get("note") else "")
+        if h.get("failed_requests") is not None and h.get("requests") is not None:
+            tail += f" ({h['failed_requests']} failed of {h['requests']} during the switch)"
+        if h.get("canary"):
+            tail += f" (canary {','.join(str(w) for w in h['canary'])}"
+            tail += f", left at {h['weight']}%)" if h.get("weight") else ")"
+        elif h.get("weight"):
+            tail += f" (canary {h['weight']}%)"
+        if h.get("maintenance"):
+            tail += f" (maintenance {h['maintenance']})"
         lines.append(f"{when} {h.get('action', '?'):<8} {label:<14} {what:<12} "
                      f"{h.get('result', '?'):<11} {h.get('seconds', '-')}s "
                      f"{h.get('who', '')}{tail}")
@@ -190,6 +216,15 @@ def format_status(s: dict[str, Any]) -> str:
                  f"{'/healthy' if v['healthy'] else ('/' + v['probe'] if v['running'] else '')}"
                  for slot, v in slots.items()]
         lines.append(f"   app host {host}: {', '.join(parts)}")
+    if s.get("weights"):
+        canary = next(slot for slot in s["weights"] if slot != s["live"])
+        lines.append(f"   CANARY: {s['weight']}% of users on {canary}, the rest on "
+                     f"{s['live']} - `fab promote` finishes it, `fab switch --abort` ends it")
+    if s.get("ready"):
+        lines.append(f"   READY: {s['ready']} waits for `fab promote`")
+    if s.get("maintenance"):
+        lines.append(f"   MAINTENANCE: the front door answers 503: {s['maintenance']['message']}"
+                     " - `fab maintenance off` ends it")
     for host, t in s["traffic_hosts"].items():
         if "unknown" in t:
             lines.append(f"   traffic host {host}: unknown: {t['unknown']}")
@@ -198,8 +233,16 @@ def format_status(s: dict[str, Any]) -> str:
         rolled = (s.get("hosts_live") or {}).get(host)
         if rolled:
             line += f" (rolling deploy: {rolled['live']}, {rolled['version'] or rolled['release']})"
+        if t.get("weight"):
+            line += f" ({t['weight']}% to the canary)"
         if t["file_says"] != t["routes_to"]:
             line += f" (its file says {t['file_says'] or 'nothing'})"
+        if t.get("preview"):
+            line += f", preview route to {t['preview']}"
+        if t.get("maintenance") is not None and t["maintenance"] != bool(s.get("maintenance")):
+            line += (" - MAINTENANCE PAGE IS " + ("ON" if t["maintenance"] else "OFF")
+                     + " here, unlike state (nginx restarted?): run `fab maintenance "
+                     + ("on" if s.get("maintenance") else "off") + "` again")
         lines.append(f"{line}  [{t['seen']}]")
     r = s.get("rollout")
     if r:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bluegreen.config import Watch
-from bluegreen.routers.base import Router, SlotCounters
+from bluegreen.routers.base import Router, SlotCounters, bucket_delta, quantile
 
 
 @dataclass
@@ -28,6 +28,10 @@ class Tally:
     errors: int = 0  # 5xx answers and requests that got no answer
     latencies_ms: list[float] = field(default_factory=list)
     source: str = "probes"  # probes | router counters + probes
+    # the router's latency histogram over the window (upper bound ms -> requests), and
+    # the requests slower than its last bound: real users' latency, where it is counted
+    buckets: dict[float, int] = field(default_factory=dict)
+    slower: int = 0
 
     def add(self, *, failed: bool, ms: float | None = None) -> None:
         self.requests += 1
@@ -41,10 +45,32 @@ class Tally:
 
     @property
     def p99_ms(self) -> float | None:
+        if any(self.buckets.values()) or self.slower:
+            # the probes join the router's histogram, each in its bucket
+            merged = dict(self.buckets)
+            slower = self.slower
+            bounds = sorted(merged)
+            for ms in self.latencies_ms:
+                bound = next((b for b in bounds if ms <= b), None)
+                if bound is None:
+                    slower += 1
+                else:
+                    merged[bound] += 1
+            return quantile(merged.items(), slower, 0.99)
         if not self.latencies_ms:
             return None
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
+
+    def add_latency(self, before: SlotCounters | None, now: SlotCounters | None) -> None:
+        """The router's histogram between two readings (a drop: the router restarted)."""
+        if now is None or not now.latency_ms:
+            return
+        if before is None or now.requests < before.requests:
+            before = SlotCounters()
+        for bound, n in bucket_delta(before.latency_ms, now.latency_ms):
+            self.buckets[bound] = self.buckets.get(bound, 0) + n
+        self.slower += max(0, now.latency_slower - before.latency_slower)
 
     def to_dict(self) -> dict[str, object]:
         p99 = self.p99_ms
@@ -105,9 +131,11 @@ def watch(cfg: Watch, slot: str, routers: list[Router], *,
                 tally.add(failed=answer.failed, ms=answer.ms)
         seen = Tally(tally.requests, tally.errors, list(tally.latencies_ms), tally.source)
         for router in routers:
-            requests, errors = counted(baseline[router.label], _slot_counters(router, slot))
+            now = _slot_counters(router, slot)
+            requests, errors = counted(baseline[router.label], now)
             seen.requests += requests
             seen.errors += errors
+            seen.add_latency(baseline[router.label], now)
         breach = judge(seen, cfg, elapsed)
         if breach:
             return WatchReport(elapsed, seen, breach)

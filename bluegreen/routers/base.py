@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -39,6 +39,7 @@ class Applied:
     log_offset: int = 0  # error log size before we applied: only what follows is ours
     reloaded: bool = False  # how it was applied decides how it is undone
     flipped: bool = False  # lua: the live port was set through the control listener
+    weight: int = 0  # the share of users the installed file gives the idle slot (canary)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,12 @@ class Routed:
     slot: str  # "" when there is no bluegreen config there
     file_slot: str
     detail: str = ""  # how `slot` was learned, or why it could not be
+    # a canary: the idle slot's share of users as the router applies it, and as its file
+    # says (0: none); differ only after a weight change was cut off half-way
+    weight: int = 0
+    file_weight: int = 0
+    preview: str = ""  # the slot a preview route reaches ("" none)
+    maintenance: bool | None = None  # the front door answers with the maintenance page
 
 
 @dataclass(frozen=True)
@@ -73,16 +80,57 @@ class SlotCounters:
     responses: Mapping[str, int] = field(default_factory=dict)  # "2xx": n, "5xx": n ...
     upstream_errors: int = 0
     p99_ms: float | None = None
+    # a latency histogram: (upper bound in ms, requests in that bucket), and the requests
+    # slower than the last bound. Counts, not a p99, add up across hosts and subtract
+    # across readings.
+    latency_ms: tuple[tuple[float, int], ...] = ()
+    latency_slower: int = 0
+
+    @property
+    def failed(self) -> int:
+        """What users saw fail: 5xx answers and requests the upstream never answered."""
+        return self.responses.get("5xx", 0) + self.upstream_errors
+
+
+def quantile(buckets: Iterable[tuple[float, int]], slower: int, q: float) -> float | None:
+    """The q-quantile of a histogram, interpolated inside its bucket (a bucket's requests
+    are taken as spread evenly over it); None when it is empty. Among the requests slower
+    than the last bound, that bound is all a histogram can say."""
+    pairs = sorted(buckets)
+    total = sum(n for _, n in pairs) + slower
+    if total <= 0:
+        return None
+    rank = q * total
+    low, seen = 0.0, 0
+    for bound, n in pairs:
+        if n and seen + n >= rank:
+            return low + (bound - low) * max(0.0, rank - seen) / n
+        seen += n
+        low = bound
+    return low
+
+
+def bucket_delta(before: Iterable[tuple[float, int]], now: Iterable[tuple[float, int]]
+                 ) -> tuple[tuple[float, int], ...]:
+    """`now - before`, bucket by bucket (a bucket missing before counts as 0)."""
+    old = dict(before)
+    return tuple((bound, max(0, n - old.get(bound, 0))) for bound, n in now)
 
 
 class Router(ABC):
     kind: ClassVar[str]
     product: ClassVar[str] = "nginx"  # what the user calls it, in messages
+    # what this way of routing can do beyond switching: "counters", "weights", "preview",
+    # "maintenance" (the flows check before they start, and name the hosts that cannot)
+    features: ClassVar[frozenset[str]] = frozenset()
     # one host in a mode whose test and apply are one command: saves a round trip
     tests_and_applies_at_once: ClassVar[bool] = False
     # one line the switch prints about this way of switching (what it costs, say); set by
     # router_for
     notice: str = ""
+    # extra headers on bluegreen's own requests through the front door while a check must
+    # reach one side on purpose: a canary's cohort cookie, the preview token
+    probe_headers: dict[str, str] | None = None
 
     def __init__(self, cfg: Config, host: Host) -> None:
         self.cfg = cfg
@@ -99,8 +147,11 @@ class Router(ABC):
     def installed(self) -> str | None:
         return self.host.read(self.target)
 
-    def render(self, slot: str, release: str, version: str, generation: int) -> str:
-        return render.render(self.cfg, slot, release, version, generation=generation)
+    def render(self, slot: str, release: str, version: str, generation: int,
+               weight: int = 0) -> str:
+        """The file for `slot` live (and, with a weight, the idle slot's canary share)."""
+        return render.render(self.cfg, slot, release, version, generation=generation,
+                             weight=weight)
 
     def generation_floor(self) -> int:
         """The newest generation this router has seen (a lua zone keeps it)."""
@@ -168,6 +219,13 @@ class Router(ABC):
     def front_door_request(self, path: str) -> Answer:
         """One GET through this host's front door, as a user would send it."""
 
+    def route_now(self, slot: str) -> bool:
+        """Send every new request to `slot` at once, ahead of the file (a revert to a slot
+        that was live seconds ago: the file follows through the usual change). False: this
+        router can only change through its file."""
+        del slot
+        return False
+
     def counters(self) -> dict[str, SlotCounters] | None:
         """Per-slot counters since the router started; None: not available in this mode."""
         return None
@@ -177,6 +235,18 @@ class Router(ABC):
                           host=self.label, phase="switch",
                           hint="use nginx.mode = \"lua\" (or the haproxy router) for canaries")
 
-    def set_preview(self, slot: str | None) -> None:
+    def set_preview(self, slot: str | None, digest: str = "") -> None:
+        """Route requests that carry the preview token (whose sha1 is `digest`) to `slot`;
+        None: no preview route."""
         raise Unsupported(f"{self.kind} mode has no preview route", host=self.label,
                           phase="switch", hint="use nginx.mode = \"lua\" for a preview route")
+
+    def set_maintenance(self, message: str | None, retry_after: int = 60) -> None:
+        """Answer every request at the front door with 503, Retry-After and `message`,
+        without touching the slots; None: serve the live slot again."""
+        raise Unsupported(f"{self.kind} mode has no maintenance page", host=self.label,
+                          phase="maintenance")
+
+    def maintenance(self) -> bool | None:
+        """Whether the front door answers with the maintenance page now; None: unknown."""
+        return None

@@ -95,9 +95,10 @@ class NginxApplied(Applied):
 class NginxRouter(Router):
     """nginx with a rendered file; subclasses decide how a change takes effect."""
 
-    def render(self, slot: str, release: str, version: str, generation: int) -> str:
+    def render(self, slot: str, release: str, version: str, generation: int,
+               weight: int = 0) -> str:
         return render.render(self.cfg, slot, release, version, generation=generation,
-                             mode=self.kind)
+                             mode=self.kind, weight=weight)
 
     def install(self, text: str) -> Applied:
         """The include integration's snippets first (only when they differ: a plain switch
@@ -204,6 +205,8 @@ class NginxRouter(Router):
                 cfg.nginx.tls_verify)
         start = time.monotonic()
         try:
+            if self.probe_headers:
+                extra["headers"] = dict(self.probe_headers)
             reply = self.host.http_get(port, path, timeout=2.0, address=addr,
                                        host_header=name, **extra)
         except (OSError, ValueError, EOFError) as exc:

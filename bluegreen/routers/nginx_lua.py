@@ -3,23 +3,44 @@ port changes in a shared dict through a loopback control listener. No reload, no
 closed. Only a change of the file's shape (template, hosts, listen...) needs a reload.
 
 nginx counts requests in flight per port in the same dict, so draining waits for exactly
-the requests routed to the old slot, not for idle pooled connections.
+the requests routed to the old slot, not for idle pooled connections. It also counts every
+request per port when it ends (answers by status class, upstream errors, a latency
+histogram): the watch window and the measured switch read them. And the same dict holds
+what needs no reload either: a canary's share of users, a preview route to a ready slot,
+maintenance mode.
 """
 
 from __future__ import annotations
 
 import json
+import urllib.parse
+import zlib
+from collections.abc import Mapping
 from typing import Any
 
 from bluegreen import interrupts
+from bluegreen.config import other_slot
 from bluegreen.errors import BluegreenError
 from bluegreen.render import control_host, is_lua_config, parse_marker
-from bluegreen.routers.base import Applied, Routed
+from bluegreen.routers.base import Applied, Routed, SlotCounters, quantile
 from bluegreen.routers.nginx import NginxRouter
+
+
+def cohort_in(weight: int, canary: bool, start: int = 0) -> str:
+    """A cohort cookie value the lua routing puts on the canary side of `weight` (or, with
+    canary=False, on the live side): how bluegreen's own probes reach one side on purpose.
+    The lua side hashes with ngx.crc32_short, which is zlib's CRC-32."""
+    i = start
+    while True:
+        value = f"bluegreen-probe-{i}"
+        if (zlib.crc32(value.encode()) % 100 < weight) == canary:
+            return value
+        i += 1
 
 
 class NginxLuaRouter(NginxRouter):
     kind = "lua"
+    features = frozenset({"counters", "weights", "preview", "maintenance"})
 
     def control(self, path: str, method: str = "GET") -> dict[str, Any]:
         """Talk to the lua control listener on the traffic host's loopback."""
@@ -41,14 +62,24 @@ class NginxLuaRouter(NginxRouter):
     def zone(self) -> dict[str, Any]:
         return self.control("/bluegreen/status")
 
-    def set_live_port(self, port: int) -> None:
+    def set_live_port(self, port: int, weight: int = 0) -> None:
+        """`port` is live for every new request from now on; `weight` percent of users (by
+        cohort) go to the other port, a canary (0: nobody)."""
+        path = f"/bluegreen/live?port={port}" + (f"&weight={weight}" if weight else "")
         with interrupts.step():  # a flip is never cut off half-way by a signal
-            status = self.control(f"/bluegreen/live?port={port}", method="POST")
+            status = self.control(path, method="POST")
         # (a dry run's planned POST answers {}: nothing to compare; verify would catch a
         # real endpoint that answers without `live`)
-        if status.get("live", port) != port:
-            raise BluegreenError(f"nginx control endpoint answered live={status.get('live')}, "
-                                 f"expected {port}", host=self.label, phase="switch")
+        if status.get("live", port) != port or status.get("weight", weight) != weight:
+            raise BluegreenError(f"nginx control endpoint answered live={status.get('live')} "
+                                 f"weight={status.get('weight')}, expected {port} and "
+                                 f"{weight}", host=self.label, phase="switch")
+
+    def install(self, text: str) -> Applied:
+        applied = super().install(text)
+        marker = parse_marker(text)
+        applied.weight = marker.weight if marker else 0  # what `apply` sets in the zone
+        return applied
 
     def generation_floor(self) -> int:
         try:
@@ -61,7 +92,7 @@ class NginxLuaRouter(NginxRouter):
         before = parse_marker(applied.previous)
         if before is not None and before.shape == shape:
             applied.flipped = True  # before the call: a lost reply may still have applied it
-            self.set_live_port(self.cfg.port_of(slot))
+            self.set_live_port(self.cfg.port_of(slot), applied.weight)
             return
         applied.reloaded = True
         self.reload()
@@ -79,8 +110,8 @@ class NginxLuaRouter(NginxRouter):
         if before is not None and is_lua_config(applied.previous) and (applied.reloaded
                                                                         or applied.flipped):
             # The zone keeps the newest generation, so after reloading the older file it
-            # would still route to the new port: set the old port explicitly.
-            self.set_live_port(before.port)
+            # would still route to the new port: set the old port (and share) explicitly.
+            self.set_live_port(before.port, before.weight)
 
     def routed(self) -> Routed:
         """In lua mode the zone, not the file, decides; the two differ only after a switch
@@ -92,11 +123,16 @@ class NginxLuaRouter(NginxRouter):
         if not is_lua_config(text):
             return Routed(marker.slot, marker.slot, "from the installed file (not lua yet)")
         try:
-            live = int(self.zone().get("live", 0))
+            zone = self.zone()
+            live = int(zone.get("live", 0))
         except BluegreenError:
-            return Routed(marker.slot, marker.slot, "nginx has not loaded the lua file yet")
+            return Routed(marker.slot, marker.slot, "nginx has not loaded the lua file yet",
+                          marker.weight, marker.weight)
         ports = {self.cfg.slots.blue: "blue", self.cfg.slots.green: "green"}
-        return Routed(ports.get(live, f"port {live}"), marker.slot, "from nginx's shared dict")
+        return Routed(ports.get(live, f"port {live}"), marker.slot, "from nginx's shared dict",
+                      int(zone.get("weight", 0) or 0), marker.weight,
+                      preview=ports.get(int(zone.get("preview", 0) or 0), ""),
+                      maintenance=bool(zone["maintenance"]) if "maintenance" in zone else None)
 
     def inflight(self, port: int) -> int | None:
         if parse_marker(self.installed()) is None:
@@ -105,3 +141,86 @@ class NginxLuaRouter(NginxRouter):
             return int(self.zone().get("inflight", {}).get(str(port), 0))
         except BluegreenError:
             return None
+
+    def route_now(self, slot: str) -> bool:
+        """One POST to the zone, no canary: users are off a bad release within a round
+        trip, instead of after `nginx -t` (~0.1 s) and the file install."""
+        self.set_live_port(self.cfg.port_of(slot), 0)
+        return True
+
+    # ---------------------------------------------------------------- a canary
+    def verify(self, applied: Applied, slot: str) -> float:
+        """With a canary, both sides must answer through the front door: the live slot to
+        a cohort outside the share, the canary to one inside it."""
+        if not applied.weight:
+            return super().verify(applied, slot)
+        canary = other_slot(slot)
+        took = 0.0
+        try:
+            for side, cohort in ((slot, cohort_in(applied.weight, canary=False)),
+                                 (canary, cohort_in(applied.weight, canary=True))):
+                self.probe_headers = {"Cookie": f"{self.cfg.canary.cookie}={cohort}"}
+                took += self.wait_front_door(side)
+        finally:
+            self.probe_headers = None
+        self.check_error_log(applied.log_offset)
+        return took
+
+    def set_weights(self, weights: Mapping[str, int]) -> None:
+        """{live slot: 100 - w, other slot: w} in the zone only (a traffic change renders
+        the file too: TrafficChange with a weight)."""
+        if sorted(weights) != ["blue", "green"] or sum(weights.values()) != 100:
+            raise BluegreenError(f"weights must give blue and green shares that add up to "
+                                 f"100, not {dict(weights)}", host=self.label, phase="switch")
+        live = self.routed().slot or "blue"
+        self.set_live_port(self.cfg.port_of(live), int(weights[other_slot(live)]))
+
+    # ---------------------------------------------------------------- what it counts
+    def counters(self) -> dict[str, SlotCounters] | None:
+        """Per slot, since nginx started (a reload keeps them): from the zone."""
+        try:  # (no lua config loaded: the control listener does not answer)
+            counted = self.zone().get("counters")
+        except BluegreenError:
+            return None  # the lua file is not loaded yet (the first deploy)
+        if not isinstance(counted, dict):
+            return None  # a file rendered before bluegreen counted: the next reload counts
+        return {slot: parse_counters(counted.get(str(self.cfg.port_of(slot))) or {})
+                for slot in ("blue", "green")}
+
+    # ---------------------------------------------------------------- preview, maintenance
+    def set_preview(self, slot: str | None, digest: str = "") -> None:
+        port = self.cfg.port_of(slot) if slot else 0
+        query = f"port={port}" + (f"&digest={digest}" if slot else "")
+        with interrupts.step():
+            self.control(f"/bluegreen/preview?{query}", method="POST")
+
+    def set_maintenance(self, message: str | None, retry_after: int = 60) -> None:
+        if message is None:
+            query = "on=0"
+        else:
+            query = (f"on=1&retry={int(retry_after)}&message="
+                     + urllib.parse.quote(message, safe=""))
+        with interrupts.step():
+            self.control(f"/bluegreen/maintenance?{query}", method="POST")
+
+    def maintenance(self) -> bool | None:
+        try:
+            on = self.zone().get("maintenance")
+        except BluegreenError:
+            return None
+        return bool(on) if on is not None else None
+
+
+def parse_counters(raw: Mapping[str, Any]) -> SlotCounters:
+    """One port's counters as /bluegreen/status reports them (the histogram has one bucket
+    more than bounds: the requests slower than the last)."""
+    bounds = [float(b) for b in raw.get("latency_le_ms") or []]
+    counts = [int(n) for n in raw.get("latency") or []]
+    latency = tuple(zip(bounds, counts, strict=False))
+    slower = sum(counts[len(bounds):])
+    return SlotCounters(
+        requests=int(raw.get("requests", 0)),
+        responses={k: int(v) for k, v in (raw.get("responses") or {}).items()},
+        upstream_errors=int(raw.get("upstream_errors", 0)),
+        p99_ms=quantile(latency, slower, 0.99),
+        latency_ms=latency, latency_slower=slower)
