@@ -164,6 +164,58 @@ HINTS: tuple[Hint, ...] = (
          "untested: haproxy -c rejection, fixed, re-run"),
     Hint("routers/nginx.py", "its next `fab` command recovers it", "fix it; re-run",
          "untested: re-run after another app's broken file was fixed"),
+    Hint("deploy.py", "; `fab promote` switches to it", "fab promote",
+         "elsewhere: tests/integration/test_after_switch.py "
+         "test_a_preview_reaches_the_ready_slot_while_users_stay_on_the_live_one"),
+    Hint("deploy.py", "s; `fab promote` finishes it, `fab switch --abort` ends it",
+         "fab promote / fab switch --abort",
+         "elsewhere: tests/unit/flows/test_after_flows.py test_promote_finishes_a_canary "
+         "(fake hosts)"),
+    Hint("deploy.py", " waits for `fab promote`", "fab promote",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_no_switch_without_a_preview_token_just_waits (fake hosts)"),
+    Hint("deploy.py", "s; `fab promote` finishes the canary, `fab switch --abort` ends it",
+         "fab promote / fab switch --abort",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_a_walk_that_ends_below_100_leaves_the_canary_for_promote "
+         "(fake hosts)"),
+    Hint("phases.py", "run `fab switch --abort` now", "fab switch --abort",
+         "untested: a canary whose revert failed, then --abort"),
+    Hint("phases.py", "`fab promote` to finish the canary, or `fab switch --abort`",
+         "fab promote / fab switch --abort",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_deploy_and_rollback_are_refused_while_a_canary_runs (fake hosts)"),
+    Hint("phases.py", "`fab deploy --no-switch` prepares a release", "fab deploy --no-switch",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_promote_with_nothing_ready_says_what_to_do (fake hosts)"),
+    Hint("phases.py", "without it the deploy ends with the canary running", "fab promote",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_a_walk_that_ends_below_100_leaves_the_canary_for_promote "
+         "(fake hosts)"),
+    Hint("phases.py", "a weight change was cut off: `fab switch --weight ",
+         "fab switch --weight N / --abort",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_a_share_nginx_lost_is_an_inconsistency_with_the_way_out "
+         "(fake hosts)"),
+    Hint("phases.py", "` sets it again, `fab switch --abort` ends the canary",
+         "fab switch --weight N / --abort",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_a_share_nginx_lost_is_an_inconsistency_with_the_way_out "
+         "(fake hosts)"),
+    Hint("routers/nginx_reload.py", "run `fab switch --to <the live slot>` once",
+         "fab switch --to LIVE", "untested: maintenance on an older rendered file"),
+    Hint("views.py", " - `fab promote` finishes it, `fab switch --abort` ends it",
+         "fab promote / fab switch --abort",
+         "elsewhere: tests/integration/test_after_switch.py "
+         "test_switch_weight_assigns_a_cohort_to_new_users_and_abort_returns_everyone"),
+    Hint("views.py", " waits for `fab promote`", "fab promote",
+         "elsewhere: tests/integration/test_after_switch.py "
+         "test_a_preview_reaches_the_ready_slot_while_users_stay_on_the_live_one"),
+    Hint("views.py", " - `fab maintenance off` ends it", "fab maintenance off",
+         "elsewhere: tests/integration/test_after_switch.py "
+         "test_maintenance_answers_503_with_the_message_and_leaves_the_slots_alone"),
+    Hint("views.py", "(nginx restarted?): run `fab maintenance ", "fab maintenance on|off",
+         "untested: maintenance lost by an nginx restart, then set again"),
     Hint("deploy.py", "`fab switch` / `fab rollback`", "fab switch / fab rollback",
          "elsewhere: tests/integration/test_deploy_flows.py test_switch_back_and_forth and "
          "test_rollback_returns_to_previous_release"),
@@ -172,6 +224,9 @@ HINTS: tuple[Hint, ...] = (
 NOT_HINTS: tuple[tuple[str, str], ...] = (
     ("binder.py", "the history and `fab status` as one line"),
     ("deploy.py", "slot kept warm for `fab rollback`"),  # the end-of-run summary
+    ("deploy.py", "--no-switch prepares a release for `fab promote`"),  # a flow's description
+    ("tasks.py", "`fab promote` switches to it later"),  # a flag's --help
+    ("routers/nginx_reload.py", "# Written by `fab maintenance on`"),  # a comment in a file
     ("cli.py", "(= `fab history`)"),  # what a command is, in its --help
     ("cli.py", "--lock-wait"),  # the flag's own name
 )
