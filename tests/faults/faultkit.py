@@ -127,7 +127,8 @@ TERM_AFTER_STATE = (
     "cleared, but state.json keeps saying the new slot is live. The run prints "
     "'INTERRUPTED ... traffic stays on the live slot'; `fab status` then exits 5 (file and "
     "front door say blue, state says green) and the next plain `fab deploy` refuses "
-    "('state says live slot is green but nginx routes to blue'). The state write and "
+    "('state says live slot is green but nginx routes to blue'), as does the printed "
+    "'Re-run the same command'. The state write and "
     "commit() (and clearing the journal) must be one step a signal cannot split, or undo "
     "must also put the state back.")
 
@@ -157,6 +158,17 @@ STALE_PHASE_LABEL = (
     "record phase's state write prints 'FAILED [phase=switch ...]', and history records "
     "the same wrong phase. The run knows the phase it is in (perform's `current`).")
 
+DEAD_LINK_NOT_REOPENED = (
+    "DEFECT (hosts.SshHost.http_get and the cached SFTP client): after the SSH link drops "
+    "between the apply and the verify, verify's front-door probes go through the dead "
+    "transport ('SSH session not active') for the whole nginx.verify_timeout (10 s) "
+    "without reconnecting, then the undo's first SFTP write fails on the stale SFTP "
+    "client: 'the previous nginx config could NOT be restored ... fix nginx there by hand "
+    "NOW', followed by 'Traffic stays on blue' while the front door serves green (the new "
+    "slot) until the next command recovers it from the journal. A reconnect (as "
+    "SshHost._exec does through Fabric) would have verified, or undone, at once; and the "
+    "message must not say traffic stays on the old slot when the undo failed.")
+
 # cell id -> (reason, strict). Strict where the failure is deterministic; not strict where
 # the defect shows only when a keep-alive request races the needless reload.
 KNOWN: dict[str, tuple[str, bool]] = {
@@ -167,6 +179,8 @@ KNOWN: dict[str, tuple[str, bool]] = {
        for h in HOSTS},
     **{Cell("down", p, "lua", "ssh").id: (LUA_RECOVERY_RELOADS, False)
        for p in ("switch.after-install", "switch.after-apply", "before:record")},
+    # the undo fails over the stale link (DEAD_LINK_NOT_REOPENED): recovery reloads
+    Cell("drop", "switch.after-apply", "lua", "ssh").id: (LUA_RECOVERY_RELOADS, False),
 }
 
 

@@ -11,6 +11,7 @@ import signal
 import pytest
 
 from tests.faults.faultkit import (
+    DEAD_LINK_NOT_REOPENED,
     INTERRUPTED_AFTER_COMMIT,
     LUA_RECOVERY_RELOADS,
     STALE_PHASE_LABEL,
@@ -79,3 +80,18 @@ def test_a_failure_names_the_phase_it_happened_in(cell: Cell, rig: Rig) -> None:
     assert f"FAILED [phase={cell.point} " in ran.stderr, ran.stderr
     last = json.loads(rig.project.history.read_text().splitlines()[-1])
     assert last["phase"] == cell.point, last
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("defect", "switch.after-apply", m, "ssh"),
+                                               id=m) for m in ("reload", "lua")])
+@pytest.mark.xfail(strict=True, reason=DEAD_LINK_NOT_REOPENED)
+def test_a_link_dropped_before_verify_is_reopened_and_the_switch_verified_or_undone(
+        cell: Cell, rig: Rig) -> None:
+    assert rig.deploy("v1").returncode == 0
+    ran = rig.deploy("v2", env=failpoint_env(cell.point, "drop"))
+    door = front_door(rig)  # before any other command could recover anything
+    says_blue = "Traffic stays on blue" in ran.stderr
+    assert not says_blue or door.slot == "blue", \
+        f"the deploy says traffic stays on blue, the front door answers {door}:\n{ran.stderr}"
+    assert "could NOT be restored" not in ran.stderr, ran.stderr
+    assert ran.returncode == 0 or door.slot == "blue", ran.stderr
