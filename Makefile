@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo demo-stop test unit faults bench lint clean
+.PHONY: setup demo demo-stop test unit fleet faults bench lint clean
 
 setup: $(VENV)/.installed
 	@scripts/install-system-deps.sh | grep -v '^found:' || true
@@ -30,6 +30,11 @@ test: setup
 
 unit: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/unit
+
+## the whole 16-host fleet run (network namespaces, non-root deploy user, two lua traffic
+## hosts): `make test` runs its bounded part; this adds ten deploys under load, rolling batches
+fleet: setup
+	BLUEGREEN_FLEET=full $(VENV)/bin/pytest -q -p no:cacheprovider -m fleet tests/integration
 
 ## the whole fault suite: every fault x point x switch mode x host type, then its table
 ## (`make test` runs a bounded subset; -m here overrides pyproject's "not faults_full")

@@ -28,7 +28,7 @@ from testkit import REPO
 
 OUT = REPO / ".run" / "bench"
 BENCHMARKS = ("zero_downtime", "startup", "switch", "deploy_overhead", "health", "upload",
-              "history", "memory", "ssh_exec")
+              "history", "memory", "ssh_exec", "fleet")
 
 
 def machine() -> str:

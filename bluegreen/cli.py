@@ -29,11 +29,26 @@ def build_parser(with_automation: bool = True) -> argparse.ArgumentParser:
             p.add_argument("--who", default="", help="name recorded in the lock and history")
             p.add_argument("--lock-wait", type=float, default=0.0, metavar="SECONDS",
                            help="wait this long for a lock another live run holds")
+            p.add_argument("--parallel", type=int, default=0, metavar="N",
+                           help="hosts acted on at once (default: fleet.parallel, 32)")
+            p.add_argument("--json", action="store_true",
+                           help="machine-readable output: the outcome and a row per host")
 
     p = sub.add_parser("deploy", help="ship a build to the idle slot and switch to it")
     common(p)
     p.add_argument("--artifact", default="")
     p.add_argument("--version", default="")
+    p.add_argument("--force", action="store_true",
+                   help="deploy an artifact the watch window once reverted")
+    p.add_argument("--batch", default="", metavar="N|P%",
+                   help="rolling deploy (every app host its own traffic host): 2 or 25%% of "
+                        "the hosts at a time")
+    p.add_argument("--max-fail", type=int, default=None, metavar="N",
+                   help="hosts that may fail before a rolling deploy stops (default 0)")
+    p.add_argument("--pause", type=float, default=None, metavar="SECONDS",
+                   help="wait between batches")
+    p.add_argument("--keep-partial", action="store_true",
+                   help="a stopped rolling deploy leaves the hosts it switched switched")
     p = sub.add_parser("switch", help="flip traffic to the other slot")
     common(p)
     p.add_argument("--to", default="", choices=["", "blue", "green"])
@@ -78,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
                    as_json=getattr(args, "json", False), artifact=getattr(args, "artifact", ""),
                    version=getattr(args, "version", ""), to=getattr(args, "to", ""),
                    history=getattr(args, "history", 10), since=getattr(args, "since", ""),
-                   only_action=getattr(args, "only_action", ""))
+                   only_action=getattr(args, "only_action", ""),
+                   force=getattr(args, "force", False),
+                   parallel=getattr(args, "parallel", 0), batch=getattr(args, "batch", ""),
+                   max_fail=getattr(args, "max_fail", None), pause=getattr(args, "pause", None),
+                   keep_partial=getattr(args, "keep_partial", False))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ bound every wait by a loop count.
 
 from __future__ import annotations
 
+import re
 import shlex
 from dataclasses import dataclass
 
@@ -61,21 +62,71 @@ def _loops(seconds: float) -> int:
     return max(1, int(seconds / POLL))
 
 
-def unpack(artifact: str, release_dir: str, checksum: str, file_name: str) -> str:
-    """Unpack (tarball) or place (single file) into release_dir, atomically, once."""
+ZIP_SUFFIXES = (".zip", ".war")
+
+
+def archive_kind(name: str) -> str:
+    """tar (unpacked with tar), zip (.zip/.war: unpacked with unzip, a Tomcat docBase) or
+    file (placed as it is: a jar, a binary; a jar is a zip too, but it is run whole)."""
+    if is_tarball(name):
+        return "tar"
+    return "zip" if name.lower().endswith(ZIP_SUFFIXES) else "file"
+
+
+def unpack(artifact: str, release_dir: str, checksum: str, file_name: str, *,
+           kind: str = "", drop_artifact: bool = False) -> str:
+    """Unpack (tarball, zip/war) or place (single file) into release_dir, atomically, once.
+
+    On failure the partial directory goes, and with `drop_artifact` (it was uploaded by this
+    run) the artifact too, so a failed deploy leaves the disk as it found it. The last stderr
+    line says what failed and how much space was free at that moment (measured before the
+    cleanup): tar's own words for a full disk are only "Wrote only N of M bytes".
+
+    The archive was inspected on the deploying machine (release.inspect: no `..`, no absolute
+    names, no links out, no devices) and its sha256 verified here, so these are the bytes that
+    were checked; the tools' own defences stay on as a second line: GNU tar refuses `..` and
+    strips a leading `/`, unzip does the same for `../` and `/` (exit 1 on a warning counts as
+    a failure). --no-same-owner: as root, tar would hand every file to the build machine's uid.
+    """
+    kind = kind or archive_kind(artifact)
     tmp = f"{release_dir}.partial"
     marker = f"{release_dir}/.bluegreen-release"
-    if is_tarball(artifact):
-        fill = f"tar -xf {q(artifact)} -C {q(tmp)}"
+    parent = release_dir.rsplit("/", 1)[0] or "/"
+    if kind == "tar":
+        fill = f"tar --no-same-owner -xf {q(artifact)} -C {q(tmp)}"
+    elif kind == "zip":
+        # unzip is not on every host (Ansible's unarchive needs it on the target too); the
+        # upload phase checks for it before sending anything, this says it again if PATH
+        # differs. stdin from /dev/null: unzip prompts (and would wait) on a full disk.
+        missing = f"unzip is not installed: it is needed to unpack {file_name}"
+        fill = (f"{{ command -v unzip >/dev/null 2>&1 || {{ echo {q(missing)} >&2; false; }}; }} "
+                f"&& unzip -qq -o {q(artifact)} -d {q(tmp)} < /dev/null")
     else:
         fill = (f"cp -- {q(artifact)} {q(tmp + '/' + file_name)} && "
                 f"chmod 0755 {q(tmp + '/' + file_name)}")
+    drop = f"rm -f -- {q(artifact)}; " if drop_artifact else ""
     return (
         f"if [ -f {q(marker)} ]; then echo present; else "
-        f"rm -rf -- {q(tmp)} && mkdir -p -- {q(tmp)} && {fill} && "
+        f"{{ rm -rf -- {q(tmp)} && mkdir -p -- {q(tmp)} && {fill} && "
         f"echo {q(checksum)} > {q(tmp + '/.bluegreen-release')} && "
-        f"rm -rf -- {q(release_dir)} && mv -- {q(tmp)} {q(release_dir)} && echo unpacked; fi"
+        f"rm -rf -- {q(release_dir)} && mv -- {q(tmp)} {q(release_dir)}; }} || {{ rc=$?; "
+        f"free=$(stat -f -c '%a*%S' -- {q(parent)} 2>/dev/null) && free=$((free)) || free='?'; "
+        f"rm -rf -- {q(tmp)}; {drop}"
+        f"echo {q(f'cannot unpack {artifact} into {release_dir} (exit ')}"
+        f"\"$rc, $free bytes free)\" >&2; exit $rc; }}; echo unpacked; fi"
     )
+
+
+UNPACK_FAILED = re.compile(r"^cannot unpack .* \(exit \d+, (\d+|\?) bytes free\)$")
+
+
+def parse_unpack_failure(stderr: str) -> int | None:
+    """Bytes free when `unpack` failed, from its last line; None if it did not say."""
+    for line in reversed(stderr.strip().splitlines()):
+        m = UNPACK_FAILED.match(line.strip())
+        if m:
+            return int(m.group(1)) if m.group(1).isdigit() else None
+    return None
 
 
 def env_file(env: dict[str, str]) -> str:
@@ -158,8 +209,41 @@ def prune_releases(layout: Layout, keep: int, protected: list[str]) -> str:
         # artifacts no kept release was made from
         f"cd {q(layout.artifacts)} 2>/dev/null || exit 0; "
         f"for a in *; do [ -f \"$a\" ] || continue; sum=\"${{a%%.*}}\"; "
-        f"grep -qsx \"$sum\" {q(layout.releases)}/*/.bluegreen-release || rm -f -- \"$a\"; done )"
+        f"grep -qsx \"$sum\" {q(layout.releases)}/*/.bluegreen-release || rm -f -- \"$a\"; done ); "
+        # and what interrupted runs left (the artifact glob above skips dotfiles)
+        + clean_stale(layout)
     )
+
+
+STALE_MINUTES = 5  # a partial upload or unpack not written to for this long is a leftover
+
+
+def clean_stale(layout: Layout) -> str:
+    """Remove partial uploads (.upload-*) and partial release dirs (*.partial) left by runs
+    that died. Runs hold the lock while they write these, so one untouched for STALE_MINUTES
+    is not being written; a fresh one may belong to a run whose lock was broken by hand, and
+    stays. Prints `removed stale NAME` per item."""
+    age = f"-mmin +{STALE_MINUTES}"
+    return (
+        f"find {q(layout.artifacts)} -maxdepth 1 -type f -name '.upload-*' {age} "
+        f"-exec rm -f -- {{}} \\; -printf 'removed stale %f\\n' 2>/dev/null; "
+        f"find {q(layout.releases)} -mindepth 1 -maxdepth 1 -type d -name '*.partial' {age} "
+        f"-exec rm -rf -- {{}} \\; -printf 'removed stale %f\\n' 2>/dev/null; true"
+    )
+
+
+def free_space(path: str) -> str:
+    """Bytes an unprivileged writer may still use on the file system holding `path` (the
+    statvfs f_bavail: root's reserved blocks do not count). SshHost asks over SFTP instead
+    and sends this only to servers without the statvfs extension."""
+    return f"stat -f -c '%a %S' -- {q(path)}"
+
+
+def parse_free_space(stdout: str) -> int | None:
+    words = stdout.split()
+    if len(words) != 2 or not all(w.isdigit() for w in words):
+        return None
+    return int(words[0]) * int(words[1])
 
 
 def list_releases(layout: Layout) -> str:

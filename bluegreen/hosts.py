@@ -37,6 +37,18 @@ T = TypeVar("T")
 KILL_GRACE = 5  # seconds `timeout` waits after TERM before KILL on a remote command
 
 
+@dataclass
+class HostStats:
+    """What one run cost on one host, for the per-host summary and the benchmarks:
+    connections opened, remote commands (each one SSH round trip and a remote shell),
+    file operations over SFTP (uploads included) and HTTP tunnels (direct-tcpip)."""
+
+    connects: int = 0
+    commands: int = 0
+    file_ops: int = 0
+    tunnels: int = 0
+
+
 @dataclass(frozen=True)
 class Result:
     command: str
@@ -57,6 +69,11 @@ class Host(ABC):
         self.cfg = cfg
         self.default_timeout = cfg.ssh.command_timeout
         self.phase = ""  # set by the flow so errors say where they happened
+        self.stats = HostStats()
+
+    def connect(self) -> None:  # noqa: B027 - optional: only connections need opening
+        """Open the connection now (a no-op for the local machine), so that an unreachable
+        host fails the run before anything changes anywhere."""
 
     @property
     def label(self) -> str:
@@ -76,6 +93,7 @@ class Host(ABC):
         del mutates, says  # used by DryRunHost
         limit = float(timeout or self.default_timeout)
         wrapped = f"timeout -k {KILL_GRACE} {limit:g} bash -c {shlex.quote(command)}"
+        self.stats.commands += 1
         with interrupts.step():  # a signal waits for the command; none starts after one
             result = self._exec(wrapped, limit + KILL_GRACE + 5)
         if result.rc == 124:
@@ -216,11 +234,20 @@ class Host(ABC):
         except FileNotFoundError:
             pass
 
+    def free_space(self, path: str) -> int | None:
+        """Bytes an unprivileged writer may still use where `path` (which exists) lives;
+        None when the host cannot say. This default costs a remote command: LocalHost asks
+        the kernel, SshHost asks over the open SFTP session."""
+        out = self.run(commands.free_space(path), timeout=30, check=False, mutates=False)
+        return commands.parse_free_space(out.stdout) if out.ok else None
+
     @abstractmethod
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost",
-                 method: str = "GET") -> HttpReply:
-        """An HTTP request to address:port/path as seen from this machine. Raises OSError."""
+                 method: str = "GET", tls: httpwire.Tls | None = None) -> HttpReply:
+        """An HTTP request to address:port/path as seen from this machine, over TLS when
+        `tls` says how (the handshake runs here, over the same socket or channel). Raises
+        OSError (ssl.SSLError included)."""
 
     def close(self) -> None:  # noqa: B027 - optional: only connections need closing
         """Drop the connection; a no-op for the local machine."""
@@ -263,12 +290,21 @@ class LocalHost(Host):
     def _chmod(self, path: str, mode: int) -> None:
         os.chmod(path, mode)
 
+    def free_space(self, path: str) -> int | None:
+        try:
+            st = os.statvfs(path)
+        except OSError:
+            return None
+        return st.f_bavail * st.f_frsize
+
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost",
-                 method: str = "GET") -> HttpReply:
+                 method: str = "GET", tls: httpwire.Tls | None = None) -> HttpReply:
         sock = socket.create_connection((address, port), timeout=timeout)
         sock.settimeout(timeout)
-        return httpwire.exchange(sock, httpwire.build_request(path, host_header, headers, method))
+        stream = httpwire.TlsStream(sock, tls) if tls else sock
+        return httpwire.exchange(stream, httpwire.build_request(path, host_header, headers,
+                                                                method))
 
 
 class SshHost(Host):
@@ -279,6 +315,9 @@ class SshHost(Host):
         self._conn = None
         self._sftp = None
         self._lock = threading.Lock()
+
+    def connect(self) -> None:
+        self.sftp()  # the connection, then the file channel every flow uses
 
     @property
     def conn(self):
@@ -303,6 +342,7 @@ class SshHost(Host):
         # Fabric installs AutoAddPolicy and never reads known_hosts (FIELD-NOTES): we replace
         # both before open(), so a changed or unknown host key stops the deploy.
         known = self.cfg.resolve(ssh.known_hosts)
+        self.stats.connects += 1
         if ssh.accept_unknown_hosts:
             log.warning("host %s: ssh.accept_unknown_hosts = true: unknown host keys are "
                         "accepted without verification", self.label)
@@ -381,12 +421,14 @@ class SshHost(Host):
             return self._sftp
 
     # OpenSSH's sftp-server accepts writes up to 255 KiB; paramiko's default 32 KiB costs
-    # Python work per packet. bench/speed.py measured 128 KiB pipelined writes fastest
-    # (0.95x scp's transfer time, against 0.59x at 32 KiB and 0.85x at 255 KiB).
+    # Python work per packet. bench/prototypes/sftp_write_size.py measured 128 KiB
+    # pipelined writes fastest (0.95x scp's transfer time, against 0.59x at 32 KiB and
+    # 0.85x at 255 KiB).
     OPENSSH_MAX_WRITE = 131072
 
     def put(self, local: Path, remote: str) -> None:
         """Stream the file in large pipelined writes (never all in memory), check the size."""
+        self.stats.file_ops += 1
         try:
             sftp = self.sftp()
             banner = (self.conn.transport.remote_version or "").lower()
@@ -406,6 +448,7 @@ class SshHost(Host):
                                                        "then re-run") from exc
 
     def _sftp_call(self, fn: Callable[[Any], T]) -> T:
+        self.stats.file_ops += 1
         try:
             return fn(self.sftp())
         except (OSError, EOFError) as exc:
@@ -441,11 +484,42 @@ class SshHost(Host):
     def _chmod(self, path: str, mode: int) -> None:
         self._sftp_call(lambda sftp: sftp.chmod(path, mode))
 
+    STATVFS = "statvfs@openssh.com"  # OpenSSH's sftp-server has answered it since 5.1
+
+    def free_space(self, path: str) -> int | None:
+        """Over the open SFTP session (no remote command, so a deploy stays at its 4
+        commands per host); one `stat -f` command only where the server lacks the extension.
+        paramiko has no call for it, so the request goes through its generic one, the way
+        paramiko itself sends posix-rename@openssh.com."""
+        from paramiko.message import Message
+        from paramiko.sftp import CMD_EXTENDED, CMD_EXTENDED_REPLY
+
+        def ask(sftp: Any) -> tuple[int, Message] | None:
+            try:
+                return sftp._request(CMD_EXTENDED, self.STATVFS, path)  # type: ignore[no-any-return]
+            except OSError as exc:
+                if exc.errno is None and "unsupported" in str(exc).lower():
+                    return None  # an answer, not a broken connection: ask the shell
+                raise
+        try:
+            answer = self._sftp_call(ask)
+        except OSError:
+            return None  # no such path, or not allowed: nothing to measure
+        except (AttributeError, TypeError):  # a paramiko without the generic request
+            answer = None
+        if answer is None or answer[0] != CMD_EXTENDED_REPLY:
+            return super().free_space(path)
+        msg = answer[1]
+        # struct statvfs as uint64s: bsize, frsize, blocks, bfree, bavail, files, ...
+        _bsize, frsize, _blocks, _bfree, bavail = (msg.get_int64() for _ in range(5))
+        return bavail * frsize
+
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost",
-                 method: str = "GET") -> HttpReply:
+                 method: str = "GET", tls: httpwire.Tls | None = None) -> HttpReply:
         import paramiko
 
+        self.stats.tunnels += 1
         try:
             chan = self.conn.transport.open_channel(
                 "direct-tcpip", (address, port), ("127.0.0.1", 0), timeout=timeout)
@@ -454,7 +528,9 @@ class SshHost(Host):
         except paramiko.SSHException as exc:
             raise ConnectionError(f"tunnel to {address}:{port} on {self.label}: {exc}") from exc
         chan.settimeout(timeout)
-        return httpwire.exchange(chan, httpwire.build_request(path, host_header, headers, method))
+        stream = httpwire.TlsStream(chan, tls) if tls else chan
+        return httpwire.exchange(stream, httpwire.build_request(path, host_header, headers,
+                                                                method))
 
     def _drop(self) -> None:
         with self._lock:
@@ -488,6 +564,17 @@ class DryRunHost(Host):
     def phase(self, value: str) -> None:
         if hasattr(self, "inner"):
             self.inner.phase = value
+
+    @property  # type: ignore[override]
+    def stats(self) -> HostStats:
+        return self.inner.stats
+
+    @stats.setter
+    def stats(self, value: HostStats) -> None:
+        pass  # the real host counts what a dry run really does (reads)
+
+    def connect(self) -> None:
+        self.inner.connect()
 
     def _plan(self, words: str, command: str = "") -> None:
         self.plan.add(self.label, words, command)
@@ -540,6 +627,9 @@ class DryRunHost(Host):
     def makedirs(self, path: str) -> None:
         pass
 
+    def free_space(self, path: str) -> int | None:
+        return self.inner.free_space(path)  # a read: a dry run shows a refusal too
+
     def mkdir_exclusive(self, path: str) -> bool:
         if self.overlay.get(path) is not None or (path not in self.overlay and self.exists(path)):
             return False
@@ -557,12 +647,13 @@ class DryRunHost(Host):
 
     def http_get(self, port: int, path: str, *, timeout: float, address: str = "127.0.0.1",
                  headers: dict[str, str] | None = None, host_header: str = "localhost",
-                 method: str = "GET") -> HttpReply:
+                 method: str = "GET", tls: httpwire.Tls | None = None) -> HttpReply:
         if method != "GET":
             self._plan(f"{method} http://{address}:{port}{path}")
             return HttpReply(200, body=b"{}")
         return self.inner.http_get(port, path, timeout=timeout, address=address,
-                                   headers=headers, host_header=host_header)
+                                   headers=headers, host_header=host_header,
+                                   **({"tls": tls} if tls else {}))
 
     def close(self) -> None:
         self.inner.close()

@@ -41,7 +41,8 @@ def reset() -> None:
 def _handler(signum: int, frame: object) -> None:
     global _requested
     with _lock:
-        busy = _in_flight > 0 and not _requested
+        # a step in flight, or a commit/cleanup that must finish whole: wait for it
+        busy = (_in_flight > 0 or _cleaning_up > 0) and not _requested
         _requested = True
     if not busy:
         raise KeyboardInterrupt
@@ -74,6 +75,14 @@ def step() -> Iterator[None]:
         with _lock:
             _in_flight -= 1
     checkpoint()
+
+
+@contextmanager
+def uninterruptible() -> Iterator[None]:
+    """A few steps that must finish together (a commit): a signal waits for the end of the
+    block and is acted on at the next step boundary."""
+    with cleaning_up():
+        yield
 
 
 @contextmanager

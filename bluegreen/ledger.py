@@ -70,7 +70,7 @@ class Ledger:
         """The configured lease, but never shorter than the longest phase (the heartbeat is
         renewed between phases)."""
         c = self.cfg
-        longest = max(c.health.timeout, c.nginx.drain_timeout + c.process.stop_timeout
+        longest = max(c.health.timeout, c.drain_timeout + c.process.stop_timeout
                       + c.process.port_free_timeout) + 60
         return max(c.lock.lease, longest)
 
@@ -84,32 +84,27 @@ class Ledger:
                      "reason": broken.reason,
                      "broken_lock": broken.owner.__dict__ if broken.owner else None})
 
-    def heartbeat(self) -> None:
-        """Between phases: the lock's holder shows it is alive."""
+    def heartbeat(self, phase: str | None = None) -> None:
+        """The lock's holder shows it is alive, and which phase it is in (at each visible
+        phase: the status page shows it live; between them at most every half minute)."""
         if self.owner is None or self.fleet.dry_run:
             return
-        if time.time() - self.owner.heartbeat < min(30.0, self.lease / 10):
-            return  # fresh enough: one write per half minute at most
+        if phase is None and time.time() - self.owner.heartbeat < min(30.0, self.lease / 10):
+            return  # fresh enough
         primary = self.fleet.primary
         try:
-            self.owner = lock.heartbeat(primary, self.fleet.layout(primary), self.owner)
+            self.owner = lock.heartbeat(primary, self.fleet.layout(primary), self.owner, phase)
+        except LockHeld:
+            raise  # broken by `fab unlock`: stop before changing anything more
         except BluegreenError as exc:  # the next phase's own step will say what is wrong
             self.report.say(f"    warning: could not renew the lock's heartbeat: {exc.what}")
 
     def ensure_still_locked(self) -> None:
-        """Before traffic or state changes: is the lock still ours? `fab unlock` on a run
-        that was in fact alive lets a second deploy in; two writers must not both switch."""
+        """Before traffic or state changes: the lock must still be this run's."""
         if self.owner is None:
             return
         primary = self.fleet.primary
-        held = lock.status(primary, self.fleet.layout(primary))
-        if held is None or held.token != self.owner.token:
-            raise LockHeld(
-                "the deploy lock was broken while this run held it"
-                + (f"; it is now held by {held.describe()}" if held else ""),
-                host=primary.label, phase="lock",
-                hint="someone ran `fab unlock`: nothing more was changed by this run; check "
-                     "`fab status`, then re-run")
+        lock.ensure_ours(primary, self.fleet.layout(primary), self.owner)
 
     # ------------------------------------------------------------ state and history
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import socket
 import time
 import uuid
@@ -62,6 +63,8 @@ class Owner:
     pid_start: str = ""
     boot_id: str = ""
     heartbeat: float = 0.0
+    phase: str = ""  # what the holder is doing now (the status page shows it live)
+    phase_started_at: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -104,8 +107,13 @@ def parse_owner(text: str) -> Owner | None:
         return None
 
 
-def _owner_path(layout: Layout) -> str:
-    return f"{layout.lock}/owner.json"
+def _dir(where: Layout | str) -> str:
+    """The deploy lock lives in a Layout; a traffic host's lock is a plain directory."""
+    return where if isinstance(where, str) else where.lock
+
+
+def _owner_path(where: Layout | str) -> str:
+    return f"{_dir(where)}/owner.json"
 
 
 @dataclass(frozen=True)
@@ -116,7 +124,7 @@ class Broken:
     reason: str
 
 
-def acquire(host: Host, layout: Layout, owner: Owner, *, lease: float = 300.0,
+def acquire(host: Host, layout: Layout | str, owner: Owner, *, lease: float = 300.0,
             wait: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Broken | None:
     """Take the lock; break it first when its owner is certainly gone; wait up to `wait`
     seconds for a live owner. Returns what was broken, if anything."""
@@ -124,11 +132,11 @@ def acquire(host: Host, layout: Layout, owner: Owner, *, lease: float = 300.0,
     broken: Broken | None = None
     said = False
     while True:
-        if host.mkdir_exclusive(layout.lock):
+        if host.mkdir_exclusive(_dir(layout)):
             try:
                 host.write_atomic(_owner_path(layout), owner.to_json() + "\n")
             except BluegreenError:
-                host.remove(layout.lock, directory=True)  # an ownerless lock would stay
+                host.remove(_dir(layout), directory=True)  # an ownerless lock would stay
                 raise
             return broken
         held_by = parse_owner(host.read(_owner_path(layout)) or "")
@@ -144,34 +152,52 @@ def acquire(host: Host, layout: Layout, owner: Owner, *, lease: float = 300.0,
             time.sleep(min(1.0, max(0.05, deadline - time.monotonic())))
             continue
         who = held_by.describe() if held_by else "an unknown owner (no owner record yet)"
-        raise LockHeld(f"another deploy holds the lock {layout.lock}: {who}", host=host.label,
+        raise LockHeld(f"another deploy holds the lock {_dir(layout)}: {who}", host=host.label,
                        phase="lock",
                        hint="wait for it to finish, or re-run with --lock-wait SECONDS; "
                             "if it is dead, run `fab unlock`")
 
 
-def _stale(host: Host, layout: Layout, held_by: Owner | None, lease: float) -> str:
+def _stale(host: Host, layout: Layout | str, held_by: Owner | None, lease: float) -> str:
     if held_by is not None:
         return held_by.stale_because(lease)
     # no owner record: a crash between mkdir and the write, or a write in progress
-    age = _dir_age(host, layout.lock)
+    age = _dir_age(host, _dir(layout))
     return f"it has had no owner record for {age:.0f}s" if age > OWNERLESS_GRACE else ""
 
 
 def _dir_age(host: Host, path: str) -> float:
-    out = host.run(f"echo $(( $(date +%s) - $(stat -c %Y {path} 2>/dev/null || date +%s) ))",
+    quoted = shlex.quote(path)
+    out = host.run(f"echo $(( $(date +%s) - $(stat -c %Y {quoted} 2>/dev/null || date +%s) ))",
                    timeout=30, check=False, mutates=False).stdout.strip()
     return float(out) if out.lstrip("-").isdigit() else 0.0
 
 
-def heartbeat(host: Host, layout: Layout, owner: Owner) -> Owner:
-    """Show the lock's holder is alive: rewrite its record with a new heartbeat."""
-    beat = replace(owner, heartbeat=time.time())
+def heartbeat(host: Host, layout: Layout | str, owner: Owner, phase: str | None = None) -> Owner:
+    """Show the lock's holder is alive (and what it does now): rewrite its record, only
+    while it is still ours: after `fab unlock` a heartbeat must not take the lock back."""
+    ensure_ours(host, layout, owner)
+    now = time.time()
+    beat = replace(owner, heartbeat=now) if phase is None else \
+        replace(owner, heartbeat=now, phase=phase, phase_started_at=now)
     host.write_atomic(_owner_path(layout), beat.to_json() + "\n")
     return beat
 
 
-def release(host: Host, layout: Layout, owner: Owner) -> None:
+def ensure_ours(host: Host, layout: Layout | str, owner: Owner) -> None:
+    """Before a change: is the lock still ours? `fab unlock` on a run that was in fact
+    alive lets a second deploy in; two writers must not both switch."""
+    held_by = status(host, layout)
+    if held_by is None or held_by.token != owner.token:
+        raise LockHeld(
+            "the deploy lock was broken while this run held it"
+            + (f"; it is now held by {held_by.describe()}" if held_by else ""),
+            host=host.label, phase="lock",
+            hint="someone ran `fab unlock`: nothing more was changed by this run; check "
+                 "`fab status`, then re-run")
+
+
+def release(host: Host, layout: Layout | str, owner: Owner) -> None:
     """Remove the lock only if it is still ours: `fab unlock` may have broken it meanwhile
     and someone else may hold a new one."""
     held_by = parse_owner(host.read(_owner_path(layout)) or "")
@@ -179,24 +205,24 @@ def release(host: Host, layout: Layout, owner: Owner) -> None:
         _remove(host, layout)
 
 
-def break_lock(host: Host, layout: Layout) -> Owner | None:
+def break_lock(host: Host, layout: Layout | str) -> Owner | None:
     owner = parse_owner(host.read(_owner_path(layout)) or "")
     _remove(host, layout)
     return owner
 
 
-def _remove(host: Host, layout: Layout) -> None:
+def _remove(host: Host, layout: Layout | str) -> None:
     host.remove(_owner_path(layout))
-    host.remove(layout.lock, directory=True)
+    host.remove(_dir(layout), directory=True)
 
 
-def status(host: Host, layout: Layout) -> Owner | None:
+def status(host: Host, layout: Layout | str) -> Owner | None:
     text = host.read(_owner_path(layout))
     return parse_owner(text) if text else None
 
 
 @contextmanager
-def held(host: Host, layout: Layout, owner: Owner, *, lease: float = 300.0,
+def held(host: Host, layout: Layout | str, owner: Owner, *, lease: float = 300.0,
          wait: float = 0.0, on_wait: Callable[[str], None] | None = None,
          on_break: Callable[[Broken], None] | None = None) -> Iterator[Owner]:
     """Hold the lock for a block; released on success, failure and Ctrl-C alike.
@@ -213,7 +239,9 @@ def held(host: Host, layout: Layout, owner: Owner, *, lease: float = 300.0,
         try:
             release(host, layout, owner)
         except BluegreenError as exc:
-            log.warning("could not release the deploy lock %s on %s (%s): run `fab unlock` "
-                        "once the host is reachable", layout.lock, host.label, exc.what)
+            log.warning("could not release the deploy lock %s on %s (%s): the next run from "
+                        "this machine breaks it by itself (this process is gone by then); "
+                        "from elsewhere, run `fab unlock` once the host is reachable",
+                        _dir(layout), host.label, exc.what)
         raise
     release(host, layout, owner)

@@ -5,16 +5,19 @@ deploy.py lists them per flow; run.py runs them and handles failure once for all
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from pathlib import Path
 
-from bluegreen import failpoints, journal, release, render
+from bluegreen import failpoints, interrupts, journal, release, render
 from bluegreen.errors import BluegreenError
 from bluegreen.layout import release_id
+from bluegreen.lock import new_owner
+from bluegreen.routers import switch_notices
 from bluegreen.routers.base import Applied
 from bluegreen.run import Run
-from bluegreen.state import SlotRecord
+from bluegreen.state import SlotRecord, State
 from bluegreen.traffic import TrafficChange
 
 # ---------------------------------------------------------------- taking hold
@@ -42,18 +45,34 @@ def read_state(run: Run) -> None:
 def check_consistency(run: Run) -> None:
     """Recorded state and what every router routes to must agree before we change anything."""
     state = run.live
+    if state.rollout is not None:
+        raise partial_rollout(state)
     for router in run.routers:
         routed = router.routed()
-        if routed.slot != state.live or routed.file_slot != state.live:
+        expected = state.live_on(router.label)
+        if routed.slot != expected or routed.file_slot != expected:
             where = (f"routes to {routed.slot or '(no bluegreen config)'}"
                      if routed.slot == routed.file_slot
                      else f"routes to {routed.slot} while its file {router.target} says "
                           f"{routed.file_slot}")
             raise BluegreenError(
-                f"state says live slot is {state.live or '(none)'} but nginx on {router.label} "
-                f"{where}", host=router.label, phase="state",
-                hint="someone changed nginx by hand or a switch was interrupted: run "
-                     f"`fab switch --to {routed.slot or state.live or 'blue'}` to converge")
+                f"state says live slot is {expected or '(none)'} but {router.product} on "
+                f"{router.label} {where}", host=router.label, phase="state",
+                hint=f"someone changed {router.product} by hand or a switch was interrupted: "
+                     f"run `fab switch --to {routed.slot or expected or 'blue'}` to converge")
+
+
+def partial_rollout(state: State) -> BluegreenError:
+    """A rolling deploy was stopped with hosts on both slots: only resuming it or putting
+    every host on one slot is safe."""
+    r = state.rollout
+    assert r is not None
+    return BluegreenError(
+        f"a rolling deploy of {r.version or r.release} is partial: {len(r.done)} host(s) "
+        f"serve {r.slot} ({', '.join(r.done) or 'none'}), the others {r.from_slot}"
+        + (f"; failed: {', '.join(r.failed)}" if r.failed else ""), phase="state",
+        hint=f"resume it with the same artifact: `fab deploy --batch {r.batch or 'N'} "
+             f"--artifact ...`; or put every host back: `fab switch --to {r.from_slot}`")
 
 
 # ---------------------------------------------------------------- deploy: prepare the idle slot
@@ -64,6 +83,7 @@ def plan_deploy(run: Run) -> None:
     anything is uploaded or stopped."""
     read_state(run)
     check_consistency(run)
+    refuse_bad_artifact(run)
     state = run.live
     run.target = state.idle
     render.render(run.cfg, run.target, run.release_id, run.version)
@@ -87,6 +107,16 @@ def upload(run: Run) -> str:
     # never prune what a slot holds, nor what rollback would go back to
     protected = [r.release for r in (*state.slots.values(), state.previous_release)
                  if r.release]
+    if art.kind != "file" and "{artifact}" in run.cfg.start and not run.cfg.artifact_name:
+        # a .war used to be placed whole; unpacked, {artifact} names a file it rarely holds
+        run.report.say(f"    warning: start uses {{artifact}}, but {art.name} is unpacked into "
+                       f"the release dir, so {{artifact}} names {run.artifact_name} inside it; "
+                       "start from {release} (the docBase), ship a .jar to run it whole, or "
+                       "set artifact_name to a file in the archive")
+    # every host first: one without room (or without unzip for a war) refuses the deploy
+    # before any host has been sent a byte
+    fleet.on_all(fleet.app_hosts, "upload", lambda h: release.preflight(
+        h, fleet.layout(h), art, run.release_id))
     sent = sum(fleet.on_all(fleet.app_hosts, "upload", lambda h: release.ship(
         h, fleet.layout(h), art, run.release_id, run.artifact_name, run.cfg.keep_releases,
         protected)))
@@ -154,6 +184,12 @@ def choose_rollback_target(run: Run) -> None:
     if not state.live or not back_to.release:
         raise BluegreenError("there is no previous release to roll back to",
                              phase="rollback", hint="`fab status` shows the history")
+    if back_to.checksum in state.bad_releases:
+        raise BluegreenError(
+            f"the previous release {back_to.version or back_to.release} was auto-reverted: "
+            f"{state.bad_releases[back_to.checksum]}", phase="rollback",
+            hint="rollback never goes back to a bad release; `fab deploy` a good build, or "
+                 "`fab deploy --force` that artifact if you must")
     run.target = state.idle
     o = run.outcome
     o.from_slot, o.to_slot, o.release, o.version = state.live, run.target, back_to.release, \
@@ -223,12 +259,18 @@ def switch_traffic(run: Run) -> None:
     the next command finds it and puts traffic back to the committed state."""
     run.ledger.ensure_still_locked()
     rec = run.live.slots[run.target]
-    run.change = TrafficChange(run.cfg, run.routers, run.target, rec.release, rec.version)
+    run.change = TrafficChange(
+        run.cfg, run.routers, run.target, rec.release, rec.version,
+        owner=new_owner(run.ledger.who.name, f"{run.cfg.app} {run.outcome.action}",
+                             run.ledger.who.build_url), on_host=run.fleet.record)
+    run.change.lock_traffic_hosts(run.report.say)
     previous = {r.label: r.installed() for r in run.routers}
     run.ledger.write_intent(journal.Intent(
         action=run.outcome.action, from_slot=run.live.live, to_slot=run.target,
         who=run.ledger.who.name, previous=previous,
         previous_sum={label: journal.checksum(text) for label, text in previous.items()}))
+    for line in switch_notices(run.routers):  # say what this way of switching costs
+        run.report.say(f"    {line}")
     failpoints.hit("switch.after-intent")
     run.change.apply()
 
@@ -236,7 +278,10 @@ def switch_traffic(run: Run) -> None:
 def verify_traffic(run: Run) -> str:
     assert run.change is not None
     run.change.verify()
-    return f"answers from {run.target} in {run.change.verified_in:.3f}s"
+    skew = run.outcome.flip_skew_ms = run.change.skew_ms
+    return (f"answers from {run.target} in {run.change.verified_in:.3f}s"
+            + (f"; flip skew {skew:.1f} ms across {len(run.change.flips)} traffic hosts"
+               if skew is not None else ""))
 
 
 def keep_new_release_idle(run: Run, exc: BluegreenError) -> None:
@@ -252,16 +297,22 @@ def keep_new_release_idle(run: Run, exc: BluegreenError) -> None:
 def record_live(run: Run) -> None:
     """Commit: state says the target is live; the traffic change has nothing left to undo."""
     state, target = run.live, run.target
+    run.before = copy.deepcopy(state)
     if state.live and state.live != target:
         state.previous = state.live
         state.previous_release = dataclasses.replace(state.slots[state.live])
     state.live = target
     state.slots[target].status = "running"
-    run.ledger.save_state(state)
-    failpoints.hit("record.after-state")
-    if run.change is not None:
-        run.change.commit()
-    run.ledger.clear_intent()
+    state.hosts.clear()  # every traffic host was moved: no host differs any more
+    state.rollout = None
+    # The commit point: once state says the target is live, the change must not be undone
+    # by a signal arriving at the end of that write; it waits until the commit is whole.
+    with interrupts.uninterruptible():
+        run.ledger.save_state(state)
+        failpoints.hit("record.after-state")
+        if run.change is not None:
+            run.change.commit()
+        run.ledger.clear_intent()
 
 
 def recover_interrupted(run: Run) -> None:
@@ -276,13 +327,14 @@ def recover_interrupted(run: Run) -> None:
     fixed = []
     for router in run.routers:
         routed = router.routed()
-        if routed.slot == routed.file_slot == state.live and state.live:
+        expected = state.live_on(router.label)
+        if routed.slot == routed.file_slot == expected and expected:
             continue  # this host never changed, or the change was committed
         previous = intent.previous.get(router.label, router.installed())
         offset = router.error_log_size()
-        router.restore(Applied(previous, reloaded=True, flipped=True))
-        if state.live:
-            router.verify(Applied(previous, offset), state.live)
+        router.restore(router.recovery_applied(previous))
+        if expected:
+            router.verify(Applied(previous, offset), expected)
         fixed.append(router.label)
     run.ledger.record({"action": "recover", "result": "ok", "intent": intent.id,
                        "interrupted": intent.action, "from_slot": intent.from_slot,
@@ -293,6 +345,76 @@ def recover_interrupted(run: Run) -> None:
     run.report.say(f"    recovered interrupted {intent.action} {intent.id}: "
                    + (f"restored {', '.join(fixed)}" if fixed
                       else "nothing to undo, it had committed"))
+
+
+def watch_new_slot(run: Run) -> str:
+    """The window after the switch; a breach raises, and `revert_to_warm_slot` undoes."""
+    from bluegreen import watch
+    cfg = run.cfg.watch
+    report = watch.watch(cfg, run.target, run.routers,
+                         crashed=lambda: run.slots.not_running_on(run.target),
+                         say=run.report.say)
+    run.outcome.watch = {**report.tally.to_dict(), "seconds": round(report.seconds, 2),
+                         "breach": report.breach or None}
+    if report.breach:
+        raise BluegreenError(f"auto-reverted: {report.breach}", phase="watch",
+                             hint="the release was marked bad: `fab rollback` never goes back "
+                                  "to it, and deploying the same artifact needs --force; fix "
+                                  "the build and `fab deploy` again")
+    t = report.tally
+    return f"{t.requests} requests, {t.errors} failed over {report.seconds:.1f} s ({t.source})"
+
+
+def revert_to_warm_slot(run: Run, exc: BluegreenError) -> None:
+    """A breach: traffic back to the slot that was live before, at once; the new release
+    is marked bad; state is what it was before this run's switch."""
+    before = run.before
+    bad = run.live.slots[run.target]
+    if before is None or not before.live or before.live == run.target:
+        exc.hint = ("there is no warm slot to go back to (this was the first deploy): traffic "
+                    "stays on the new release; fix the build and `fab deploy` again")
+        return
+    back = before.live
+    rec = before.slots[back]
+    started = time.monotonic()
+    change = TrafficChange(run.cfg, run.routers, back, rec.release, rec.version,
+                           owner=new_owner(run.ledger.who.name, f"{run.cfg.app} revert",
+                                           run.ledger.who.build_url))
+    try:
+        change.lock_traffic_hosts(run.report.say)
+        with run.report.phase("revert", f"traffic back to {back} "
+                                        f"({rec.version or rec.release})"):
+            change.apply()
+            change.verify()
+    except BluegreenError as revert_exc:
+        undone = change.undo()
+        exc.what += f"\n    the revert to {back} FAILED too: {revert_exc.what}; {undone}"
+        exc.hint = f"traffic may still be on {run.target}: run `fab switch --to {back}` now"
+        return
+    except BaseException:
+        change.undo()
+        raise
+    reason = exc.what.removeprefix("auto-reverted: ")
+    state = copy.deepcopy(before)
+    state.slots[run.target] = dataclasses.replace(bad, status="bad")
+    if bad.checksum:
+        state.bad_releases[bad.checksum] = reason
+    run.ledger.save_state(state, failing=True)
+    change.commit()
+    run.outcome.auto_reverted = True
+    run.report.say(f"    reverted to {back} in {time.monotonic() - started:.2f} s; "
+                   f"{bad.version or bad.release} is marked bad")
+
+
+def refuse_bad_artifact(run: Run) -> None:
+    """A release the watch reverted is not deployed again by accident."""
+    assert run.artifact is not None
+    why = run.live.bad_releases.get(run.artifact.checksum)
+    if why and not run.force:
+        raise BluegreenError(
+            f"this artifact (sha256 {run.artifact.checksum[:12]}) was auto-reverted before: "
+            f"{why}", phase="state",
+            hint="build a fixed release, or deploy this one anyway with --force")
 
 
 def hook(name: str) -> object:

@@ -213,6 +213,12 @@ class SupervisorBackend(Backend):
 
 
 class SystemdBackend(Backend):
+    @property
+    def systemctl(self) -> str:
+        """`sudo -n systemctl` for a non-root SSH user with sudo.app = ["systemctl"]."""
+        from bluegreen.config import SUDO
+        return f"{SUDO} systemctl" if "systemctl" in self.cfg.sudo.app else "systemctl"
+
     def unit_name(self, slot: str) -> str:
         return f"{self.cfg.app}@{slot}.service"
 
@@ -264,13 +270,14 @@ class SystemdBackend(Backend):
         host.write_atomic(f"{layout.slot_dir(slot)}/env",
                           self.env_file(slot, release_dir, version, artifact_name), mode=0o600)
         host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
-                 f"systemctl daemon-reload && systemctl restart {q(self.unit_name(slot))}",
+                 f"{self.systemctl} daemon-reload && "
+                 f"{self.systemctl} restart {q(self.unit_name(slot))}",
                  timeout=60, hint=f"see `journalctl -u {self.unit_name(slot)}` on the host",
                  says=f"systemctl restart {self.unit_name(slot)}")
 
     def stop_script(self, host: Host, slot: str) -> str:
         # exit 5: the unit was never loaded (first deploy to this slot): nothing to stop
-        return (f"out=$(systemctl stop {q(self.unit_name(slot))} 2>&1); rc=$?; "
+        return (f"out=$({self.systemctl} stop {q(self.unit_name(slot))} 2>&1); rc=$?; "
                 'case $rc in 0) echo stopped;; 5) echo none;; '
                 '*) echo "systemctl stop failed (exit $rc): $out" >&2; exit 1;; esac')
 

@@ -39,11 +39,15 @@ class Outcome:
     rolled_back_release: str | None = None
     uploaded_bytes: int | None = None
     health_seconds: float | None = None
+    watch: dict[str, object] | None = None  # what the watch window saw
+    auto_reverted: bool | None = None
     result: str | None = None
     phase: str | None = None
     error: str | None = None
     failed_host: str | None = None
     seconds: float | None = None
+    flip_skew_ms: float | None = None  # first to last traffic host's flip (2+ hosts)
+    rollout: dict[str, Any] | None = None  # a rolling deploy: batches, hosts done, failed
 
     def entry(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
@@ -65,6 +69,8 @@ class Run:
     version: str = ""
     artifact_name: str = ""
     change: TrafficChange | None = None
+    before: State | None = None  # state as it was before `record` made the target live
+    force: bool = False  # deploy an artifact the watch once reverted
     _routers: list[Router] | None = None
 
     @property
@@ -91,6 +97,12 @@ class Run:
         return round(time.monotonic() - self.began, 3)
 
 
+class Interrupted(KeyboardInterrupt):
+    """A signal stopped the run; `summary` says what it left behind, truthfully."""
+
+    summary: str = ""
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
@@ -99,14 +111,19 @@ class Phase:
     observes: bool = False  # only watches effects: a dry run puts it in the plan instead
     on_failure: Callable[[Run, BluegreenError], None] | None = None
     hook: str = ""  # a user hook: shown and run only when it exists
+    when: Callable[[Run], bool] | None = None  # runs only when this says so (config)
 
 
 def run_phase(run: Run, phase: Phase) -> None:
     if phase.hook and not run.ledger.has_hook(phase.hook):
         return
+    if phase.when is not None and not phase.when(run):
+        return
+    run.fleet.enter_phase(phase.name)
     if phase.detail is None:
         phase.fn(run)
         return
+    run.ledger.heartbeat(phase.name)
     with run.report.phase(phase.name, phase.detail(run)) as note:
         if phase.observes and run.fleet.plan is not None:
             run.fleet.plan.add("all", f"{phase.name}: {phase.detail(run)}")
@@ -125,6 +142,14 @@ def perform(run: Run, phases: list[Phase], summary: Callable[[Run], str]) -> Out
             failpoints.hit(f"after:{current.name}")
             interrupts.checkpoint()
             run.ledger.heartbeat()
+    except KeyboardInterrupt as stop:
+        exc = Interrupted()
+        with interrupts.cleaning_up():
+            try:
+                _clean_up_after(run, current, exc)
+            finally:
+                run.stack.__exit__(type(exc), exc, exc.__traceback__)
+        raise exc from stop
     except BaseException as exc:
         with interrupts.cleaning_up():
             try:
@@ -149,19 +174,25 @@ def _clean_up_after(run: Run, current: Phase, exc: BaseException) -> None:
         if current.on_failure is not None:
             current.on_failure(run, exc)
         _record_failure(run, exc)
-    elif run.ledger.owner is not None:
-        run.outcome.result, run.outcome.phase = "interrupted", current.name
-        run.outcome.error = f"interrupted in {current.name}" + (
-            f"; {restored}" if restored else "")
-        run.outcome.seconds = run.elapsed()
-        run.ledger.record(run.outcome.entry())
+    else:
+        done = run.change is not None and run.change.committed
+        summary = (f"the switch to {run.target} had committed ({run.version or run.release_id}"
+                   f" is live); only the phases after it did not run" if done
+                   else restored or "traffic was not touched")
+        if isinstance(exc, Interrupted):
+            exc.summary = f"interrupted in {current.name}: {summary}"
+        if run.ledger.owner is not None:
+            run.outcome.result, run.outcome.phase = "interrupted", current.name
+            run.outcome.error = f"interrupted in {current.name}; {summary}"
+            run.outcome.seconds = run.elapsed()
+            run.ledger.record(run.outcome.entry())
 
 
 def _undo(run: Run) -> str:
     """Undo a traffic change that did not commit; the journal goes once it is undone (if
     undoing fails, the intent stays for the next command to recover)."""
-    if run.change is None:
-        return ""
+    if run.change is None or (not run.change.pending and not run.change.locked):
+        return ""  # committed (or never started): nothing of it to undo
     pending = run.change.pending
     restored = run.change.undo()
     if pending and "could NOT" not in restored:

@@ -30,10 +30,10 @@ class Slots:
         """Drain, stop and free the slot on every app host: one round trip per host.
 
         Draining first means the router has nothing in flight to the slot when it stops,
-        bounded by nginx.drain_timeout; what is cut then is reported.
+        bounded by the drain timeout; what is cut then is reported.
         """
         backend, port = self.backend, self.cfg.port_of(slot)
-        conn_drain = self.cfg.nginx.drain_timeout
+        conn_drain = self.cfg.drain_timeout
         # a router that counts requests in flight drains exactly those; idle pooled upstream
         # connections would keep a connection count from ever reaching 0
         in_flight = traffic.drain(self.routers, port, conn_drain)
@@ -47,7 +47,7 @@ class Slots:
             out = h.run(commands.drain_stop_free(
                 port, conn_drain, backend.stop_script(h, slot),
                 self.cfg.process.port_free_timeout),
-                timeout=self.cfg.nginx.drain_timeout + self.cfg.process.stop_timeout
+                timeout=self.cfg.drain_timeout + self.cfg.process.stop_timeout
                 + self.cfg.process.port_free_timeout + 30,
                 says=f"drain and stop slot {slot} (port {port}), check the port is free",
                 hint=f"bluegreen never kills what it did not start: stop that process, or "
@@ -68,8 +68,13 @@ class Slots:
 
     def _report_cut(self, what: str, port: int, per_host: list[str]) -> None:
         if per_host:
-            self.report.say(f"    drain timeout ({self.cfg.nginx.drain_timeout:g}s) expired; "
-                            f"{what} on port {port}: {', '.join(per_host)}")
+            # what outlived the drain is long-lived by definition (WebSockets, streams):
+            # stopping the slot closes it now, and the count says how many clients noticed
+            total = sum(int(entry.rsplit(": ", 1)[1]) for entry in per_host)
+            self.report.say(f"    drain timeout ({self.cfg.drain_timeout:g}s) expired; "
+                            f"{what} on port {port}: {', '.join(per_host)}; {total} "
+                            f"long-lived connection{'s' if total != 1 else ''} closed at "
+                            "drain timeout")
 
     def start(self, slot: str, release_id: str, version: str, artifact_name: str) -> None:
         backend = self.backend
@@ -84,8 +89,10 @@ class Slots:
         return max(reports, key=lambda r: r.elapsed)
 
     def not_running_on(self, slot: str) -> list[str]:
-        backend = self.backend
-        return [h.label for h in self.fleet.app_hosts if not backend.running(h, slot)]
+        """Hosts where the slot's process is not running: asked of every host at once."""
+        backend, hosts = self.backend, self.fleet.app_hosts
+        up = self.fleet.on_all(hosts, "health", lambda h: backend.running(h, slot))
+        return [h.label for h, running in zip(hosts, up, strict=True) if not running]
 
     def last_logs(self, slot: str, lines: int = 20) -> str:
         chunks = []

@@ -27,7 +27,37 @@ class SlotRecord:
     checksum: str = ""
     artifact: str = ""  # file name inside the release, for {artifact} on a restart
     deployed_at: float = 0.0
-    status: str = "empty"  # empty | running | stopped | failed
+    status: str = "empty"  # empty | starting | running | failed | vetoed | bad
+
+
+@dataclass
+class HostLive:
+    """One host that serves another slot than `State.live` (a rolling deploy under way)."""
+
+    live: str = ""
+    release: str = ""
+    version: str = ""
+    at: float = 0.0
+
+
+@dataclass
+class Rollout:
+    """A rolling deploy (`--batch`) that has not switched every host yet: what it ships,
+    which hosts already serve it, which failed. A second run of the same release resumes."""
+
+    release: str = ""
+    version: str = ""
+    checksum: str = ""
+    artifact: str = ""
+    slot: str = ""  # the slot the rollout moves hosts to
+    from_slot: str = ""
+    batch: str = ""  # as asked: "25%" or "2"
+    done: list[str] = field(default_factory=list)  # hosts switched to `slot`
+    failed: dict[str, str] = field(default_factory=dict)  # host -> "phase: what"
+    # running | stopped (kept partial, or interrupted) | incomplete (hosts failed) | done
+    status: str = "running"
+    who: str = ""
+    started_at: float = 0.0
 
 
 @dataclass
@@ -40,12 +70,24 @@ class State:
     previous_release: SlotRecord = field(default_factory=SlotRecord)
     slots: dict[str, SlotRecord] = field(
         default_factory=lambda: {"blue": SlotRecord(), "green": SlotRecord()})
+    # releases the watch window reverted, by checksum -> why: never rolled back to, and a
+    # deploy of the same artifact needs --force
+    bad_releases: dict[str, str] = field(default_factory=dict)
     serial: int = 0  # bumps on every write: a cheap way to see concurrent edits
     updated_at: float = 0.0
+    # hosts that serve another slot than `live`, while a rolling deploy is under way or
+    # was kept partial; empty otherwise (and in every state file before rolling deploys)
+    hosts: dict[str, HostLive] = field(default_factory=dict)
+    rollout: Rollout | None = None
 
     @property
     def idle(self) -> str:
         return "green" if self.live == "blue" else "blue"
+
+    def live_on(self, label: str) -> str:
+        """The slot `label` serves: its own record during a rollout, else `live`."""
+        rec = self.hosts.get(label)
+        return rec.live if rec is not None else self.live
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -60,6 +102,10 @@ class State:
         data["previous_release"] = SlotRecord(**data.get("previous_release", {}))
         for name in ("blue", "green"):
             slots.setdefault(name, SlotRecord())
+        # both absent from state files written before rolling deploys
+        data["hosts"] = {k: HostLive(**v) for k, v in (data.get("hosts") or {}).items()}
+        rollout = data.get("rollout")
+        data["rollout"] = Rollout(**rollout) if rollout else None
         return cls(**{**data, "app": data.get("app", app), "slots": slots})
 
 
@@ -72,8 +118,9 @@ def read_state(host: Host, layout: Layout, app: str) -> State:
     except (ValueError, TypeError) as exc:
         raise BluegreenError(
             f"state file {layout.state} is corrupt: {exc}", host=host.label, phase="state",
-            hint="inspect it; `fab status` shows what nginx and the slots really do, and "
-                 "`fab switch --to SLOT` rewrites it from a known-good slot") from exc
+            hint=f"nothing was changed; `fab status` shows what the routers and the slots "
+                 f"really do, and `fab history` what was deployed: restore {layout.state} "
+                 "from that (or a backup) by hand, then re-run") from exc
 
 
 def write_state(host: Host, layout: Layout, state: State) -> None:

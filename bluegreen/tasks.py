@@ -19,6 +19,15 @@ COMMON_HELP = {
     "verbose": "with --dry-run: the exact commands under each step",
     "lock_wait": "seconds to wait for a lock another live run holds (default: fail at once)",
     "who": "name recorded in the lock and history (default: Jenkins job or user@host)",
+    "parallel": "hosts acted on at once, each over one SSH connection (default: "
+                "fleet.parallel, 32)",
+    "json": "machine-readable output: the outcome and a row per host",
+    "batch": "rolling deploy, when every app host is its own traffic host: 25% or 2 hosts "
+             "at a time (default: fleet.batch; empty: all at once)",
+    "max_fail": "hosts that may fail before a rolling deploy stops (default 0)",
+    "pause": "seconds to wait between batches",
+    "keep_partial": "a stopped rolling deploy leaves the hosts it switched on the new "
+                    "release (default: switch them back)",
 }
 
 
@@ -32,35 +41,44 @@ def _finish(rc: int) -> None:
 
 
 @task(iterable=["set_"], help=_help(
-    "config", "set_", "dry_run", "verbose", "who", "lock_wait",
+    "config", "set_", "dry_run", "verbose", "who", "lock_wait", "parallel", "json", "batch",
+    "max_fail", "pause", "keep_partial",
     artifact="the build to ship: a jar, a binary, or a tarball with a runner",
-    version="version label for this release (default: $GIT_COMMIT)"))
+    version="version label for this release (default: $GIT_COMMIT)",
+    force="deploy an artifact the watch window once reverted"))
 def deploy(c: Context, artifact: str = "", version: str = "", config: str = "",
            set_: list[str] | None = None, dry_run: bool = False, verbose: bool = False,
-           who: str = "", lock_wait: float = 0.0) -> None:
+           who: str = "", lock_wait: float = 0.0, force: bool = False, parallel: int = 0,
+           json: bool = False, batch: str = "", max_fail: int = -1, pause: float = -1.0,
+           keep_partial: bool = False) -> None:
     """Ship a build to the idle slot, health-check it, and switch traffic to it."""
     _finish(execute("deploy", config=config, overrides=set_, dry_run=dry_run, verbose=verbose,
-                    who=who, lock_wait=lock_wait,
-                    artifact=artifact, version=version))
+                    who=who, lock_wait=lock_wait, force=force, parallel=parallel,
+                    as_json=json, artifact=artifact, version=version, batch=batch,
+                    max_fail=None if max_fail == -1 else max_fail,
+                    pause=None if pause == -1.0 else pause, keep_partial=keep_partial))
 
 
 @task(iterable=["set_"], help=_help("config", "set_", "dry_run", "verbose", "who", "lock_wait",
+                                    "parallel", "json",
                                     to="blue or green (default: the idle slot)"))
 def switch(c: Context, to: str = "", config: str = "", set_: list[str] | None = None,
            dry_run: bool = False, verbose: bool = False, who: str = "",
-           lock_wait: float = 0.0) -> None:
+           lock_wait: float = 0.0, parallel: int = 0, json: bool = False) -> None:
     """Flip traffic to the other slot (health-checked first)."""
     _finish(execute("switch", config=config, overrides=set_, dry_run=dry_run, verbose=verbose,
-                    who=who, to=to, lock_wait=lock_wait))
+                    who=who, to=to, lock_wait=lock_wait, parallel=parallel, as_json=json))
 
 
-@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "verbose", "who", "lock_wait"))
+@task(iterable=["set_"], help=_help("config", "set_", "dry_run", "verbose", "who", "lock_wait",
+                                    "parallel", "json"))
 def rollback(c: Context, config: str = "", set_: list[str] | None = None,
              dry_run: bool = False, verbose: bool = False, who: str = "",
-             lock_wait: float = 0.0) -> None:
+             lock_wait: float = 0.0, parallel: int = 0, json: bool = False) -> None:
     """Go back to the previous release: instant while its slot is warm."""
     _finish(execute("rollback", config=config, overrides=set_, dry_run=dry_run,
-                    verbose=verbose, who=who, lock_wait=lock_wait))
+                    verbose=verbose, who=who, lock_wait=lock_wait, parallel=parallel,
+                    as_json=json))
 
 
 @task(iterable=["set_"], help=_help("config", "set_", json="machine-readable output",

@@ -192,7 +192,7 @@ class FakeHost(Host):
     def _rename(self, src: str, dst: str) -> None:
         self.world.check_alive()
         self.fs[dst] = self.fs.pop(src)
-        if not dst.endswith((".json", ".jsonl")) or "/lock/" in dst:
+        if not dst.endswith((".json", ".jsonl")) or "lock/" in dst:
             self._note(f"write {dst}")
         else:
             self._note(f"write {dst.rsplit('/', 1)[-1]}")

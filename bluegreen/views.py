@@ -16,7 +16,7 @@ from bluegreen.hosts import Host
 from bluegreen.process import backend_for
 from bluegreen.render import parse_marker
 from bluegreen.routers import Router, router_for
-from bluegreen.state import read_history, read_state
+from bluegreen.state import State, read_history, read_state
 
 # `fab status` exit codes, for monitoring checks (README, "Status")
 STATUS_OK = 0  # consistent, and the live slot is healthy on every app host
@@ -28,9 +28,25 @@ def status(cfg: Config, fleet: Fleet, history: int = 10) -> dict[str, Any]:
     """What is true now, asked of each router and each app host, beside what is recorded."""
     primary = fleet.primary
     layout = fleet.layout(primary)
-    state = read_state(primary, layout, cfg.app)
+    # an unreadable state or journal is itself something to show, not a reason to show
+    # nothing: the routers and the slots still say what is true
+    problems: list[str] = []
+    try:
+        state = read_state(primary, layout, cfg.app)
+    except BluegreenError as exc:
+        if exc.phase != "state":
+            raise
+        problems.append(exc.what)
+        state = State(app=cfg.app)
     owner = lock.status(primary, layout)
-    intent = journal.read(primary, layout)
+    try:
+        intent = journal.read(primary, layout)
+        pending = intent.describe() if intent else None
+    except BluegreenError as exc:
+        if exc.phase != "recover":
+            raise
+        problems.append(exc.what)
+        intent, pending = None, f"unreadable journal: {exc.what}"
     backend = backend_for(cfg)
 
     def host_view(h: Host) -> dict[str, Any]:
@@ -52,11 +68,13 @@ def status(cfg: Config, fleet: Fleet, history: int = 10) -> dict[str, Any]:
     app_hosts = {h.label: _or_unknown(lambda h=h: host_view(h)) for h in fleet.app_hosts}
     traffic = {label: _or_unknown(lambda r=r: traffic_view(r)) for label, r in routers.items()}
     live = state.live or None
-    consistent = intent is None and all(
-        "unknown" not in t and t["routes_to"] == live and t["file_says"] == live
-        for t in traffic.values())
+    # during a rolling deploy a host may serve the other slot: state says which
+    consistent = not problems and pending is None and all(
+        "unknown" not in t and t["routes_to"] == (state.live_on(label) or None)
+        and t["file_says"] == (state.live_on(label) or None) for label, t in traffic.items())
     healthy = bool(live) and all(
-        "unknown" not in v and v[live]["healthy"] for v in app_hosts.values())  # type: ignore[index]
+        "unknown" not in v and v[state.live_on(label) or live]["healthy"]  # type: ignore[index]
+        for label, v in app_hosts.items())
     return {
         "app": cfg.app,
         "live": live,
@@ -67,7 +85,11 @@ def status(cfg: Config, fleet: Fleet, history: int = 10) -> dict[str, Any]:
         "traffic_hosts": traffic,
         "consistent": consistent,
         "healthy": healthy,
-        "pending_switch": intent.describe() if intent else None,
+        "pending_switch": pending,
+        "problems": problems,
+        # which host serves what while a rolling deploy is under way (or kept partial)
+        "hosts_live": {label: rec.__dict__ for label, rec in state.hosts.items()},
+        "rollout": state.rollout.__dict__ if state.rollout else None,
         "lock": owner.__dict__ if owner else None,
         "history": read_history(primary, layout, history),
         "exit_code": (STATUS_INCONSISTENT if not consistent
@@ -173,9 +195,23 @@ def format_status(s: dict[str, Any]) -> str:
             lines.append(f"   traffic host {host}: unknown: {t['unknown']}")
             continue
         line = f"   traffic host {host}: routes to {t['routes_to'] or '(nothing)'}"
+        rolled = (s.get("hosts_live") or {}).get(host)
+        if rolled:
+            line += f" (rolling deploy: {rolled['live']}, {rolled['version'] or rolled['release']})"
         if t["file_says"] != t["routes_to"]:
             line += f" (its file says {t['file_says'] or 'nothing'})"
         lines.append(f"{line}  [{t['seen']}]")
+    r = s.get("rollout")
+    if r:
+        lines.append(f"   ROLLING DEPLOY {r['status']}: {r['version'] or r['release']} -> "
+                     f"{r['slot']} on {len(r['done'])} host(s) "
+                     f"({', '.join(r['done']) or 'none yet'}); the others serve "
+                     f"{r['from_slot']}"
+                     + (f"; failed: {', '.join(r['failed'])}" if r["failed"] else "")
+                     + " - resume with the same `fab deploy --batch`, or "
+                       f"`fab switch --to {r['from_slot']}`")
+    for problem in s.get("problems", []):
+        lines.append(f"   UNREADABLE: {problem}")
     if s.get("pending_switch"):
         lines.append(f"   PENDING: interrupted {s['pending_switch']}; the next deploy, switch "
                      "or rollback restores the committed state first")

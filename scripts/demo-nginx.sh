@@ -10,7 +10,9 @@ start)
   mkdir -p "$prefix"/{conf.d,tmp,logs}
   cat > "$prefix/nginx.conf" <<CONF
 # The demo's own nginx: every path under $prefix, loopback only, no root paths touched.
-# Debian's lua module lets bluegreen switch slots without a reload (nginx.mode = "lua").
+# Debian's lua module (libnginx-mod-http-lua) lets bluegreen switch slots without a reload:
+# nginx.mode = "auto", the default, sees these lines (nginx -T) and uses it. A system nginx
+# loads it through /etc/nginx/modules-enabled/ once the package is installed.
 load_module /usr/lib/nginx/modules/ndk_http_module.so;
 load_module /usr/lib/nginx/modules/ngx_http_lua_module.so;
 worker_processes 2;
@@ -43,6 +45,10 @@ stop)
   if [ -f "$prefix/nginx.pid" ]; then nginx "${args[@]}" -s quit || true; fi
   ;;
 reset)
+  # the demo's status page (bluegreen serve), by the pid demo.sh recorded
+  if [ -f /tmp/bluegreen-demo/automation/serve.pid ]; then
+    kill -TERM "$(cat /tmp/bluegreen-demo/automation/serve.pid)" 2>/dev/null || true
+  fi
   # the slots run in their own process groups; their pidfiles say which (pid starttime)
   for pf in /tmp/bluegreen-demo/srv/*/slots/*/pid; do
     [ -f "$pf" ] || continue

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the system tools the integration tests and benchmarks run for real:
 # nginx (+ lua module), OpenSSH server/client, iproute2 (network namespaces), haproxy,
-# wrk, curl, git, procps, python3-venv.
+# wrk, curl, git, procps, python3-venv, sudo (the fleet tests' non-root deploy user), and
+# headless Chromium + ChromeDriver (the status page's browser test drives the real page).
 #
 # Idempotent: anything already present is reported as "found" and left alone, and
 # `apt-get update` runs only when something is actually missing. Run as root on Debian 12.
@@ -46,8 +47,12 @@ checks=(
     "git|cmd:git"
     "haproxy|cmd:haproxy"
     "wrk|cmd:wrk"
+    "unzip|cmd:unzip"
     "python3-venv|pkg:python3-venv"
     "ca-certificates|file:/etc/ssl/certs/ca-certificates.crt"
+    "chromium|cmd:chromium"
+    "chromium-driver|cmd:chromedriver"
+    "sudo|cmd:sudo"
 )
 
 # Prints where the thing an entry describes was found; prints nothing when it is absent.

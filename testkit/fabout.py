@@ -3,6 +3,8 @@
     --> upload    demo-v2.tar.gz to 1 host(s)             a phase starts: name, detail
     <-- upload    ok 0.455s  2694 bytes sent              ... and ends: ok SECONDS, note
     <-- health    FAILED after 10.431s                    ... or fails
+    <-- start     16/16 ok 0.420s (slowest app07 0.420s)  on several hosts: how many
+                                                          finished ok, the slowest one
     === deploy demo v2 -> green (port 58261), live ...    the plan: the target slot
     === deployed demo v2: live slot green in 2.65s; ...   the summary: fab's own time
 
@@ -18,8 +20,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 PHASE_START_RE = re.compile(r"^--> (?P<name>\S+)\s*(?P<detail>.*)$")
-PHASE_END_RE = re.compile(r"^<-- (?P<name>\S+)\s+(?P<status>ok|FAILED)(?: after)? "
-                          r"(?P<secs>\d+(?:\.\d+)?)s(?:\s+(?P<note>.*))?$")
+PHASE_END_RE = re.compile(r"^<-- (?P<name>\S+)\s+(?:(?P<ok>\d+)/(?P<total>\d+) )?"
+                          r"(?P<status>ok|FAILED)(?: after)? (?P<secs>\d+(?:\.\d+)?)s"
+                          r"(?: \(slowest (?P<slowest>\S+) (?P<slowest_s>\d+(?:\.\d+)?)s\))?"
+                          r"(?:\s+(?P<note>.*))?$")
 TOTAL_RE = re.compile(r"^=== .* in (?P<secs>\d+(?:\.\d+)?)s\b")
 TARGET_SLOT_RE = re.compile(r"^=== deploy \S+ \S+ -> (?P<slot>blue|green) \(port")
 BYTES_RE = re.compile(r"(?P<n>\d+) bytes sent")
@@ -38,6 +42,10 @@ class Phase:
     detail: str = ""  # what follows the name on the `-->` line
     start: float = 0.0
     end: float = 0.0
+    hosts_ok: int | None = None  # a phase on several hosts: how many finished ok
+    hosts: int | None = None  # ... of how many
+    slowest: str = ""  # ... and which host took longest
+    slowest_s: float = 0.0
 
 
 def parse_phases(stdout: str) -> list[Phase]:
@@ -46,9 +54,18 @@ def parse_phases(stdout: str) -> list[Phase]:
     for line in stdout.splitlines():
         m = PHASE_END_RE.match(line.rstrip())
         if m:
-            phases.append(Phase(m["name"], float(m["secs"]), (m["note"] or "").strip(),
-                                m["status"] == "ok"))
+            phase = Phase(m["name"], float(m["secs"]), (m["note"] or "").strip(),
+                          m["status"] == "ok")
+            _hosts_of(phase, m)
+            phases.append(phase)
     return phases
+
+
+def _hosts_of(phase: Phase, m: re.Match[str]) -> None:
+    if m["total"] is not None:
+        phase.hosts_ok, phase.hosts = int(m["ok"]), int(m["total"])
+    if m["slowest"] is not None:
+        phase.slowest, phase.slowest_s = m["slowest"], float(m["slowest_s"])
 
 
 class PhaseReader:
@@ -70,6 +87,7 @@ class PhaseReader:
             phase = self._open.pop(m["name"])
             phase.end, phase.ok = now, m["status"] == "ok"
             phase.seconds, phase.note = float(m["secs"]), (m["note"] or "").strip()
+            _hosts_of(phase, m)
 
 
 def phase_totals(phases: Sequence[Phase]) -> dict[str, float]:

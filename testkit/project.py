@@ -163,6 +163,9 @@ class Project:
     app: str = "demo"
     app_env: dict[str, str] = field(default_factory=dict)  # [env]: the app's environment
     keep_releases: int | None = None
+    # the [watch] table: off unless a test is about it (it adds its seconds to every switch)
+    watch_toml: str = "seconds = 0"
+    nginx_toml: str = ""  # more [nginx] keys (server_name, ...)
     health_timeout: float = 10
     health_interval: float | None = None
     stop_timeout: float | None = None  # [process] stop_timeout
@@ -225,6 +228,9 @@ class Project:
                   f"drain_timeout = {_toml(float(self.drain_timeout))}",
                   f"mode = {_toml(self.mode)}",
                   f"control_port = {self.control_port}"]
+        if self.nginx_toml:
+            lines.append(self.nginx_toml)
+        lines += ["", "[watch]", self.watch_toml]
         if self.app_env:
             lines += ["", "[env]", *(f"{k} = {_toml(v)}" for k, v in self.app_env.items())]
         lines += ["", self.ssh_toml]

@@ -1,12 +1,15 @@
 """N `fab` operations in a row under load: the zero-failed-requests check.
 
-Used by tests/integration/test_zero_downtime.py (8 operations, in `make test`) and by
-bench/zero_downtime.py (24 operations, lua and reload mode, beside the classic scripts).
+Used by tests/integration/test_zero_downtime.py (8 operations, in `make test`),
+tests/integration/test_haproxy_zero_downtime.py (the haproxy router) and by
+bench/zero_downtime.py (24 operations, lua, reload and haproxy, beside the classic scripts).
 
 One run, everything on loopback under one work directory:
 
 - a private nginx (2 workers; the lua module loaded in lua mode; `worker_shutdown_timeout`
-  in the main context, where it must live);
+  in the main context, where it must live); in mode "haproxy", a private haproxy instead
+  (master-worker, `-f haproxy.cfg -f conf.d`, testkit.haproxy) and `traffic.router =
+  "haproxy"`;
 - a project the way a user has one (testkit.project.Project): host `local`, the chosen
   `nginx.mode`, `drain_timeout` 30 s, and `[env] GRACEFUL = "0"` so the demo app dies at
   once on SIGTERM: the orchestrator, not the app, has to make every operation safe;
@@ -27,6 +30,7 @@ from __future__ import annotations
 import re
 import shutil
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +39,7 @@ from typing import Any
 from testkit import REPO
 from testkit.demo import build_artifacts
 from testkit.fabout import Phase, PhaseReader
+from testkit.haproxy import HaproxyProject, PrivateHaproxy
 from testkit.loadgen import ClassConfig, LoadGen, LoadResult, Record, collapse
 from testkit.nginx import PrivateNginx
 from testkit.project import Project
@@ -67,6 +72,7 @@ SLOT_IN_DETAIL = re.compile(r"slot (?P<slot>blue|green)\b")
 # how long they may linger. Longer than any request a switch must keep (the drain waits
 # for those), as the README's nginx setup says.
 NGINX_MAIN_EXTRA = ("worker_shutdown_timeout 60s;",)
+MODES = ("lua", "reload", "haproxy")  # nginx.mode, or the haproxy router
 
 
 # --------------------------------------------------------------------------------------
@@ -205,10 +211,11 @@ class ModeRun:
     ops: list[Op]
     setup: Op
     expected_versions: list[str]
-    nginx_errors: list[str]
+    nginx_errors: list[str]  # the router's error lines (haproxy: its alerts and the
+    # servers' retry/redispatch/error counters: what a retry may have hidden)
     workdir: str
     stopped_early: bool = False
-    nginx_reloads: int = 0  # reloads while the load ran (from the error log's notices)
+    nginx_reloads: int = 0  # reloads while the load ran (from the router's own log)
     analysis: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -255,8 +262,8 @@ def run_bluegreen(
     so a test stays bounded even if every operation became slow; the run then reports
     ``stopped_early``.
     """
-    if mode not in ("lua", "reload"):
-        raise ValueError(f"mode must be lua or reload, not {mode!r}")
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     say = progress or (lambda _msg: None)
     ops = max(1, min(ops, MAX_OPS))
     workdir = workdir or REPO / ".run" / "bench" / f"zero-downtime-{int(time.time())}" / mode
@@ -272,9 +279,19 @@ def run_bluegreen(
     # shorter than worker_shutdown_timeout (60 s) so old workers never outlive the drain.
     # GRACEFUL=0: the demo app dies at once on SIGTERM (like a default Spring Boot app),
     # so only the orchestrator's drain can keep in-flight requests alive.
-    project = Project(workdir / "project", nginx, artifacts, mode=mode, keep_releases=6,
-                      app_env={"GRACEFUL": "0"}, health_timeout=10.0, stop_timeout=5,
-                      drain_timeout=drain_timeout).write()
+    common: dict[str, Any] = dict(keep_releases=6, app_env={"GRACEFUL": "0"},
+                                  health_timeout=10.0, stop_timeout=5,
+                                  drain_timeout=drain_timeout)
+    front: Front
+    if mode == "haproxy":
+        # the nginx stays unstarted: its section in bluegreen.toml is unused
+        hap = PrivateHaproxy(workdir / "haproxy", include_dir=True)
+        project: Project = HaproxyProject(workdir / "project", nginx, artifacts, haproxy=hap,
+                                          **common).write()
+        front = HaproxyFront(hap)
+    else:
+        project = Project(workdir / "project", nginx, artifacts, mode=mode, **common).write()
+        front = NginxFront(nginx)
     gen: LoadGen | None = None
     result: LoadResult | None = None
     done: list[Op] = []
@@ -282,17 +299,17 @@ def run_bluegreen(
     setup = Op(0, "deploy", "v1")
     err_offset = 0
     try:
-        nginx.start()
-        # the first deploy installs the rendered file (one reload, in both modes): before
+        front.start()
+        # the first deploy installs the rendered file (one reload, in every mode): before
         # the load starts, because a first install is not what is measured here
         run_op(project, setup, *fab_args(setup, artifacts), timeout=drain_timeout + 90)
         if not setup.ok:
             raise RuntimeError("setup deploy failed:\n" + "\n".join(setup.output[-30:]))
-        err_offset = nginx.error_log_size()
+        err_offset = front.log_size()
         budget = warmup + cooldown + ops * (drain_timeout + 15) + 30
-        gen = LoadGen(nginx.url(), mix=mix, label=f"bluegreen-{mode}",
+        gen = LoadGen(front.url(), mix=mix, label=f"bluegreen-{mode}",
                       slow_seconds=slow_seconds, max_duration=min(budget, 900.0)).start()
-        say(f"[{mode}] load running against {nginx.url()}; warmup {warmup:g}s, then "
+        say(f"[{mode}] load running against {front.url()}; warmup {warmup:g}s, then "
             f"{ops} operations in a row")
         gen.wait(warmup)
         load_t0 = time.monotonic()
@@ -312,14 +329,11 @@ def run_bluegreen(
         if gen is not None:
             windows = [w for op in done if (w := op.switch_window()) is not None]
             result = gen.stop(windows=windows)
+            front.snapshot()  # the router's counters, before anything is stopped
         project.stop_everything()
-        nginx.stop()
+        front.stop()
     assert result is not None
-    text = nginx.error_log_since(err_offset)
-    errors = [ln for ln in text.splitlines()
-              if any(f"[{lvl}]" in ln for lvl in ("error", "crit", "alert", "emerg"))]
-    # every `nginx -s reload` logs this notice once: lua mode must switch with none
-    reloads = sum(1 for ln in text.splitlines() if "(SIGHUP) received" in ln)
+    errors, reloads = front.errors_and_reloads(err_offset)
     expected = collapse([setup.live_after.split()[-1],
                          *(op.live_after.split()[-1] for op in done if op.live_after != "-")])
     run = ModeRun(mode, result, done, setup, expected, errors, str(workdir), stopped_early,
@@ -327,6 +341,104 @@ def run_bluegreen(
     result.meta.update({"mode": mode, "ops": len(done)})
     run.analysis = analyse(run)
     return run
+
+
+# --------------------------------------------------------------------------------------
+# the router in front: nginx or haproxy
+# --------------------------------------------------------------------------------------
+class Front(ABC):
+    """What the run needs of the router in front of the slots."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    def url(self) -> str: ...
+
+    @abstractmethod
+    def log_size(self) -> int: ...
+
+    def snapshot(self) -> None:  # noqa: B027 - optional: only haproxy has counters to read
+        """Read what must be read while it still runs (called before the slots stop)."""
+
+    @abstractmethod
+    def errors_and_reloads(self, offset: int) -> tuple[list[str], int]:
+        """Error lines since `offset`, and how many reloads happened."""
+
+
+class NginxFront(Front):
+    def __init__(self, nginx: PrivateNginx) -> None:
+        self.nginx = nginx
+
+    def start(self) -> None:
+        self.nginx.start()
+
+    def stop(self) -> None:
+        self.nginx.stop()
+
+    def url(self) -> str:
+        return self.nginx.url()
+
+    def log_size(self) -> int:
+        return self.nginx.error_log_size()
+
+    def errors_and_reloads(self, offset: int) -> tuple[list[str], int]:
+        text = self.nginx.error_log_since(offset)
+        errors = [ln for ln in text.splitlines()
+                  if any(f"[{lvl}]" in ln for lvl in ("error", "crit", "alert", "emerg"))]
+        # every `nginx -s reload` logs this notice once: lua mode must switch with none
+        return errors, sum(1 for ln in text.splitlines() if "(SIGHUP) received" in ln)
+
+
+class HaproxyFront(Front):
+    """haproxy retries what never reached an app and re-sends a GET the app closed on
+    (retry-on conn-failure empty-response): a client never sees those, so the counters
+    that count them (failed connects, failed responses, retries, redispatches) are the
+    twin of nginx's [error] lines, read before the slots stop."""
+
+    COUNTERS = ("econ", "eresp", "wretr", "wredis")
+
+    def __init__(self, hap: PrivateHaproxy) -> None:
+        self.hap = hap
+        self.counter_lines: list[str] = []
+        self.log_end: int | None = None  # stopping haproxy logs an [ALERT] of its own
+
+    def start(self) -> None:
+        self.hap.start()
+
+    def stop(self) -> None:
+        self.hap.stop()
+
+    def url(self) -> str:
+        return self.hap.url()
+
+    def log_size(self) -> int:
+        return self.hap.log_size()
+
+    def snapshot(self) -> None:
+        from bluegreen.routers import haproxy_api as api
+
+        self.log_end = self.hap.log_size()
+        try:
+            stats = api.parse_show_stat(self.hap.cli("show stat demo 4 -1"), "demo")
+        except (OSError, api.HaproxyError) as exc:
+            self.counter_lines = [f"show stat failed: {exc}"]
+            return
+        self.counter_lines = [
+            f"server {st.server}: " + " ".join(f"{k}={getattr(st, k)}" for k in self.COUNTERS)
+            for st in stats if any(getattr(st, k) for k in self.COUNTERS)]
+
+    def errors_and_reloads(self, offset: int) -> tuple[list[str], int]:
+        text = self.hap.log_since(offset, self.log_end)
+        # (a server going DOWN is not an error here: an idle slot's server may be checked
+        # while its app is stopped; what matters is a request that met one, counted below)
+        alerts = [ln for ln in text.splitlines() if "[ALERT]" in ln]
+        # the master logs one "New worker ... forked" per reload: switches must cause none
+        return alerts + self.counter_lines, sum(1 for ln in text.splitlines()
+                                                if "New worker" in ln)
 
 
 def op_line(op: Op) -> str:
@@ -458,7 +570,9 @@ def analyse(run: ModeRun) -> dict[str, Any]:
 def report(run: ModeRun) -> str:
     """The human-readable block for one mode."""
     a = run.analysis
-    lines = [f"=== bluegreen nginx.mode={run.mode}: {len(run.ops)} operations via `fab`",
+    router = "traffic.router=haproxy" if run.mode == "haproxy" else f"nginx.mode={run.mode}"
+    what = "haproxy" if run.mode == "haproxy" else "nginx"
+    lines = [f"=== bluegreen {router}: {len(run.ops)} operations via `fab`",
              run.result.summary()]
     lat = a["latency_ms"]
     for key in ("switch", "during_ops", "steady"):
@@ -506,12 +620,15 @@ def report(run: ModeRun) -> str:
                      "connections to the drained slot, counted by the connection drain that "
                      "still runs after the counter drain; no request was on them: "
                      f"{run.result.failed} requests failed)")
-    lines.append(f"  nginx reloads while the load ran: {run.nginx_reloads} (switches: "
+    lines.append(f"  {what} reloads while the load ran: {run.nginx_reloads} (switches: "
                  f"{sum(1 for op in run.ops if op.switch_window() is not None)})")
     if run.nginx_errors:
-        lines.append(f"  nginx error log during the load: {len(run.nginx_errors)} line(s), "
+        lines.append(f"  {what} errors during the load: {len(run.nginx_errors)} line(s), "
                      "last ones:")
         lines.extend(f"    {ln[-200:]}" for ln in run.nginx_errors[-5:])
+    elif run.mode == "haproxy":
+        lines.append("  haproxy during the load: no [ALERT], and no failed connect, failed "
+                     "response, retry or redispatch on any server")
     else:
         lines.append("  nginx error log during the load: no [error]/[crit]/[alert] lines")
     if run.stopped_early:

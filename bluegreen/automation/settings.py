@@ -36,7 +36,7 @@ from bluegreen.automation.rules import (
     match_rules,
 )
 from bluegreen.automation.signatures import Secret
-from bluegreen.config import Binder, read_toml, seconds, setting
+from bluegreen.binder import Binder, read_toml, seconds, setting
 from bluegreen.errors import ConfigError
 
 PROVIDERS = ("github", "gitlab", "gitea", "generic", "jenkins")
@@ -82,6 +82,9 @@ class ServiceSettings:
     connection_limit: int = setting(200, ge=1)  # over it the slowest incomplete go first
     client_connection_limit: int = setting(50, ge=0)  # per client address; 0: no limit
     cleanup_interval: float = seconds(1.0, ge=0.1)  # how often the timeouts are enforced
+    # the NAME of the variable holding the token of /ui/ and /metrics; unset: they answer
+    # only on a loopback listen address, to loopback clients not behind a proxy
+    ui_token_env: str = setting("", **_ENV_VAR)
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,8 @@ class Settings:
         names = list(self.secret_envs.values())
         if self.jenkins.api_token_env:
             names.append(self.jenkins.api_token_env)
+        if self.service.ui_token_env:
+            names.append(self.service.ui_token_env)
         return names
 
 

@@ -49,6 +49,7 @@ from bluegreen.automation.events import (
 from bluegreen.automation.intake import requests_for
 from bluegreen.automation.jobqueue import STATES, JobQueue
 from bluegreen.automation.settings import Secrets, Settings
+from bluegreen.automation.web import StatusWeb
 
 log = logging.getLogger("bluegreen.automation.wsgi")
 
@@ -211,8 +212,12 @@ class HookApp:
         self.queue = queue
         self.wake = wake
         self.health = health
+        # /ui/ and /metrics: HTML and text, with their own auth (bluegreen.automation.web)
+        self.web = StatusWeb(settings, secrets, queue)
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        if StatusWeb.handles(environ.get("PATH_INFO", "") or "/"):
+            return self.web(environ, start_response)
         request = Request.from_environ(environ)
         try:
             reply = self.route(request)

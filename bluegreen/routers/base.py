@@ -52,6 +52,20 @@ class Routed:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """One request through a front door: which slot answered, how, how fast."""
+
+    slot: str
+    status: int  # 0: no HTTP answer at all (see error)
+    ms: float
+    error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return self.status == 0 or self.status >= 500
+
+
+@dataclass(frozen=True)
 class SlotCounters:
     """Per-slot request counters as the router counts them (for the watch window)."""
 
@@ -63,8 +77,12 @@ class SlotCounters:
 
 class Router(ABC):
     kind: ClassVar[str]
+    product: ClassVar[str] = "nginx"  # what the user calls it, in messages
     # one host in a mode whose test and apply are one command: saves a round trip
     tests_and_applies_at_once: ClassVar[bool] = False
+    # one line the switch prints about this way of switching (what it costs, say); set by
+    # router_for
+    notice: str = ""
 
     def __init__(self, cfg: Config, host: Host) -> None:
         self.cfg = cfg
@@ -113,6 +131,11 @@ class Router(ABC):
     def verify(self, applied: Applied, slot: str) -> float:
         """Prove the change took effect; seconds it took."""
 
+    def recovery_applied(self, previous: str | None) -> Applied:
+        """What to undo for a change a dead run may have made (the journal's previous
+        file): by default, as if the file had been applied every way."""
+        return Applied(previous, reloaded=True, flipped=True)
+
     @abstractmethod
     def restore(self, applied: Applied) -> None:
         """Put back what `install` replaced, and make it take effect again."""
@@ -140,6 +163,10 @@ class Router(ABC):
             if time.monotonic() >= deadline:
                 return n
             time.sleep(0.05 if n == 0 else 0.02)
+
+    @abstractmethod
+    def front_door_request(self, path: str) -> Answer:
+        """One GET through this host's front door, as a user would send it."""
 
     def counters(self) -> dict[str, SlotCounters] | None:
         """Per-slot counters since the router started; None: not available in this mode."""

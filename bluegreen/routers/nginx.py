@@ -1,19 +1,24 @@
 """What both nginx drivers share: `nginx -t`, a reload that waits for the old workers, the
-front-door check, the error-log scan, and putting the previous file back.
+front-door check (over TLS when the front door is HTTPS), the error-log scan, the include
+integration's snippets, and putting the previous files back.
 
 Each shell command here sits next to the code that reads its output.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import time
+from dataclasses import dataclass, field
+from typing import Any
 
-from bluegreen import hosts
+from bluegreen import hosts, httpwire, render
 from bluegreen.commands import POLL, q
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Result
 from bluegreen.render import SLOT_HEADER, front_door, template_path
-from bluegreen.routers.base import Applied, ConfigRejected, Router
+from bluegreen.routers.base import Answer, Applied, ConfigRejected, Router
 
 NGINX_LIB = r"""
 bg_accepting_workers() {  # $1=master pid: workers of this master not yet shutting down
@@ -65,13 +70,50 @@ def test_rejection(result: Result) -> str:
     return "\n    ".join(result.stdout.strip().splitlines()[-6:])
 
 
+_BLAMED_FILE = re.compile(r" in (/\S+?):\d+")
+
+
+def blamed_file(output: str) -> str:
+    """The file `nginx -t` names in its last complaint ("... in /etc/nginx/x.conf:12")."""
+    found = _BLAMED_FILE.findall(output)
+    return found[-1] if found else ""
+
+
 def reload_failure(result: Result) -> str:
     detail = (result.stderr or result.stdout).strip().splitlines()[-3:]
     return "nginx reload did not take: " + " / ".join(detail)
 
 
+@dataclass
+class NginxApplied(Applied):
+    """Applied, plus the include integration's snippets this change rewrote (path ->
+    what was there before; None: nothing), so a restore puts those back too."""
+
+    snippets: dict[str, str | None] = field(default_factory=dict)
+
+
 class NginxRouter(Router):
     """nginx with a rendered file; subclasses decide how a change takes effect."""
+
+    def render(self, slot: str, release: str, version: str, generation: int) -> str:
+        return render.render(self.cfg, slot, release, version, generation=generation,
+                             mode=self.kind)
+
+    def install(self, text: str) -> Applied:
+        """The include integration's snippets first (only when they differ: a plain switch
+        rewrites none), then the target; `nginx -t` then sees all of them together."""
+        changed: dict[str, str | None] = {}
+        try:
+            for path, new in render.render_snippets(self.cfg, self.kind).items():
+                old = self.host.read(path)
+                if old != new:
+                    changed[path] = old
+                    self.host.write_atomic(path, new)
+            base = super().install(text)
+        except BaseException:
+            self._put_back_snippets(changed)
+            raise
+        return NginxApplied(base.previous, base.log_offset, snippets=changed)
 
     def _reload_script(self) -> str:
         n = self.cfg.nginx
@@ -94,7 +136,17 @@ class NginxRouter(Router):
         result = self.host.run(script, timeout=self.cfg.nginx.verify_timeout + 30, check=False,
                                says=says)
         if result.rc == TEST_REJECTED or (not and_apply and not result.ok):
-            self.restore(Applied(applied.previous))
+            self.restore(dataclasses.replace(applied, reloaded=False, flipped=False))
+            blamed = blamed_file(result.stdout)
+            ours = {self.target, *self.cfg.nginx_snippets.values()}
+            if blamed and blamed not in ours:
+                raise ConfigRejected(
+                    f"nginx -t rejected the configuration because of {blamed}, which is not "
+                    f"this app's file:\n    " + test_rejection(result),
+                    host=self.label, phase="switch",
+                    hint=f"nothing of this app changed ({self.target} is back); fix {blamed} "
+                         "(another app's switch may have been interrupted: its next `fab` "
+                         "command recovers it), then re-run")
             raise ConfigRejected(
                 "nginx -t rejected the rendered config:\n    " + test_rejection(result),
                 host=self.label, phase="switch",
@@ -113,6 +165,7 @@ class NginxRouter(Router):
         """Wait until the front door answers from `slot` with a healthy status."""
         cfg = self.cfg
         addr, port = front_door(cfg.nginx.listen)
+        scheme = "https" if cfg.nginx.tls else "http"
         start = time.monotonic()
         deadline = start + cfg.nginx.verify_timeout
         last = "no answer yet"
@@ -122,7 +175,8 @@ class NginxRouter(Router):
                 return time.monotonic() - start
             time.sleep(0.01)
         raise BluegreenError(
-            f"after the switch, {addr}:{port}{cfg.verify_path} did not answer from slot {slot} "
+            f"after the switch, {scheme}://{_bracket(addr)}:{port}{cfg.verify_path} did not "
+            f"answer from slot {slot} "
             f"within {cfg.nginx.verify_timeout:g}s (last: {last})", host=self.label,
             phase="verify",
             hint="check the nginx error log; the template must keep the X-Bluegreen-Slot header")
@@ -130,18 +184,33 @@ class NginxRouter(Router):
     def probe_front_door(self) -> tuple[str, str]:
         """(slot that answered, or "", what happened) for one request through the front
         door: the router's view as a client sees it."""
+        answer = self.front_door_request(self.cfg.verify_path)
+        if answer.error:
+            return "", answer.error
+        return answer.slot, (f"HTTP {answer.status} from slot "
+                             f"{answer.slot or '(no X-Bluegreen-Slot header)'}")
+
+    def front_door_request(self, path: str) -> Answer:
+        """One GET through this host's front door, as a user would send it."""
         cfg = self.cfg
         addr, port = front_door(cfg.nginx.listen)
         server_name = cfg.nginx.server_name if cfg.nginx.server_name not in ("_", "") \
             else "localhost"
+        name = server_name.split()[0]
+        extra: dict[str, Any] = {}
+        if cfg.nginx.tls:  # SNI and the certificate's name are the Host we ask for
+            extra["tls"] = httpwire.Tls(
+                name, str(cfg.resolve(cfg.nginx.tls_ca_file)) if cfg.nginx.tls_ca_file else "",
+                cfg.nginx.tls_verify)
+        start = time.monotonic()
         try:
-            reply = self.host.http_get(port, cfg.verify_path, timeout=2.0, address=addr,
-                                       host_header=server_name.split()[0])
+            reply = self.host.http_get(port, path, timeout=2.0, address=addr,
+                                       host_header=name, **extra)
         except (OSError, ValueError, EOFError) as exc:
-            return "", f"{type(exc).__name__}: {exc}"
-        answered = reply.header(SLOT_HEADER) or ""
-        return answered, (f"HTTP {reply.status} from slot "
-                          f"{answered or '(no X-Bluegreen-Slot header)'}")
+            return Answer("", 0, (time.monotonic() - start) * 1000,
+                          f"{type(exc).__name__}: {exc}")
+        return Answer(reply.header(SLOT_HEADER) or "", reply.status,
+                      (time.monotonic() - start) * 1000)
 
     def check_error_log(self, offset: int) -> None:
         """A master can reject a config that passed -t (a busy listen port): only the log
@@ -156,8 +225,28 @@ class NginxRouter(Router):
                                  + "\n    ".join(bad[-5:]), host=self.label, phase="verify",
                                  hint=f"see {log}")
 
+    def put_back(self, applied: Applied) -> None:
+        """The previous file, and the reload that makes it live again when ours was."""
+        self.put_back_file(applied)
+        if applied.reloaded:
+            self.host.run(self._reload_script(), timeout=self.cfg.nginx.verify_timeout + 30,
+                          check=False, says="reload nginx with the previous file")
+
     def put_back_file(self, applied: Applied) -> None:
         if applied.previous is None:
             self.host.remove(self.target)
         else:
             self.host.write_atomic(self.target, applied.previous)
+        if isinstance(applied, NginxApplied):
+            self._put_back_snippets(applied.snippets)
+
+    def _put_back_snippets(self, previous: dict[str, str | None]) -> None:
+        for path, text in previous.items():
+            if text is None:
+                self.host.remove(path)
+            else:
+                self.host.write_atomic(path, text)
+
+
+def _bracket(addr: str) -> str:
+    return f"[{addr}]" if ":" in addr else addr

@@ -13,7 +13,7 @@ from typing import Any
 
 from bluegreen import interrupts
 from bluegreen.errors import BluegreenError
-from bluegreen.render import is_lua_config, parse_marker
+from bluegreen.render import control_host, is_lua_config, parse_marker
 from bluegreen.routers.base import Applied, Routed
 from bluegreen.routers.nginx import NginxRouter
 
@@ -23,9 +23,11 @@ class NginxLuaRouter(NginxRouter):
 
     def control(self, path: str, method: str = "GET") -> dict[str, Any]:
         """Talk to the lua control listener on the traffic host's loopback."""
-        port = self.cfg.nginx.control_port
+        port = self.cfg.nginx.control
         try:
-            reply = self.host.http_get(port, path, timeout=2.0, method=method)
+            # by name: apps that share a control port each have their own server block
+            reply = self.host.http_get(port, path, timeout=2.0, method=method,
+                                       host_header=control_host(self.cfg))
             if reply.status != 200:
                 raise ValueError(f"HTTP {reply.status}: {reply.body[:200]!r}")
             return json.loads(reply.body)  # type: ignore[no-any-return]
@@ -64,11 +66,15 @@ class NginxLuaRouter(NginxRouter):
         applied.reloaded = True
         self.reload()
 
+    def recovery_applied(self, previous: str | None) -> Applied:
+        """A dead run's change of the same shape only flipped the live port: flipping it
+        back is enough, and a reload would close idle keep-alive clients."""
+        before, now = parse_marker(previous), parse_marker(self.installed())
+        same_shape = before is not None and now is not None and before.shape == now.shape
+        return Applied(previous, reloaded=not same_shape, flipped=True)
+
     def restore(self, applied: Applied) -> None:
-        self.put_back_file(applied)
-        if applied.reloaded:
-            self.host.run(self._reload_script(), timeout=self.cfg.nginx.verify_timeout + 30,
-                          check=False, says="reload nginx with the previous file")
+        self.put_back(applied)
         before = parse_marker(applied.previous)
         if before is not None and is_lua_config(applied.previous) and (applied.reloaded
                                                                         or applied.flipped):

@@ -21,10 +21,7 @@ class NginxReloadRouter(NginxRouter):
         self.reload()
 
     def restore(self, applied: Applied) -> None:
-        self.put_back_file(applied)
-        if applied.reloaded:
-            self.host.run(self._reload_script(), timeout=self.cfg.nginx.verify_timeout + 30,
-                          check=False, says="reload nginx with the previous file")
+        self.put_back(applied)
 
     def routed(self) -> Routed:
         """The file says what nginx should route to; only a request through the front door

@@ -1,6 +1,6 @@
 """Convergence defects the fault suite found in the core, each pinned by a deterministic
-test in its smallest form (xfail strict: it fails today, for the reason given; when the
-core is fixed it passes, and strict makes the suite say so, so the mark comes off).
+test in its smallest form. The first four are fixed; the reasons (faultkit) say what each
+was. One is open: its test is xfail strict, with the reason (faultkit.DEAD_LINK_NOT_REOPENED).
 """
 
 from __future__ import annotations
@@ -12,10 +12,6 @@ import pytest
 
 from tests.faults.faultkit import (
     DEAD_LINK_NOT_REOPENED,
-    INTERRUPTED_AFTER_COMMIT,
-    LUA_RECOVERY_RELOADS,
-    STALE_PHASE_LABEL,
-    TERM_AFTER_STATE,
     Cell,
     Rig,
     check_status_is_true,
@@ -27,7 +23,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
 @pytest.mark.parametrize("cell", [pytest.param(Cell("defect", "record.after-state", m, "local"),
                                                id=m) for m in ("reload", "lua")])
-@pytest.mark.xfail(strict=True, reason=TERM_AFTER_STATE)
 def test_sigterm_between_the_state_write_and_the_commit_converges(cell: Cell,
                                                                   rig: Rig) -> None:
     assert rig.deploy("v1").returncode == 0
@@ -44,7 +39,6 @@ def test_sigterm_between_the_state_write_and_the_commit_converges(cell: Cell,
 @pytest.mark.parametrize("cell", [pytest.param(Cell("defect", p, "lua", "local"), id=p)
                                   for p in ("switch.after-install", "switch.after-apply",
                                             "before:record")])
-@pytest.mark.xfail(strict=True, reason=LUA_RECOVERY_RELOADS)
 def test_recovery_in_lua_mode_flips_back_without_a_reload(cell: Cell, rig: Rig) -> None:
     assert rig.deploy("v1").returncode == 0
     ran = rig.deploy("v2", env=failpoint_env(cell.point, "kill"))
@@ -58,7 +52,6 @@ def test_recovery_in_lua_mode_flips_back_without_a_reload(cell: Cell, rig: Rig) 
 
 @pytest.mark.parametrize("cell", [pytest.param(Cell("defect", p, "reload", "local"), id=p)
                                   for p in ("before:post-switch", "after:post-deploy")])
-@pytest.mark.xfail(strict=True, reason=INTERRUPTED_AFTER_COMMIT)
 def test_an_interrupt_after_the_commit_is_not_reported_as_undone(cell: Cell, rig: Rig) -> None:
     assert rig.deploy("v1").returncode == 0
     ran = rig.deploy("v2", env=failpoint_env(cell.point, "term"))
@@ -70,16 +63,18 @@ def test_an_interrupt_after_the_commit_is_not_reported_as_undone(cell: Cell, rig
     assert "traffic was not touched" not in last.get("error", ""), last
 
 
-@pytest.mark.parametrize("cell", [pytest.param(Cell("defect", p, "reload", "ssh"), id=p)
-                                  for p in ("switch", "record")])
-@pytest.mark.xfail(strict=True, reason=STALE_PHASE_LABEL)
-def test_a_failure_names_the_phase_it_happened_in(cell: Cell, rig: Rig) -> None:
+@pytest.mark.parametrize(("cell", "phase"), [
+    # inside the switch (after its journal write): the next SFTP call finds the link gone
+    pytest.param(Cell("defect", "switch.after-intent", "reload", "ssh"), "switch", id="switch"),
+    # before the record phase: its state write is the first to find it gone
+    pytest.param(Cell("defect", "before:record", "reload", "ssh"), "record", id="record")])
+def test_a_failure_names_the_phase_it_happened_in(cell: Cell, phase: str, rig: Rig) -> None:
     assert rig.deploy("v1").returncode == 0
-    ran = rig.deploy("v2", env=failpoint_env(f"before:{cell.point}", "drop"))
+    ran = rig.deploy("v2", env=failpoint_env(cell.point, "drop"))
     assert ran.returncode == 1 and "SSH connection lost" in ran.stderr, ran.stderr
-    assert f"FAILED [phase={cell.point} " in ran.stderr, ran.stderr
+    assert f"FAILED [phase={phase} " in ran.stderr, ran.stderr
     last = json.loads(rig.project.history.read_text().splitlines()[-1])
-    assert last["phase"] == cell.point, last
+    assert last["phase"] == phase, last
 
 
 @pytest.mark.parametrize("cell", [pytest.param(Cell("defect", "switch.after-apply", m, "ssh"),

@@ -118,7 +118,10 @@ def test_second_deploy_is_refused_while_the_first_holds_the_lock(project: Projec
     project.deploy("v1")
     hooks = project.dir / "hooks"
     hooks.mkdir()
-    (hooks / "pre-deploy").write_text("#!/bin/sh\nsleep 4\n")
+    go_on = project.dir / "go-on"  # the first deploy holds the lock until the test says so
+    (hooks / "pre-deploy").write_text(
+        f"#!/bin/sh\ni=0; while [ ! -e {go_on} ] && [ $i -lt 600 ]; do sleep 0.1; "
+        "i=$((i+1)); done\n")
     (hooks / "pre-deploy").chmod(0o755)
     first = subprocess.Popen([fab_path(), "deploy", "--artifact", str(project.artifacts["v2"]),
                               "--version", "v2", "--who", "alice"], cwd=project.dir,
@@ -134,6 +137,7 @@ def test_second_deploy_is_refused_while_the_first_holds_the_lock(project: Projec
         assert second.returncode == 3
         assert "alice" in second.stderr and "fab unlock" in second.stderr
     finally:
+        go_on.touch()
         out, err = first.communicate(timeout=60)
     assert first.returncode == 0, out + err
     assert project.front_version() == "v2"

@@ -139,6 +139,7 @@ def test_two_hosts_behind_one_nginx(cluster: Cluster) -> None:
             view = st["app_hosts"][name][slot]
             assert view["running"] and view["healthy"], (name, slot, view)
     assert st["traffic_hosts"] == {"local": {"routes_to": "green", "file_says": "green",
+                                             "seen": "answered through the front door",
                                              "release": st["slots"]["green"]["release"]}}
 
 

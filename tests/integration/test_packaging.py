@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import zipfile
 from pathlib import Path
+
+from testkit.wheel import built_wheel
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_wheel_ships_the_templates_and_renders_from_them(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(tmp_path / "dist"), str(REPO)],
-                   check=True, timeout=300, cwd=tmp_path)
-    wheel = next((tmp_path / "dist").glob("bluegreen-*.whl"))
-    site = tmp_path / "site"
-    with zipfile.ZipFile(wheel) as zf:
-        names = zf.namelist()
-        zf.extractall(site)
+    site, names = built_wheel(tmp_path)
     for name in sorted(p.name for p in (REPO / "nginx_templates").glob("*.j2")):
         shipped = site / "bluegreen" / "templates" / name
         assert f"bluegreen/templates/{name}" in names

@@ -84,3 +84,30 @@ def test_phase_reader_stamps_phases_with_the_readers_clock() -> None:
     unfinished = fabout.PhaseReader()
     unfinished.feed("--> upload    demo.tar.gz to 1 host(s)", 1.0)
     assert [(p.name, p.ok, p.end) for p in unfinished.phases] == [("upload", False, 0.0)]
+
+
+FLEET_OUT = """\
+--> upload    demo.tar.gz to 16 host(s)
+<-- upload    16/16 ok 0.420s (slowest app07 0.418s)  2694 bytes sent
+--> health    GET /health on port 8082
+    app03: FAILED after 10.01s: port 8082 did not become healthy within 10s
+<-- health    15/16 FAILED after 10.012s (slowest app03 10.010s)
+"""
+
+
+def test_phase_lines_of_a_fleet_carry_host_counts_and_the_slowest_host() -> None:
+    up, health = fabout.parse_phases(FLEET_OUT)
+    assert (up.name, up.ok, up.hosts_ok, up.hosts, up.slowest) == ("upload", True, 16, 16,
+                                                                   "app07")
+    assert up.seconds == pytest.approx(0.42) and up.slowest_s == pytest.approx(0.418)
+    assert up.note == "2694 bytes sent" and fabout.uploaded_bytes([up]) == 2694
+    assert (health.ok, health.hosts_ok, health.hosts, health.slowest) == (False, 15, 16,
+                                                                          "app03")
+    reader = fabout.PhaseReader()
+    for i, line in enumerate(FLEET_OUT.splitlines()):
+        reader.feed(line, float(i))
+    assert [(p.name, p.hosts_ok, p.slowest) for p in reader.phases] == [
+        ("upload", 16, "app07"), ("health", 15, "app03")]
+    # one host keeps the plain form, with no counts
+    (one,) = fabout.parse_phases("<-- lock      ok 0.010s\n")
+    assert one.hosts is None and one.slowest == ""
