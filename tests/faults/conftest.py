@@ -27,6 +27,7 @@ from tests.faults.faultkit import (
     umount,
 )
 
+SURVIVED = ("passed", "xpassed")  # xpassed: a cell marked with a flaky known defect passed
 FAULTS = ("kill", "term", "drop", "down", "fill")  # what the table counts (not the hint tests)
 REPORT_DIR = REPO / ".run" / "faults"
 # cell id -> {"cell": Cell, "outcome": passed|failed|xfailed|skipped, "notes": {...}}
@@ -87,6 +88,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
             entry["reason"] = str(report.wasxfail)
         else:
             entry["outcome"] = report.outcome
+        if call.excinfo is not None and not report.passed:
+            entry["error"] = call.excinfo.exconly().splitlines()[0][:200]
         if report.failed:
             text = str(report.longrepr)
             lines = [ln for ln in text.splitlines() if ln.startswith("E ")]
@@ -97,7 +100,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
 def _tally(entries: list[dict[str, Any]]) -> str:
     if not entries:
         return "-"
-    ok = sum(1 for e in entries if e.get("outcome") == "passed")
+    ok = sum(1 for e in entries if e.get("outcome") in SURVIVED)
     xf = sum(1 for e in entries if e.get("outcome") == "xfailed")
     return f"{ok}/{len(entries)}" + (f" ({xf} xfail)" if xf else "")
 
@@ -135,15 +138,16 @@ def render_report(results: dict[str, dict[str, Any]]) -> str:
                   f"keep-alive requests dropped by nginx reloads (reload mode, excused): "
                   f"{sum(drops)} in {sum(1 for d in drops if d)} of {len(drops)} reload cells; "
                   "lua mode: 0 failed requests is asserted in every cell"]
-    bad = [e for e in done if e.get("outcome") not in ("passed",)]
+    bad = [e for e in done if e.get("outcome") not in SURVIVED]
     if bad:
-        lines += ["", "not survived (xfail: a known defect, see its test for the whole "
-                      "reason):"]
+        lines += ["", "not survived (xfailed: a known defect, its test in test_core_defects.py "
+                      "or test_disk_full.py gives the whole reason):"]
         for e in sorted(bad, key=lambda e: (e.get("outcome") == "xfailed", e["cell"].id)):
-            reason = str(e.get("reason", ""))
             if e.get("outcome") == "xfailed":
-                reason = reason.split(": ", 1)[0] + ": " + reason.split(": ", 1)[-1][:90]
-            lines.append(f"  {e['cell'].id}: {e.get('outcome')}: {reason}")
+                known = str(e.get("reason", "")).split(" (")[0].split(": ")[0][:60]
+                lines.append(f"  {e['cell'].id}: xfailed [{known}]: {e.get('error', '')}")
+            else:
+                lines.append(f"  {e['cell'].id}: {e.get('outcome')}: {e.get('reason', '')}")
     return "\n".join(lines)
 
 

@@ -43,7 +43,8 @@ SIGNALS = ("kill", "term")
 # Phases that are hooks (pre-deploy, pre-switch, post-switch, post-deploy) run nothing
 # without a hook; `announce` only prints: their boundaries are the neighbours' boundaries.
 KILL_POINTS: tuple[str, ...] = (
-    "before:lock",          # nothing taken yet
+    "before:connect",       # nothing opened yet
+    "before:lock",          # every host connected, nothing taken
     "before:recover",       # the lock is held
     "before:state",
     "before:upload",        # state read, consistency checked, target chosen
@@ -60,12 +61,14 @@ KILL_POINTS: tuple[str, ...] = (
     "switch.after-apply",   # nginx routes to v2; not verified, state says v1
     "before:record",        # verified; state still says v1
     "record.after-state",   # state says v2; the journal is still there
-    "before:post-switch",   # committed and journal cleared; lock held, no history entry
+    "before:watch",         # committed and journal cleared; lock held, no history entry
+    "before:post-switch",   # the watch window passed (0 s in these projects)
     "after:post-deploy",    # everything done but the history entry and the unlock
 )
 # Points inside a phase where a cut SSH link has something to break, plus the
 # boundaries between the remote steps
-DROP_POINTS: tuple[str, ...] = tuple(p for p in KILL_POINTS if p != "before:lock")
+DROP_POINTS: tuple[str, ...] = tuple(p for p in KILL_POINTS
+                                     if p not in ("before:connect", "before:lock"))
 # Where a host goes down (its sshd stops) in the middle of a deploy
 DOWN_POINTS: tuple[str, ...] = ("before:upload", "before:stop", "health.probing",
                                 "switch.after-install", "switch.after-apply", "before:record")
@@ -127,7 +130,8 @@ TERM_AFTER_STATE = (
     "cleared, but state.json keeps saying the new slot is live. The run prints "
     "'INTERRUPTED ... traffic stays on the live slot'; `fab status` then exits 5 (file and "
     "front door say blue, state says green) and the next plain `fab deploy` refuses "
-    "('state says live slot is green but nginx routes to blue'). The state write and "
+    "('state says live slot is green but nginx routes to blue'), as does the printed "
+    "'Re-run the same command'. The state write and "
     "commit() (and clearing the journal) must be one step a signal cannot split, or undo "
     "must also put the state back.")
 
@@ -156,6 +160,27 @@ STALE_PHASE_LABEL = (
     "the switch's lock re-check prints 'FAILED [phase=health ...]', one lost before the "
     "record phase's state write prints 'FAILED [phase=switch ...]', and history records "
     "the same wrong phase. The run knows the phase it is in (perform's `current`).")
+
+DEAD_LINK_NOT_REOPENED = (
+    "WAS A DEFECT (hosts.SshHost.http_get and the cached SFTP client; fixed on main since "
+    "the lock heartbeat at every phase reconnects first): after the SSH link dropped "
+    "between the apply and the verify, verify's front-door probes went through the dead "
+    "transport ('SSH session not active') for the whole nginx.verify_timeout (10 s), then "
+    "the undo's first SFTP write failed on the stale SFTP client: 'the previous nginx "
+    "config could NOT be restored ... fix nginx there by hand NOW', followed by 'Traffic "
+    "stays on blue' while the front door served green until the next command recovered.")
+
+STUCK_LOCK_ON_FULL_DISK = (
+    "DEFECT (hosts.Host.write_atomic + the per-phase lock heartbeat): on a full disk the "
+    "heartbeat's write of lock/owner.json fails and write_atomic leaves its temp file "
+    "(lock/.owner.json.XXXXXXXX.tmp) inside the lock directory. The run's release then "
+    "removes owner.json but cannot rmdir the lock ('Directory not empty'; the warning says "
+    "'the next run from this machine breaks it by itself', which is false), so once the "
+    "space is back the next plain `fab deploy` refuses ('another deploy holds the lock: an "
+    "unknown owner (no owner record yet)'), after the ownerless grace it fails on the same "
+    "rmdir, and `fab unlock` fails too ('cannot remove .../lock: Directory not empty'). "
+    "Only removing the temp file by hand frees it. write_atomic should remove its temp file "
+    "when the write fails, and breaking a lock should remove what is inside it.")
 
 # cell id -> (reason, strict). Strict where the failure is deterministic; not strict where
 # the defect shows only when a keep-alive request races the needless reload.

@@ -1,15 +1,19 @@
 """Convergence defects the fault suite found in the core, each pinned by a deterministic
-test in its smallest form. All four are fixed; the reasons (faultkit) say what each was.
+test in its smallest form. Those without an xfail mark are fixed (the reasons in faultkit
+say what each was); those with one are open (xfail strict, with the reason).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 
 import pytest
 
 from tests.faults.faultkit import (
+    HOSTS,
+    STUCK_LOCK_ON_FULL_DISK,
     Cell,
     Rig,
     check_status_is_true,
@@ -73,3 +77,36 @@ def test_a_failure_names_the_phase_it_happened_in(cell: Cell, phase: str, rig: R
     assert f"FAILED [phase={phase} " in ran.stderr, ran.stderr
     last = json.loads(rig.project.history.read_text().splitlines()[-1])
     assert last["phase"] == phase, last
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("defect", p, m, "ssh"), id=f"{p}-{m}")
+                                  for p in ("switch.after-apply", "before:verify")
+                                  for m in ("reload", "lua")])
+def test_a_link_dropped_before_verify_is_reopened_and_the_switch_verified_or_undone(
+        cell: Cell, rig: Rig) -> None:
+    """DEAD_LINK_NOT_REOPENED, fixed: the next step reconnects, verifies (or undoes)."""
+    assert rig.deploy("v1").returncode == 0
+    ran = rig.deploy("v2", env=failpoint_env(cell.point, "drop"))
+    door = front_door(rig)  # before any other command could recover anything
+    says_blue = "Traffic stays on blue" in ran.stderr
+    assert not says_blue or door.slot == "blue", \
+        f"the deploy says traffic stays on blue, the front door answers {door}:\n{ran.stderr}"
+    assert "could NOT be restored" not in ran.stderr, ran.stderr
+    assert ran.returncode == 0 or door.slot == "blue", ran.stderr
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("defect", "before:upload", "reload", h,
+                                                    tmpfs=True), id=h) for h in HOSTS])
+@pytest.mark.xfail(strict=True, reason=STUCK_LOCK_ON_FULL_DISK)
+def test_a_run_that_fails_on_a_full_disk_leaves_no_lock_behind(cell: Cell, rig: Rig) -> None:
+    from bluegreen.failpoints import BALLAST
+
+    assert rig.deploy("v1").returncode == 0
+    srv = rig.project.srv
+    failed = rig.deploy("v2", env=failpoint_env(cell.point, f"fill:{srv}"))
+    assert failed.returncode == 1, failed.stderr
+    (srv / BALLAST).unlink()  # the space is back
+    lock = rig.project.app_root / "lock"
+    assert not lock.exists(), f"the failed run left {sorted(os.listdir(lock))} in {lock}"
+    assert rig.deploy("v3").returncode == 0
+    check_status_is_true(rig, expect_version="v3")

@@ -14,6 +14,7 @@ import pytest
 
 from bluegreen.failpoints import BALLAST
 from tests.faults.faultkit import (
+    STUCK_LOCK_ON_FULL_DISK,
     Cell,
     Rig,
     check_status_is_true,
@@ -29,27 +30,11 @@ from tests.faults.faultkit import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
-# helper G builds the ENOSPC handling (a clear error, partial files removed, a free-space
-# check before uploading) on the `artifacts` branch; until it is on main these cells fail
-# for the reasons below and are marked so, not faked. Cells not listed survive today.
-PENDING_ENOSPC = ("pending the ENOSPC handling on the artifacts branch (helper G), not on "
-                  "main yet: ")
-WRITE_ATOMIC_LEFTOVER = (
-    "DEFECT (hosts.Host.write_atomic, core): a write that fails with ENOSPC leaves its temp "
-    "file (.intent.json.XXXXXXXX.tmp, .state.json.XXXXXXXX.tmp) beside the target for good: "
-    "nothing removes it and pruning skips dotfiles. The deploy itself fails cleanly and the "
-    "next one converges; only the leftovers fail this cell. write_atomic should remove its "
-    "temp file when the write or the rename fails.")
+# helper G's ENOSPC handling (main since 175a977) made the unpack leave nothing; what is
+# left is the stuck lock below (a heartbeat written on the full disk).
 XFAIL: dict[str, str] = {
-    "before:upload/local": PENDING_ENOSPC + (
-        "LocalHost.put lets OSError(ENOSPC) from os.sendfile out of the run: a Python "
-        "traceback, no FAILED line, no history entry, no on-failure hook"),
-    **{f"upload.mid/{h}": PENDING_ENOSPC + (
-        "when the upload fits but the unpack does not, commands.unpack leaves "
-        "releases/<id>.partial behind (the next unpack of that release replaces it, so the "
-        "next deploy converges; the leftover is what fails)") for h in ("local", "ssh")},
-    **{f"before:switch/{h}": WRITE_ATOMIC_LEFTOVER for h in ("local", "ssh")},
-}
+    f"{p}/{h}": STUCK_LOCK_ON_FULL_DISK for p in ("before:upload", "before:switch")
+    for h in ("local", "ssh")}
 
 
 def leftovers(root: Path) -> list[str]:
