@@ -212,10 +212,17 @@ class Host(ABC):
 
         def go() -> None:
             self.makedirs(parent)
-            with self._open(tmp, "wb") as f:
-                self._chmod(tmp, mode)  # before the content: a secret is never world-readable
-                f.write(content.encode())
-            self._rename(tmp, path)
+            try:
+                with self._open(tmp, "wb") as f:
+                    self._chmod(tmp, mode)  # before the content: a secret is never readable
+                    f.write(content.encode())
+                self._rename(tmp, path)
+            except BaseException:
+                # a full disk must not leave the temp file behind: in the lock's directory
+                # it would keep `rmdir` (release, `fab unlock`) from ever succeeding
+                with contextlib.suppress(OSError, EOFError):
+                    self._remove(tmp)
+                raise
         with interrupts.step():
             self._fs("write", path, go)
 

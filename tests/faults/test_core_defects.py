@@ -13,7 +13,6 @@ import pytest
 
 from tests.faults.faultkit import (
     HOSTS,
-    STUCK_LOCK_ON_FULL_DISK,
     Cell,
     Rig,
     check_status_is_true,
@@ -97,7 +96,7 @@ def test_a_link_dropped_before_verify_is_reopened_and_the_switch_verified_or_und
 
 @pytest.mark.parametrize("cell", [pytest.param(Cell("defect", "before:upload", "reload", h,
                                                     tmpfs=True), id=h) for h in HOSTS])
-@pytest.mark.xfail(strict=True, reason=STUCK_LOCK_ON_FULL_DISK)
+
 def test_a_run_that_fails_on_a_full_disk_leaves_no_lock_behind(cell: Cell, rig: Rig) -> None:
     from bluegreen.failpoints import BALLAST
 
