@@ -490,7 +490,12 @@ def _read_counts(run: Run) -> dict[str, dict[str, SlotCounters]] | None:
         return None
     counts = {}
     for router in run.routers:
-        counted = router.counters()
+        try:
+            counted = router.counters()
+        except BluegreenError:
+            # a router with nothing to count yet (haproxy before its first deploy has no
+            # backend): the window is not measured; the switch itself must not fail on it
+            return None
         if counted is None:
             return None
         counts[router.label] = counted

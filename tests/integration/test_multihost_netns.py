@@ -138,9 +138,12 @@ def test_two_hosts_behind_one_nginx(cluster: Cluster) -> None:
         for slot in ("green", "blue"):  # the live slot and the warm old one
             view = st["app_hosts"][name][slot]
             assert view["running"] and view["healthy"], (name, slot, view)
-    assert st["traffic_hosts"] == {"local": {"routes_to": "green", "file_says": "green",
-                                             "seen": "answered through the front door",
-                                             "release": st["slots"]["green"]["release"]}}
+    local = st["traffic_hosts"]["local"]
+    assert {k: local[k] for k in ("routes_to", "file_says", "seen", "release")} == {
+        "routes_to": "green", "file_says": "green", "seen": "answered through the front door",
+        "release": st["slots"]["green"]["release"]}
+    assert not local.get("weight") and not local.get("maintenance") \
+        and not local.get("preview")  # no canary, no maintenance, no preview route
 
 
 def test_failure_on_one_host_keeps_both_on_the_old_release(cluster: Cluster,
