@@ -48,10 +48,12 @@ from pathlib import Path
 from bench.classic_bench import run_classic
 from testkit import REPO
 from testkit.loadgen import LoadResult
-from testkit.underload import MAX_OPS, MODES, ModeRun, report, run_bluegreen
+from testkit.underload import AUTO_MODES, MAX_OPS, MODES, ModeRun, report, run_bluegreen
 
-# the modes that promise zero failed requests: any failure in them fails the benchmark
-ZERO_MODES = ("lua", "haproxy")
+# the classes that promise zero failed requests: any failure in them fails the benchmark
+ZERO_MODES = ("lua", "haproxy", *AUTO_MODES)
+# `all`: every class, in this order (lua's line is printed last, as the result line)
+ALL_MODES = ["lua", "reload", "haproxy", *AUTO_MODES]
 
 
 def mode_line(run: ModeRun, classic: LoadResult | None) -> str:
@@ -60,6 +62,10 @@ def mode_line(run: ModeRun, classic: LoadResult | None) -> str:
     res = run.result
     label = "zero_downtime" if run.mode == "lua" else f"zero_downtime[{run.mode}]"
     parts = [f"{label}: ops={len(run.ops)} requests={res.total} failed={res.failed}"]
+    if run.mode in AUTO_MODES:
+        parts.append(f"auto_chose={run.chosen_mode}")
+    parts.append("[" + " ".join(f"{cls}={st.failures}/{st.requests}"
+                                for cls, st in res.per_class().items()) + "]")
     if classic is not None:
         parts.append(f"(classic: failed={classic.failed} of {classic.total})")
         ours = res.failed / res.total if res.total else 0.0
@@ -126,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ops = args.ops if args.ops is not None else (8 if args.quick else 24)
     ops = max(1, min(ops, MAX_OPS))
     warm = 1.5 if args.quick else 3.0
-    modes = {"both": ["lua", "reload"], "all": ["lua", "reload", "haproxy"]}.get(
-        args.mode, [args.mode])
+    modes = {"both": ["lua", "reload"], "all": ALL_MODES}.get(args.mode, [args.mode])
     root = REPO / ".run" / "bench" / f"zero-downtime-{int(time.time())}"
     t0 = time.monotonic()
     runs: dict[str, ModeRun] = {}
@@ -164,8 +169,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"(total {elapsed:.0f}s; work dirs under {root})")
     for mode in [m for m in modes if m != "lua"] + [m for m in modes if m == "lua"]:
         print(mode_line(runs[mode], classic), flush=True)  # the lua line comes last
-    if any(run.failed or not run.ops_as_expected
-           for mode, run in runs.items() if mode in ZERO_MODES):
+    # this nginx loads the lua module: a config that sets no mode must get lua mode
+    wrong = [m for m in AUTO_MODES if m in runs and runs[m].chosen_mode != "lua"]
+    for m in wrong:
+        print(f"zero_downtime[{m}]: auto chose {runs[m].chosen_mode}, not lua, although this "
+              "nginx loads ngx_http_lua_module: see bluegreen/routers/__init__.py choose_mode")
+    if wrong or any(run.failed or not run.ops_as_expected
+                    for mode, run in runs.items() if mode in ZERO_MODES):
         return 1
     return 0
 

@@ -365,8 +365,12 @@ class LoadGen:
         post_body: bytes = b"x" * 512,
         label: str = "",
         host_header: str | None = None,
+        verify: bool | str = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        # an https front door: the CA file of its (self-signed) certificate, as requests
+        # takes it; every session, the fresh-connection ones too, checks the certificate
+        self.verify = verify
         self.mix = dict(DEFAULT_MIX if mix is None else mix)
         unknown = set(self.mix) - set(CLASSES)
         if unknown:
@@ -465,6 +469,8 @@ class LoadGen:
         if delay and self._stop.wait(delay):
             return
         session = None if cls == "fresh_get" else no_retry_session()
+        if session is not None:
+            session.verify = self.verify
         try:
             while not self._stop.is_set():
                 self._one(cls, session)
@@ -492,6 +498,7 @@ class LoadGen:
         # fresh_get: a brand-new session (so a brand-new TCP connection) per request, and
         # Connection: close so neither side keeps it
         with no_retry_session() as fresh:
+            fresh.verify = self.verify
             return fresh.get(self.base_url + "/",
                              headers={**self.headers, "Connection": "close"},
                              timeout=self.timeout, allow_redirects=False)

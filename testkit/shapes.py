@@ -45,3 +45,38 @@ def set_nginx_keys(toml: Path, **values: str) -> None:
     text = toml.read_text()
     lines = "".join(f"{k} = {v}\n" for k, v in values.items())
     toml.write_text(text.replace("[nginx]\n", "[nginx]\n" + lines, 1))
+
+
+def user_tls_server(snippets: Path, cert: Cert, port: int) -> str:
+    """The user's own server block, as the README's include-only setup has it: TLS, another
+    location of the user's own, and bluegreen's two includes (`snippets` is the path of
+    bluegreen's files without their .server / .location suffix)."""
+    return f"""
+server {{
+    listen 127.0.0.1:{port} ssl;
+    server_name {cert.name};
+    ssl_certificate {cert.cert};
+    ssl_certificate_key {cert.key};
+    include {snippets}.server;
+
+    location / {{
+        include {snippets}.location;
+    }}
+    location = /elsewhere {{
+        return 200 "the user's own location\\n";
+    }}
+}}
+"""
+
+
+def include_tls_keys(cert: Cert, port: int, *, verify: bool = True) -> dict[str, str]:
+    """The [nginx] keys (TOML text) of the include-only integration behind that server:
+    bluegreen's post-switch check goes through its https front door, checking the
+    certificate against the CA file (or, loopback only, not at all)."""
+    keys = {"integration": '"include"', "listen": f'"127.0.0.1:{port} ssl"',
+            "server_name": f'"{cert.name}"'}
+    if verify:
+        keys["tls_ca_file"] = f'"{cert.cert}"'
+    else:
+        keys["tls_verify"] = "false"
+    return keys

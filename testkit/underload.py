@@ -36,13 +36,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bluegreen.render import is_lua_config
 from testkit import REPO
 from testkit.demo import build_artifacts
 from testkit.fabout import Phase, PhaseReader
 from testkit.haproxy import HaproxyProject, PrivateHaproxy
 from testkit.loadgen import ClassConfig, LoadGen, LoadResult, Record, collapse
 from testkit.nginx import PrivateNginx
+from testkit.ports import free_port
 from testkit.project import Project
+from testkit.shapes import (
+    Cert,
+    drop_nginx_keys,
+    include_tls_keys,
+    make_cert,
+    set_nginx_keys,
+    user_tls_server,
+)
 
 MAX_OPS = 40
 SLOW = "slow"
@@ -72,7 +82,11 @@ SLOT_IN_DETAIL = re.compile(r"slot (?P<slot>blue|green)\b")
 # how long they may linger. Longer than any request a switch must keep (the drain waits
 # for those), as the README's nginx setup says.
 NGINX_MAIN_EXTRA = ("worker_shutdown_timeout 60s;",)
-MODES = ("lua", "reload", "haproxy")  # nginx.mode, or the haproxy router
+# nginx.mode, the haproxy router, and two classes that never set nginx.mode (so auto
+# decides, and this nginx loads the lua module): `default`, and `include-tls`, bluegreen's
+# pieces included in the user's own TLS server block with the load client on https
+MODES = ("lua", "reload", "haproxy", "default", "include-tls")
+AUTO_MODES = ("default", "include-tls")
 
 
 # --------------------------------------------------------------------------------------
@@ -217,6 +231,9 @@ class ModeRun:
     stopped_early: bool = False
     nginx_reloads: int = 0  # reloads while the load ran (from the router's own log)
     analysis: dict[str, Any] = field(default_factory=dict)
+    # what the router rendered after the setup deploy: lua | reload | haproxy (for the
+    # auto classes, what auto chose)
+    chosen_mode: str = ""
 
     @property
     def failed(self) -> int:
@@ -237,6 +254,7 @@ class ModeRun:
             "workdir": self.workdir,
             "stopped_early": self.stopped_early,
             "analysis": self.analysis,
+            "chosen_mode": self.chosen_mode,
         })
         return out
 
@@ -273,8 +291,8 @@ def run_bluegreen(
     plan = plan_ops(ops)
     artifacts = build_artifacts(workdir / "dist",
                                 ["v1", *(op.version for op in plan if op.version)])
-    nginx = PrivateNginx(workdir / "nginx", lua=mode == "lua", worker_processes=nginx_workers,
-                         main_extra=NGINX_MAIN_EXTRA)
+    nginx = PrivateNginx(workdir / "nginx", lua=mode in ("lua", *AUTO_MODES),
+                         worker_processes=nginx_workers, main_extra=NGINX_MAIN_EXTRA)
     # drain_timeout: longer than any request we promise to keep (the long requests),
     # shorter than worker_shutdown_timeout (60 s) so old workers never outlive the drain.
     # GRACEFUL=0: the demo app dies at once on SIGTERM (like a default Spring Boot app),
@@ -289,6 +307,8 @@ def run_bluegreen(
         project: Project = HaproxyProject(workdir / "project", nginx, artifacts, haproxy=hap,
                                           **common).write()
         front = HaproxyFront(hap)
+    elif mode in AUTO_MODES:
+        project, front = auto_project(mode, workdir, nginx, artifacts, common)
     else:
         project = Project(workdir / "project", nginx, artifacts, mode=mode, **common).write()
         front = NginxFront(nginx)
@@ -298,6 +318,7 @@ def run_bluegreen(
     stopped_early = False
     setup = Op(0, "deploy", "v1")
     err_offset = 0
+    chosen = ""
     try:
         front.start()
         # the first deploy installs the rendered file (one reload, in every mode): before
@@ -305,10 +326,15 @@ def run_bluegreen(
         run_op(project, setup, *fab_args(setup, artifacts), timeout=drain_timeout + 90)
         if not setup.ok:
             raise RuntimeError("setup deploy failed:\n" + "\n".join(setup.output[-30:]))
+        chosen = front.chosen_mode(project)
+        if mode in AUTO_MODES:
+            say(f"[{mode}] nginx.mode is not set: auto chose {chosen} (this nginx loads "
+                "ngx_http_lua_module)")
         err_offset = front.log_size()
         budget = warmup + cooldown + ops * (drain_timeout + 15) + 30
         gen = LoadGen(front.url(), mix=mix, label=f"bluegreen-{mode}",
-                      slow_seconds=slow_seconds, max_duration=min(budget, 900.0)).start()
+                      slow_seconds=slow_seconds, max_duration=min(budget, 900.0),
+                      verify=front.verify).start()
         say(f"[{mode}] load running against {front.url()}; warmup {warmup:g}s, then "
             f"{ops} operations in a row")
         gen.wait(warmup)
@@ -337,7 +363,7 @@ def run_bluegreen(
     expected = collapse([setup.live_after.split()[-1],
                          *(op.live_after.split()[-1] for op in done if op.live_after != "-")])
     run = ModeRun(mode, result, done, setup, expected, errors, str(workdir), stopped_early,
-                  nginx_reloads=reloads)
+                  nginx_reloads=reloads, chosen_mode=chosen)
     result.meta.update({"mode": mode, "ops": len(done)})
     run.analysis = analyse(run)
     return run
@@ -357,6 +383,13 @@ class Front(ABC):
 
     @abstractmethod
     def url(self) -> str: ...
+
+    # what the load client checks the front door's certificate against (https only)
+    verify: bool | str = True
+
+    @abstractmethod
+    def chosen_mode(self, project: Project) -> str:
+        """lua | reload | haproxy: how this router switches, read from what was rendered."""
 
     @abstractmethod
     def log_size(self) -> int: ...
@@ -384,6 +417,11 @@ class NginxFront(Front):
 
     def log_size(self) -> int:
         return self.nginx.error_log_size()
+
+    def chosen_mode(self, project: Project) -> str:
+        # the lua template's control location; bluegreen.render reads it the same way
+        text = (self.nginx.conf_dir / f"{project.app}.conf").read_text()
+        return "lua" if is_lua_config(text) else "reload"
 
     def errors_and_reloads(self, offset: int) -> tuple[list[str], int]:
         text = self.nginx.error_log_since(offset)
@@ -418,6 +456,9 @@ class HaproxyFront(Front):
     def log_size(self) -> int:
         return self.hap.log_size()
 
+    def chosen_mode(self, project: Project) -> str:
+        return "haproxy"
+
     def snapshot(self) -> None:
         from bluegreen.routers import haproxy_api as api
 
@@ -439,6 +480,45 @@ class HaproxyFront(Front):
         # the master logs one "New worker ... forked" per reload: switches must cause none
         return alerts + self.counter_lines, sum(1 for ln in text.splitlines()
                                                 if "New worker" in ln)
+
+
+class TlsNginxFront(NginxFront):
+    """nginx behind the user's own TLS server block (include-only): the load client goes
+    through https and checks the self-signed certificate."""
+
+    def __init__(self, nginx: PrivateNginx, cert: Cert, port: int, app: str) -> None:
+        super().__init__(nginx)
+        self.cert, self.port, self.app = cert, port, app
+        self.verify = str(cert.cert)
+
+    def start(self) -> None:
+        self.nginx.start()
+        # the user's server block includes bluegreen's snippets, which the first deploy
+        # writes: nginx reads this file at that deploy's reload, not before
+        self.nginx.write_conf_d("site.conf",
+                                user_tls_server(self.nginx.conf_dir / self.app, self.cert,
+                                                self.port))
+
+    def url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+
+def auto_project(mode: str, workdir: Path, nginx: PrivateNginx, artifacts: dict[str, Path],
+                 common: dict[str, Any]) -> tuple[Project, Front]:
+    """A project whose bluegreen.toml never sets nginx.mode, so `auto` decides; with
+    `include-tls` bluegreen renders only its pieces, which the user's TLS server includes
+    (README, include-only), and checks each switch through that https front door."""
+    # mode="lua" only so that the project gets a free control port (the default port may
+    # be taken by another run on this machine); the mode key itself is dropped
+    project = Project(workdir / "project", nginx, artifacts, mode="lua", **common).write()
+    toml = project.dir / "bluegreen.toml"
+    drop_nginx_keys(toml, "mode")
+    if mode == "default":
+        return project, NginxFront(nginx)
+    cert = make_cert(workdir / "tls")
+    port = free_port()
+    set_nginx_keys(toml, **include_tls_keys(cert, port))
+    return project, TlsNginxFront(nginx, cert, port, project.app)
 
 
 def op_line(op: Op) -> str:
@@ -570,7 +650,10 @@ def analyse(run: ModeRun) -> dict[str, Any]:
 def report(run: ModeRun) -> str:
     """The human-readable block for one mode."""
     a = run.analysis
-    router = "traffic.router=haproxy" if run.mode == "haproxy" else f"nginx.mode={run.mode}"
+    router = {"haproxy": "traffic.router=haproxy",
+              "default": f"nginx.mode unset (auto chose {run.chosen_mode})",
+              "include-tls": f"include-only behind an https server, nginx.mode unset (auto "
+                             f"chose {run.chosen_mode})"}.get(run.mode, f"nginx.mode={run.mode}")
     what = "haproxy" if run.mode == "haproxy" else "nginx"
     lines = [f"=== bluegreen {router}: {len(run.ops)} operations via `fab`",
              run.result.summary()]
@@ -614,7 +697,7 @@ def report(run: ModeRun) -> str:
     lines.append(f"  fab's drain reports: 'requests still in flight' (lua counter timeout) "
                  f"{a['fab_reported_requests_cut']}x, 'connections cut' "
                  f"{a['fab_reported_connections_cut']}x")
-    if run.mode == "lua" and a["fab_reported_connections_cut"]:
+    if run.chosen_mode == "lua" and a["fab_reported_connections_cut"]:
         # measured, not assumed: every request succeeded and the counter had reached 0
         lines.append("    (lua mode: those 'connections' are nginx's idle upstream keep-alive "
                      "connections to the drained slot, counted by the connection drain that "

@@ -22,7 +22,14 @@ from bluegreen.routers import lua_probe_script, parse_lua_probe
 from testkit.nginx import PrivateNginx
 from testkit.ports import free_port
 from testkit.project import Project, ssh_toml
-from testkit.shapes import Cert, drop_nginx_keys, make_cert, set_nginx_keys
+from testkit.shapes import (
+    Cert,
+    drop_nginx_keys,
+    include_tls_keys,
+    make_cert,
+    set_nginx_keys,
+    user_tls_server,
+)
 from testkit.sshd import TestSshd
 
 pytestmark = pytest.mark.integration
@@ -81,27 +88,6 @@ def test_no_mode_set_switches_without_reload_only_where_lua_is_loaded(
 # ---------------------------------------------------------------- include-only, over TLS
 
 
-def user_server(nginx: PrivateNginx, cert: Cert, port: int) -> str:
-    """The user's own server block: TLS, another location, and bluegreen's two includes."""
-    snippets = nginx.conf_dir / "demo"
-    return f"""
-server {{
-    listen 127.0.0.1:{port} ssl;
-    server_name {cert.name};
-    ssl_certificate {cert.cert};
-    ssl_certificate_key {cert.key};
-    include {snippets}.server;
-
-    location / {{
-        include {snippets}.location;
-    }}
-    location = /elsewhere {{
-        return 200 "the user's own location\\n";
-    }}
-}}
-"""
-
-
 @dataclass
 class TlsSite:
     proj: Project
@@ -134,13 +120,9 @@ def tls_site(request: pytest.FixtureRequest, tmp_path: Path, artifacts: dict[str
     site = TlsSite(proj, cert, port)
     # the user's server exists before bluegreen's snippets do: nginx only reads it at the
     # first switch, when bluegreen has written them
-    nginx.write_conf_d("site.conf", user_server(nginx, cert, port))
-    keys = {"integration": '"include"', "listen": f'"127.0.0.1:{port} ssl"',
-            "server_name": f'"{cert.name}"'}
-    if request.param == "ssh-reload":  # the loopback-only opt-out of certificate checks
-        keys["tls_verify"] = "false"
-    else:
-        keys["tls_ca_file"] = f'"{cert.cert}"'
+    nginx.write_conf_d("site.conf", user_tls_server(nginx.conf_dir / "demo", cert, port))
+    # ssh-reload: the loopback-only opt-out of certificate checks
+    keys = include_tls_keys(cert, port, verify=request.param != "ssh-reload")
     set_nginx_keys(proj.dir / "bluegreen.toml", **keys)
     try:
         yield site
