@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -266,10 +267,11 @@ class PrivateHaproxy:
         self.stop()
 
 
-def main_config(admin_socket: str) -> str:
+def main_config(admin_socket: str, extra_global: Sequence[str] = ()) -> str:
     """A traffic host's main haproxy.cfg for bluegreen's included files, as the README
     says to set it up: the admin socket at level admin in global, the reload tuning
-    (hard-stop-after, close-spread-time), and defaults the included files inherit."""
+    (hard-stop-after, close-spread-time), and defaults the included files inherit.
+    `extra_global`: more lines for global (bench/router_price.py: `nbthread 1`)."""
     if admin_socket.startswith("ipv4@"):
         socket_line = f"stats socket {admin_socket} level admin expose-fd listeners"
     else:
@@ -280,6 +282,7 @@ def main_config(admin_socket: str) -> str:
         "    stats timeout 10s",
         "    hard-stop-after 60s",
         "    close-spread-time 5s",
+        *(f"    {line}" for line in extra_global),
         "",
         "defaults",
         "    mode http",
