@@ -27,7 +27,8 @@ from bench.rig import verdict
 from testkit import REPO
 
 OUT = REPO / ".run" / "bench"
-BENCHMARKS = ("zero_downtime", "router_price", "revert", "startup", "switch", "deploy_overhead", "health",
+BENCHMARKS = ("zero_downtime", "router_price", "revert", "startup", "switch", "deploy_overhead",
+              "health",
               "upload", "history", "memory", "ssh_exec", "fleet")
 # what is not a speed measurement of the tool itself: not in the combined speed line
 NOT_SPEED = ("zero_downtime", "router_price", "revert")
