@@ -28,8 +28,7 @@ from testkit import REPO
 
 OUT = REPO / ".run" / "bench"
 BENCHMARKS = ("zero_downtime", "router_price", "revert", "startup", "switch", "deploy_overhead",
-              "health",
-              "upload", "history", "memory", "ssh_exec", "fleet")
+              "health", "upload", "history", "memory", "ssh_exec", "fleet")
 # what is not a speed measurement of the tool itself: not in the combined speed line
 NOT_SPEED = ("zero_downtime", "router_price", "revert")
 
