@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import weakref
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from bluegreen.config import Config, hosts_named_not_ip
@@ -20,6 +20,28 @@ from bluegreen.routers.base import Router
 # what nginx itself says: `-V` (compiled-in modules) and the load_module lines of `-T` (the
 # whole configuration as nginx reads it, includes such as modules-enabled/ followed)
 PROBE_SPLIT = "--- bluegreen: load_module lines of nginx -T ---"
+# include integration only: when -T fails, why (`nginx -t`'s [emerg] line) and the
+# load_module lines of the main config file and the files it includes
+FALLBACK_SPLIT = "--- bluegreen: nginx -T failed: its error, and the main config load_module ---"
+_MISSING_FILE = re.compile(r'open\(\) "([^"]+)" failed \(2: ')
+# the main config file from `nginx -t`'s last line, then the files its `include` lines
+# name (relative ones against its directory, as nginx reads them; globs expanded, so a
+# path with a space in it is not followed), and the load_module lines of all of them
+_MAIN_CONFIG_LOAD_MODULE = r"""
+t=$(NGINX -t 2>&1)
+printf '%s\n' "$t" | grep -F '[emerg]' | head -n 3
+main=$(printf '%s\n' "$t" | sed -n 's/^nginx: configuration file \(.*\) test failed$/\1/p')
+if [ -r "$main" ]; then
+  dir=$(dirname "$main")
+  incs=$(grep -E '^[[:space:]]*include[[:space:]]' "$main" | tr -d "\"'" |
+         sed -E 's/^[[:space:]]*include[[:space:]]+//; s/[[:space:]]*;.*$//')
+  for inc in $incs; do
+    case "$inc" in /*) ;; *) inc="$dir/$inc";; esac
+    for f in $inc; do [ -f "$f" ] && grep -hE '^[[:space:]]*load_module[[:space:]]' "$f"; done
+  done
+  grep -hE '^[[:space:]]*load_module[[:space:]]' "$main"
+fi
+"""
 _STATIC_LUA = re.compile(r"--add-module=\S*(?:lua-nginx-module|ngx_lua|http-lua)")
 _LOAD_LUA = re.compile(r"""^\s*load_module\s+["']?[^;"']*ngx_http_lua_module\.so["']?\s*;""")
 _PROBE_RC = re.compile(r"^--- rc (\d+)$", re.M)
@@ -36,25 +58,41 @@ class LuaProbe:
     why: str
 
 
-def lua_probe_script(nginx_command: str) -> str:
+def lua_probe_script(nginx_command: str, own_files: Sequence[str] = ()) -> str:
     """One round trip: `nginx -V`, then the `load_module` lines of `nginx -T` (only those
     cross the wire, however large the configuration) and -T's exit code.
 
     Commented-out lines do not count: the line must start with load_module. A -T that
     fails (a broken config, or sudo rules that allow only -t and -s reload) answers
-    "unknown", which auto mode treats as no lua.
+    "unknown", which auto mode treats as no lua. With `own_files` (the include
+    integration's snippets) a failed -T also sends `nginx -t`'s error and the main
+    config's load_module lines: before the first deploy the user's server block includes
+    snippets that do not exist yet, so -T cannot succeed then (parse_lua_probe).
     """
-    return (f"{nginx_command} -V 2>&1; echo '{PROBE_SPLIT}'; "
-            f"{nginx_command} -T 2>/dev/null | grep -E '^[[:space:]]*load_module[[:space:]]'; "
-            'echo "--- rc ${PIPESTATUS[0]}"')
+    script = (f"{nginx_command} -V 2>&1; echo '{PROBE_SPLIT}'; "
+              f"{nginx_command} -T 2>/dev/null | grep -E '^[[:space:]]*load_module[[:space:]]'; "
+              'rc=${PIPESTATUS[0]}; echo "--- rc $rc"')
+    if own_files:
+        script += (f"; if [ \"$rc\" != 0 ]; then echo '{FALLBACK_SPLIT}';"
+                   + _MAIN_CONFIG_LOAD_MODULE.replace("NGINX", nginx_command) + "fi")
+    return script
 
 
-def parse_lua_probe(output: str) -> LuaProbe:
-    version, _, config = output.partition(PROBE_SPLIT)
+def parse_lua_probe(output: str, own_files: Sequence[str] = ()) -> LuaProbe:
+    version, _, rest = output.partition(PROBE_SPLIT)
+    config, _, fallback = rest.partition(FALLBACK_SPLIT)
     if _STATIC_LUA.search(version):
         return LuaProbe(True, "the lua module is compiled into nginx")
     rc = _PROBE_RC.search(config)
     if not config or rc is None or rc.group(1) != "0":
+        # -T fails only because one of our own snippets is not written yet (the user's
+        # server includes it before the first deploy): the main config, which is where a
+        # load_module must be, says it all
+        missing = _MISSING_FILE.search(fallback)
+        if (missing and missing[1] in own_files
+                and any(_LOAD_LUA.match(line) for line in fallback.splitlines())):
+            return LuaProbe(True, f"nginx.conf loads ngx_http_lua_module (`nginx -T` fails "
+                                  f"until the first deploy writes {missing[1]})")
         return LuaProbe(False, "`nginx -T` failed, so its modules are unknown")
     if any(_LOAD_LUA.match(line) for line in config.splitlines()):
         return LuaProbe(True, "nginx loads ngx_http_lua_module")
@@ -70,13 +108,14 @@ def probe_lua(cfg: Config, host: Host) -> LuaProbe:
     known = _PROBED.get(host)
     if known is not None:
         return known
+    own = tuple(cfg.nginx_snippets.values())  # include integration: what we will write
     try:
-        result = host.run(lua_probe_script(cfg.nginx.command), mutates=False, check=False,
+        result = host.run(lua_probe_script(cfg.nginx.command, own), mutates=False, check=False,
                           timeout=cfg.nginx.verify_timeout + 30,
                           says="ask nginx whether the lua module is loaded")
     except BluegreenError as exc:  # unreachable: not cached, the run's next step says why
         return LuaProbe(False, f"nginx could not be asked ({exc.what.splitlines()[0]})")
-    _PROBED[host] = probe = parse_lua_probe(result.stdout)
+    _PROBED[host] = probe = parse_lua_probe(result.stdout, own)
     return probe
 
 

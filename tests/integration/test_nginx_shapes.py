@@ -18,6 +18,7 @@ from websockets.sync.client import connect
 
 from bluegreen import config
 from bluegreen.hosts import LocalHost
+from bluegreen.render import is_lua_config
 from bluegreen.routers import lua_probe_script, parse_lua_probe
 from testkit.nginx import PrivateNginx
 from testkit.ports import free_port
@@ -62,6 +63,38 @@ def test_probe_reads_the_real_nginx(request: pytest.FixtureRequest, lua: bool) -
     result = host.run(lua_probe_script(nginx.cmd_prefix), check=False)
     found = parse_lua_probe(result.stdout)
     assert found.lua is lua, (found, result.stdout[-500:])
+
+
+@pytest.mark.parametrize("shape", ["lua-loaded", "lua-modules-enabled", "plain"])
+def test_probe_before_the_first_include_deploy_reads_the_main_config(
+        request: pytest.FixtureRequest, tmp_path: Path, shape: str) -> None:
+    """The README's include-only setup: the user's server includes bluegreen's snippets
+    before the first deploy writes them, so `nginx -T` fails; the probe then reads the
+    main config (and, Debian's way, the modules-enabled/ files it includes)."""
+    lua = shape != "plain"
+    nginx = nginx_for(request, lua)
+    if shape == "lua-modules-enabled":
+        main = nginx.conf.read_text()
+        loads = [line for line in main.splitlines() if line.startswith("load_module")]
+        (nginx.prefix / "modules-enabled").mkdir()
+        (nginx.prefix / "modules-enabled" / "50-mod-http-lua.conf").write_text(
+            "\n".join(loads) + "\n")
+        nginx.conf.write_text("\n".join(
+            ["include modules-enabled/*.conf;",  # relative: to nginx.conf's directory
+             *(line for line in main.splitlines() if not line.startswith("load_module"))]))
+    snippets = nginx.conf_dir / "demo"
+    nginx.write_conf_d("site.conf", user_tls_server(snippets, make_cert(tmp_path / "tls"),
+                                                    free_port()))
+    own = (f"{snippets}.server", f"{snippets}.location")
+    cfg = config.from_dict({"app": "a", "start": "x {port}"})
+    host = LocalHost(config.HostSpec("local"), cfg)
+    result = host.run(lua_probe_script(nginx.cmd_prefix, own), check=False)
+    assert "--- rc 1" in result.stdout, result.stdout[-800:]  # -T did fail
+    found = parse_lua_probe(result.stdout, own)
+    assert found.lua is lua, (found, result.stdout[-800:])
+    if lua:
+        assert f"{snippets}.server" in found.why
+    assert parse_lua_probe(result.stdout).lua is False  # without our files: unknown, as before
 
 
 @pytest.mark.parametrize("lua", [True, False], ids=["lua-loaded", "plain"])
@@ -134,6 +167,9 @@ def test_include_only_behind_the_users_tls_server(tls_site: TlsSite) -> None:
     proj, nginx = tls_site.proj, tls_site.proj.nginx
     out = proj.deploy("v1").stdout
     assert "verify" in out and tls_site.version() == "v1"
+    # already the first deploy (whose snippets the user's server includes before they
+    # exist) renders what this nginx can run: no shape change, so no reload, at the second
+    assert is_lua_config((nginx.conf_dir / "demo.conf").read_text()) is nginx.lua
     proj.deploy("v2")
     r = tls_site.get()
     assert r.headers["X-App-Version"] == "v2" and r.headers["X-Bluegreen-Slot"] == "green"

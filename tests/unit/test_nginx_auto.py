@@ -12,6 +12,7 @@ from bluegreen.config import Config, HostSpec
 from bluegreen.errors import CommandFailed
 from bluegreen.hosts import Result
 from bluegreen.routers import (
+    FALLBACK_SPLIT,
     PROBE_SPLIT,
     lua_probe_script,
     parse_lua_probe,
@@ -96,6 +97,46 @@ def test_probe_script_is_one_command_that_only_ships_load_module_lines() -> None
     assert script.startswith("sudo nginx -V 2>&1; ")
     assert "sudo nginx -T 2>/dev/null | grep -E '^[[:space:]]*load_module[[:space:]]'" in script
     assert "${PIPESTATUS[0]}" in script and PROBE_SPLIT in script
+
+
+# ---------------------------------------------------------------- include integration:
+# the user's server includes snippets the first deploy has not written yet, so -T fails
+
+
+SNIPPETS = ("/etc/nginx/conf.d/shop.server", "/etc/nginx/conf.d/shop.location")
+
+
+def failed_t(missing: str, load_lines: str) -> str:
+    """A probe whose -T failed, with the fallback: -t's [emerg] line and the main config's
+    load_module lines (those of modules-enabled/*.conf included)."""
+    emerg = (f'nginx: [emerg] open() "{missing}" failed (2: No such file or directory) in '
+             "/etc/nginx/sites-enabled/shop:7\n")
+    return probe(DEBIAN_V, "", rc=1) + f"{FALLBACK_SPLIT}\n{emerg}{load_lines}"
+
+
+def test_first_deploy_of_the_include_integration_reads_the_main_config() -> None:
+    found = parse_lua_probe(failed_t(SNIPPETS[0], "load_module modules/ndk_http_module.so;\n"
+                                     "load_module modules/ngx_http_lua_module.so;\n"), SNIPPETS)
+    assert found.lua and SNIPPETS[0] in found.why and "first deploy" in found.why
+
+
+def test_main_config_without_lua_is_still_not_lua() -> None:
+    assert not parse_lua_probe(failed_t(SNIPPETS[0], ""), SNIPPETS).lua
+
+
+@pytest.mark.parametrize("missing", ["/etc/nginx/conf.d/other.server", "/etc/ssl/shop.pem"])
+def test_a_config_broken_by_anything_but_our_own_snippets_stays_unknown(missing: str) -> None:
+    found = parse_lua_probe(failed_t(missing, "load_module modules/ngx_http_lua_module.so;\n"),
+                            SNIPPETS)
+    assert not found.lua and "unknown" in found.why
+
+
+def test_without_snippets_a_failed_t_stays_unknown_and_nothing_more_is_asked() -> None:
+    output = failed_t(SNIPPETS[0], "load_module modules/ngx_http_lua_module.so;\n")
+    assert not parse_lua_probe(output).lua  # server integration: as before
+    assert FALLBACK_SPLIT not in lua_probe_script("sudo nginx")
+    script = lua_probe_script("sudo nginx", SNIPPETS)
+    assert FALLBACK_SPLIT in script and "sudo nginx -t 2>&1" in script
 
 
 # ---------------------------------------------------------------- choosing per host
