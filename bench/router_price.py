@@ -49,7 +49,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bench.wrk import Price, WrkOutputError, WrkRun, parse_wrk, price, rotated
+from bench.wrk import (
+    Price,
+    WrkOutputError,
+    WrkRun,
+    cpu_ticks,
+    cpu_us_per_request,
+    parse_wrk,
+    price,
+    rotated,
+)
 from testkit import REPO
 from testkit.haproxy import HaproxyProject, PrivateHaproxy, main_config
 from testkit.nginx import PrivateNginx, nginx_binary
@@ -139,6 +148,15 @@ class Target:
     router_pids: list[int]
 
 
+def ticks_of(pids: Sequence[int]) -> int:
+    """CPU clock ticks the processes have used so far (a process gone counts 0)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError):
+            total += cpu_ticks(Path(f"/proc/{pid}/stat").read_text())
+    return total
+
+
 def pin(pids: Sequence[int], cpu: int) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -202,13 +220,20 @@ class Routers:
         hap_pids = [p for p in (self.hap.master_pid,) if p] + (
             child_pids(self.hap.master_pid) if self.hap.master_pid else [])
         return {
-            "plain": Target("plain", plain.url(), plain.worker_pids()),
-            "lua": Target("lua", self.nginx["lua"].url(), self.nginx["lua"].worker_pids()),
+            "plain": Target("plain", plain.url(), self.workers(plain)),
+            "lua": Target("lua", self.nginx["lua"].url(), self.workers(self.nginx["lua"])),
             "reload": Target("reload", self.nginx["reload"].url(),
-                             self.nginx["reload"].worker_pids()),
+                             self.workers(self.nginx["reload"])),
             "haproxy": Target("haproxy", self.hap.url(), hap_pids),
-            "direct": Target("direct", f"http://127.0.0.1:{upstream}/", []),
+            # "router" here: the upstream itself, whose CPU per request is then its own
+            "direct": Target("direct", f"http://127.0.0.1:{upstream}/",
+                             slot_pids(self.projects["lua"])),
         }
+
+    @staticmethod
+    def workers(nginx: PrivateNginx) -> list[int]:
+        """The current workers: those of the first install's reload may still be leaving."""
+        return nginx.worker_pids(include_shutting_down=False)
 
     def upstream_pids(self) -> list[int]:
         return [p for proj in self.projects.values() for p in slot_pids(proj)]
@@ -240,39 +265,49 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     seconds = args.seconds if args.seconds else (2.0 if args.quick else 5.0)
     client_cpu = None if args.no_pin else CLIENT_CPU
     runs: dict[str, list[WrkRun]] = {name: [] for name in ("plain", *MODES, "direct")}
+    cpu: dict[str, list[float]] = {name: [] for name in runs}  # router CPU us per request
     pairs: dict[str, list[tuple[WrkRun, WrkRun]]] = {m: [] for m in MODES}
+    cpu_pairs: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
     loads: list[str] = [load_now()]
     with routers(work) as rig:
         targets = rig.start()
         if not args.no_pin:
-            for t in targets.values():
-                pin(t.router_pids, ROUTER_CPU)
+            for name in ("plain", *MODES):
+                pin(targets[name].router_pids, ROUTER_CPU)
             pin(rig.upstream_pids(), CLIENT_CPU)
         for t in targets.values():  # warm-up: connections open, caches warm, not counted
             run_wrk(t.url, 1, args.connections, client_cpu)
 
+        tick = os.sysconf("SC_CLK_TCK")
+
         def one(name: str, rnd: int) -> WrkRun:
+            before = ticks_of(targets[name].router_pids)
             got = run_wrk(targets[name].url, seconds, args.connections, client_cpu)
+            cpu[name].append(cpu_us_per_request(ticks_of(targets[name].router_pids) - before,
+                                                got.requests, tick))
             if not got.clean:
                 raise RuntimeError(f"wrk through {name} ({targets[name].url}) saw "
                                    f"{got.socket_errors} socket errors and {got.non_2xx} "
                                    "non-2xx answers: the router is broken, not slow")
             runs[name].append(got)
             print(f"  round {rnd + 1}/{rounds} {name:<8} {got.rps:9.0f} req/s  p50 "
-                  f"{got.p50_ms:6.3f} ms  p99 {got.p99_ms:6.3f} ms", flush=True)
+                  f"{got.p50_ms:6.3f} ms  p99 {got.p99_ms:6.3f} ms  router cpu "
+                  f"{cpu[name][-1]:5.1f} us/req", flush=True)
             return got
 
         for r in range(rounds):
             for mode in rotated(MODES, r):
                 base = one("plain", r)
                 pairs[mode].append((base, one(mode, r)))
+                cpu_pairs[mode].append((cpu["plain"][-1], cpu[mode][-1]))
             one("direct", r)
             loads.append(load_now())
-    prices = {m: price(m, pairs[m]) for m in MODES}
+    prices = {m: price(m, pairs[m], cpu_pairs[m]) for m in MODES}
     return {"rounds": rounds, "seconds": seconds, "connections": args.connections,
             "pinned": not args.no_pin, "loadavg": loads,
             "plain": {"rps": statistics.median(r.rps for r in runs["plain"]),
-                      "p99_ms": statistics.median(r.p99_ms for r in runs["plain"])},
+                      "p99_ms": statistics.median(r.p99_ms for r in runs["plain"]),
+                      "cpu_us": statistics.median(cpu["plain"])},
             "direct": {"rps": statistics.median(r.rps for r in runs["direct"]),
                        "p99_ms": statistics.median(r.p99_ms for r in runs["direct"])},
             "prices": prices,
@@ -286,12 +321,12 @@ def result_line(res: dict[str, Any]) -> str:
               + ("router on cpu1, wrk+upstream on cpu0" if res["pinned"] else "unpinned")
               ).format(**res)
     parts = [f"router_price: plain nginx {res['plain']['rps']:.0f} req/s p99 "
-             f"{res['plain']['p99_ms']:.2f}ms (upstream direct {res['direct']['rps']:.0f} "
-             "req/s);"]
+             f"{res['plain']['p99_ms']:.2f}ms cpu {res['plain']['cpu_us']:.0f}us/req (upstream "
+             f"direct {res['direct']['rps']:.0f} req/s);"]
     for m in MODES:
         p = prices[m]
         parts.append(f"{m} {p.rps:.0f} req/s x{p.rps_ratio:.3f} p99 {p.p99_ms:.2f}ms "
-                     f"x{p.p99_ratio:.3f};")
+                     f"x{p.p99_ratio:.3f} cpu {p.cpu_us:.0f}us/req x{p.cpu_ratio:.2f};")
     ok = all(prices[m].within(TOLERANCE) for m in GOAL_MODES)
     parts.append(f"goal lua,haproxy within {TOLERANCE:.0%}: {'MET' if ok else 'MISSED'}")
     parts.append(f"[{limits}; load {res['loadavg'][0]} .. {res['loadavg'][-1]}]")

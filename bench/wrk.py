@@ -78,6 +78,8 @@ class Price:
     rps_ratio: float  # median over rounds of mode.rps / plain.rps (1.0: no price)
     p99_ratio: float  # median over rounds of mode.p99 / plain.p99
     rounds: int
+    cpu_us: float = float("nan")  # the router's own CPU per request (median), microseconds
+    cpu_ratio: float = float("nan")  # median over rounds of mode.cpu / plain.cpu
 
     def within(self, tolerance: float) -> bool:
         """Throughput at most `tolerance` below plain nginx, p99 at most that much above."""
@@ -87,19 +89,38 @@ class Price:
         return {**asdict(self), "within_goal": self.within(tolerance)}
 
 
-def price(mode: str, pairs: Sequence[tuple[WrkRun, WrkRun]]) -> Price:
+def price(mode: str, pairs: Sequence[tuple[WrkRun, WrkRun]],
+          cpu_pairs: Sequence[tuple[float, float]] = ()) -> Price:
     """`pairs`: (plain, mode) runs taken back to back, one pair per round. Pairing each
     run with the baseline run just before it cancels the drift of a shared machine's load
-    (a noisy neighbour slows both runs of a pair alike)."""
+    (a noisy neighbour slows both runs of a pair alike). `cpu_pairs`: the routers' CPU
+    microseconds per request in the same runs."""
     if not pairs:
         raise ValueError(f"no runs of {mode} to price")
+    cpu: dict[str, float] = {}
+    if cpu_pairs:
+        cpu = {"cpu_us": statistics.median(m for _, m in cpu_pairs),
+               "cpu_ratio": statistics.median(m / b for b, m in cpu_pairs)}
     return Price(
         mode=mode,
         rps=statistics.median(m.rps for _, m in pairs),
         p99_ms=statistics.median(m.p99_ms for _, m in pairs),
         rps_ratio=statistics.median(m.rps / b.rps for b, m in pairs),
         p99_ratio=statistics.median(m.p99_ms / b.p99_ms for b, m in pairs),
-        rounds=len(pairs))
+        rounds=len(pairs), **cpu)
+
+
+def cpu_ticks(proc_stat: str) -> int:
+    """utime + stime of one process (all its threads) from /proc/PID/stat, in clock ticks.
+    The command name (field 2) may hold spaces and parentheses: count from the last ')'."""
+    fields = proc_stat[proc_stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])  # fields 14 and 15 of the whole line
+
+
+def cpu_us_per_request(ticks: int, requests: int, ticks_per_s: int = 100) -> float:
+    """A router's own CPU time per request, in microseconds: what it costs whatever the
+    machine's other load (which changes throughput and latency, but not this much)."""
+    return ticks / ticks_per_s * 1e6 / requests if requests else float("nan")
 
 
 def rotated(items: Sequence[str], round_index: int) -> list[str]:

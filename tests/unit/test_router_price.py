@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from bench.wrk import WrkOutputError, WrkRun, parse_wrk, price, rotated
+from bench.wrk import (
+    WrkOutputError,
+    WrkRun,
+    cpu_ticks,
+    cpu_us_per_request,
+    parse_wrk,
+    price,
+    rotated,
+)
 
 # wrk 4.1.0 (Debian 12) `wrk -t1 -c16 -d5s --latency`, as printed
 WRK_OK = """\
@@ -74,6 +82,9 @@ def test_price_is_the_median_of_ratios_paired_within_each_round() -> None:
     assert p.rps_ratio == pytest.approx(0.9) and p.p99_ratio == pytest.approx(1.1)
     assert p.rps == 14250 and p.p99_ms == 1.5 and p.rounds == 3
     assert not p.within(0.05) and p.within(0.10)
+    assert p.cpu_ratio != p.cpu_ratio  # nan: no CPU measured
+    with_cpu = price("lua", pairs, [(40.0, 60.0), (45.0, 54.0), (50.0, 70.0)])
+    assert with_cpu.cpu_us == 60.0 and with_cpu.cpu_ratio == pytest.approx(1.4)
 
 
 def test_within_needs_both_throughput_and_p99() -> None:
@@ -91,3 +102,12 @@ def test_rotated_moves_every_mode_through_every_position() -> None:
     assert rotated(modes, 1) == ["reload", "haproxy", "lua"]
     assert rotated(modes, 3) == rotated(modes, 0)
     assert rotated((), 2) == []
+
+
+def test_cpu_ticks_reads_utime_and_stime_past_a_name_with_spaces_and_parens() -> None:
+    # /proc/PID/stat of an nginx worker: field 2 is "(nginx: worker process)"; 14 utime 15 stime
+    stat = ("4242 (nginx: worker (x)) S 4241 4241 4241 0 -1 4194624 900 0 0 0 "
+            "1234 567 0 0 20 0 1 0 98765 11111111 2222 18446744073709551615")
+    assert cpu_ticks(stat) == 1234 + 567
+    assert cpu_us_per_request(150, 30000) == pytest.approx(50.0)  # 1.5 s of CPU / 30k
+    assert cpu_us_per_request(10, 0) != cpu_us_per_request(10, 0)  # nan, no ZeroDivision
