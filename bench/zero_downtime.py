@@ -11,13 +11,18 @@ switches, rollbacks (warm, and cold after a refused deploy) and a deploy of an u
 build that must be refused without touching traffic.
 
 The same run again with `traffic.router = "haproxy"` (a private haproxy 2.6 in front of
-the slots instead of nginx, switched through its admin socket). Then, in the same run, the
-same load against the classic shell-script pattern (bench/classic_bench.py, same number of
-operations), and our failures against its failures.
+the slots instead of nginx, switched through its admin socket), then two classes whose
+bluegreen.toml sets no `nginx.mode` at all, so `auto` decides (this nginx loads the lua
+module, so it must choose lua: printed, and a failure if not): `default`, and
+`include-tls`, the include-only integration inside a user's own TLS server block (a
+self-signed certificate made by openssl for the run) with the load client on https. Then,
+in the same run, the same load against the classic shell-script pattern
+(bench/classic_bench.py, same number of operations), and our failures against its failures.
 
 CLI::
 
-    .venv/bin/python -m bench.zero_downtime                 # lua + reload + haproxy + classic
+    .venv/bin/python -m bench.zero_downtime        # lua reload haproxy default include-tls classic
+    .venv/bin/python -m bench.zero_downtime --mode include-tls --no-classic
     .venv/bin/python -m bench.zero_downtime --mode lua --ops 20 --json out.json
     .venv/bin/python -m bench.zero_downtime --mode haproxy --no-classic
     .venv/bin/python -m bench.zero_downtime --quick         # 8 ops, short (CI)
@@ -27,11 +32,13 @@ The last line is the result line::
     zero_downtime: ops=24 requests=N failed=0 (classic: failed=M of K) ratio=R
         p99_switch=..ms p99_steady=..ms
 
-ratio = our failure rate / classic's failure rate (0 is the goal). One such line per mode,
-side by side (`zero_downtime[reload]:`, `zero_downtime[haproxy]:`, then lua's as the last
-line). Exit status: 1 if the lua or the haproxy run had any failed request or any operation
-whose result was not the expected one (reload mode is reported, never fails the run: it is
-known to drop a few keep-alive requests per reload on nginx < 1.27.4), 2 on a setup error.
+ratio = our failure rate / classic's failure rate (0 is the goal). One such line per class,
+side by side (`zero_downtime[reload]:`, `zero_downtime[haproxy]:`, `zero_downtime[default]:
+... auto_chose=lua`, `zero_downtime[include-tls]:`, then lua's as the last line), each with
+its failures per load class. Exit status: 1 if any class but explicit reload had a failed
+request or an operation whose result was not the expected one, or auto chose anything but
+lua (reload mode is reported, never fails the run: it is known to drop a few keep-alive
+requests per reload on nginx < 1.27.4), 2 on a setup error.
 """
 
 from __future__ import annotations
