@@ -238,7 +238,9 @@ class SystemdHost:
             self.leader = self._wait_leader(began + timeout)
             state = self._wait_booted(began + timeout)
             if state not in ("running", "degraded"):
-                raise RuntimeError(f"the container's systemd says {state!r}")
+                failed = self.systemctl("--failed").stdout
+                raise RuntimeError(f"the container's systemd says {state!r}:\n{failed}\n"
+                                   f"{log_tail(self.log)}")
             self._prepare()
             self._wait_sshd(began + timeout)
         except BaseException:
@@ -268,9 +270,17 @@ class SystemdHost:
         raise RuntimeError(f"no systemd came up in the container:\n{log_tail(self.log)}")
 
     def _wait_booted(self, deadline: float) -> str:
-        left = max(1.0, deadline - time.monotonic())
-        out = self.sh("systemctl is-system-running --wait", check=False, timeout=left)
-        return out.stdout.strip()
+        """The boot's end as the container's systemd reports it. Right after nspawn execs
+        it, systemctl cannot reach it yet and says "offline" at once, even with --wait."""
+        state = "offline"
+        while time.monotonic() < deadline:
+            left = max(1.0, deadline - time.monotonic())
+            state = self.sh("systemctl is-system-running --wait", check=False,
+                            timeout=left).stdout.strip()
+            if state not in ("offline", "", "initializing", "starting"):
+                return state
+            time.sleep(0.1)
+        return state
 
     def _prepare(self) -> None:
         """The README's once-per-host root steps for a non-root systemd deploy."""

@@ -116,6 +116,12 @@ def test_deploy_switch_rollback_through_real_systemctl(sd_project: Project,
     assert p.front_version() == "v2"
     assert_serving(h, GREEN, p.green, "v2")
     assert assert_serving(h, BLUE, p.blue, "v1") == blue_pid
+    # every systemctl that changed something ran as deploy through sudo (sudo's own log)
+    sudo_log = h.sh("journalctl --no-pager -o cat _COMM=sudo").stdout
+    for command in ("systemctl daemon-reload", f"systemctl restart {BLUE}",
+                    f"systemctl restart {GREEN}", f"systemctl stop {GREEN}"):
+        assert f"{DEPLOY_USER} : " in sudo_log and f"COMMAND=/usr/bin/{command}" in sudo_log, \
+            (command, sudo_log)
 
 
 def test_failed_health_check_stops_the_unit_and_keeps_traffic(
@@ -130,6 +136,8 @@ def test_failed_health_check_stops_the_unit_and_keeps_traffic(
     assert "phase=health" in err and "did not become healthy" in err, err
     assert "host=sd1" in err, err
     assert "traffic was NOT switched: it stays on blue" in err, err
+    # the app's own output, which the unit appends to the slot's log (StandardOutput=)
+    assert "last log lines of green on sd1" in err and "v4-unhealthy listening" in err, err
     assert "Traceback" not in proc.stdout + err
     assert p.front_version() == "v1"
     # the failed release's unit was stopped through `sudo -n systemctl stop`
