@@ -287,6 +287,8 @@ class SystemdHost:
         sudoers = sudoers_text(self.app)
         self.sh("\n".join([
             "set -e",
+            # as on any Debian host: else sudo warns "unable to resolve host" on every call
+            'grep -qw "$(hostname)" /etc/hosts || echo "127.0.1.1 $(hostname)" >> /etc/hosts',
             f"install -d -o {DEPLOY_USER} -m 0755 {APP_ROOT} {UNIT_DIR}",
             f"ln -sfn {UNIT_DIR}/{self.app}@.service /etc/systemd/system/",
             f"printf %s {shlex.quote(sudoers)} > /etc/sudoers.d/bluegreen.tmp",

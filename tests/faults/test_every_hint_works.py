@@ -119,7 +119,10 @@ HINTS: tuple[Hint, ...] = (
     Hint("errors.py", "again with a valid value", "the flag again, valid",
          "test_bad_since_pass_it_again"),
     Hint("process.py", "journalctl -u", "journalctl -u UNIT",
-         "unreachable: the systemd backend needs systemd, which the test machine lacks"),
+         "untested: a `systemctl restart` that fails for another reason than a missing unit"),
+    Hint("process.py", "link it once: ln -s ", "ln -s UNIT /etc/systemd/system/",
+         "elsewhere: tests/integration/test_systemd_backend.py "
+         "test_forgotten_unit_link_names_the_link_and_the_printed_command_fixes_it"),
     Hint("phases.py", "fix the build and `fab deploy` again", "fab deploy --force / a fixed build",
          "elsewhere: tests/unit/flows/test_flows.py "
          "test_a_build_whose_pages_fail_is_reverted_by_the_watch_and_marked_bad (fake hosts)"),

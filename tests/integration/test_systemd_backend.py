@@ -152,21 +152,58 @@ def test_failed_health_check_stops_the_unit_and_keeps_traffic(
     assert_serving(h, GREEN, p.green, "v2")
 
 
-def test_missing_sudo_rule_stops_the_deploy_before_anything_changes(
+def test_missing_sudo_rule_named_and_the_printed_line_fixes_it(
         sd_project: Project, systemd_host: SystemdHost) -> None:
-    """The README's sudoers line minus one rule: the connect phase names the missing rule
-    and the line to add, and no unit is started."""
+    """The README's sudoers line minus two rules: the connect phase names what is missing
+    before anything changes, and the sudoers line it prints, installed as printed, is
+    enough for the next deploy."""
     p, h = sd_project, systemd_host
     rules = "/usr/bin/systemctl daemon-reload, /usr/bin/systemctl restart demo@blue.service"
-    h.sh(f"cp /etc/sudoers.d/bluegreen /root/sudoers.saved && "
+    h.sh("cp /etc/sudoers.d/bluegreen /root/sudoers.saved && "
          f"printf '%s\\n' {shlex.quote(f'{DEPLOY_USER} ALL=(root) NOPASSWD: {rules}')} "
          "> /etc/sudoers.d/bluegreen")
     try:
         proc = p.deploy("v1", check=False)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        err = proc.stderr
+        assert "phase=connect" in err and "nothing was changed" in err, err
+        assert "`/usr/bin/systemctl stop demo@blue.service`" in err, err
+        assert h.is_active(BLUE) == "inactive" and h.is_active(GREEN) == "inactive"
+        marker = "(visudo -f /etc/sudoers.d/bluegreen): "
+        printed = err[err.index(marker) + len(marker):].splitlines()[0].strip()
+        assert printed.startswith(f"{DEPLOY_USER} ALL=(root) NOPASSWD: "), printed
+        h.sh(f"printf '%s\\n' {shlex.quote(printed)} > /etc/sudoers.d/bluegreen.new && "
+             "visudo -cf /etc/sudoers.d/bluegreen.new && chmod 0440 /etc/sudoers.d/bluegreen.new"
+             " && mv /etc/sudoers.d/bluegreen.new /etc/sudoers.d/bluegreen")
+        p.deploy("v1")
     finally:
         h.sh("cp /root/sudoers.saved /etc/sudoers.d/bluegreen")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    err = proc.stderr
-    assert "phase=connect" in err and "nothing was changed" in err, err
-    assert "systemctl stop demo@blue.service" in err, err
-    assert h.is_active(BLUE) == "inactive" and h.is_active(GREEN) == "inactive"
+    assert p.front_version() == "v1"
+    assert_serving(h, BLUE, p.blue, "v1")
+
+
+def test_forgotten_unit_link_names_the_link_and_the_printed_command_fixes_it(
+        sd_project: Project, systemd_host: SystemdHost) -> None:
+    """The README's one-time `ln -s` into /etc/systemd/system left out: systemd cannot find
+    the unit deploy wrote; the start phase says so and prints the link to make, which,
+    run as printed, is all the next deploy needs."""
+    p, h = sd_project, systemd_host
+    link = f"/etc/systemd/system/{APP}@.service"
+    h.sh(f"rm {link} && systemctl daemon-reload")
+    try:
+        proc = p.deploy("v1", check=False)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        err = proc.stderr
+        assert "phase=start" in err and "host=sd1" in err, err
+        assert f"Unit {BLUE} not found" in err, err
+        assert "unable to resolve host" not in err, err
+        assert "journalctl" not in err, err  # it would show nothing about a missing unit
+        start = err.index("ln -s ")
+        printed = err[start:err.index(" (or set", start)]
+        assert printed == f"ln -s {UNIT_DIR}/{APP}@.service /etc/systemd/system/", printed
+        h.sh(printed)
+        p.deploy("v1")
+    finally:
+        h.sh(f"ln -sfn {UNIT_DIR}/{APP}@.service {link}")
+    assert p.front_version() == "v1"
+    assert_serving(h, BLUE, p.blue, "v1")
