@@ -11,6 +11,7 @@ from bluegreen.automation.settings import load_settings
 from bluegreen.errors import ConfigError
 from tests.unit.automation.rules import MAIN_RULE
 
+
 def load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
     path = tmp_path / "automation.toml"
     path.write_text(text + MAIN_RULE)
