@@ -216,7 +216,8 @@ class SystemdHost:
             f"Port {self.port}", "ListenAddress 127.0.0.1",
             f"HostKey {CONF_IN_CONTAINER}/ssh_host_ed25519_key",
             f"AuthorizedKeysFile {CONF_IN_CONTAINER}/authorized_keys",
-            f"AllowUsers {DEPLOY_USER}", "PermitRootLogin no", "UsePAM no",
+            # root too: the systemd backend's other documented setup (root, no sudo)
+            f"AllowUsers {DEPLOY_USER} root", "PermitRootLogin prohibit-password", "UsePAM no",
             "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PidFile none", "Subsystem sftp internal-sftp", "LogLevel INFO", ""]))
         key_type, key_b64 = (self.etc / "ssh_host_ed25519_key.pub").read_text().split()[:2]

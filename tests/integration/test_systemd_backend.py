@@ -5,7 +5,8 @@ systemd is its PID 1, `deploy` logs in over real SSH (a pinned host key) and run
 `sudo -n systemctl ...` under exactly the README's sudoers line. The traffic host is this
 machine's private nginx (`local`), which reaches the container's slots on loopback: the
 container shares the host's network. What runs is asserted through the container's own
-`systemctl is-active` / `show`, never through bluegreen's own view of it.
+`systemctl is-active` / `show`, never through bluegreen's own view of it. One test takes
+the other documented way in: root over SSH, units in /etc/systemd/system, no sudo.
 
 Skips, with the exact reason, where the container cannot run (not root, no
 systemd-nspawn/debootstrap). The first run builds the cached root filesystem
@@ -50,23 +51,31 @@ def systemd_host() -> Iterator[SystemdHost]:
         host.stop()
 
 
-@pytest.fixture
-def sd_project(tmp_path: Path, private_nginx: PrivateNginx, artifacts: dict[str, Path],
-               systemd_host: SystemdHost) -> Iterator[Project]:
-    h = systemd_host
-    # every test starts from a host with nothing deployed (the container outlives a test)
+def systemd_project(where: Path, nginx: PrivateNginx, artifacts: dict[str, Path],
+                    h: SystemdHost, *, as_root: bool = False) -> Project:
+    """A project whose one app host is the container: as `deploy` with the README's
+    non-root setup, or as root with the defaults (units in /etc/systemd/system, no sudo).
+    The container outlives a test: each starts from a host with nothing deployed and the
+    README's link in place."""
+    link = f"/etc/systemd/system/{APP}@.service"
     h.sh(f"systemctl stop {BLUE} {GREEN}; systemctl reset-failed {BLUE} {GREEN} 2>/dev/null; "
-         f"rm -rf {shlex.quote(APP_ROOT + '/' + APP)} {shlex.quote(UNIT_DIR)}/*; true")
+         f"rm -rf {shlex.quote(APP_ROOT + '/' + APP)} {shlex.quote(UNIT_DIR)}/*; "
+         f"ln -sfn {UNIT_DIR}/{APP}@.service {link} && systemctl daemon-reload")
     hosts = (f'app = [{{address = "127.0.0.1", port = {h.port}, name = "sd1", '
              f'root = "{APP_ROOT}"}}]\ntraffic = ["local"]')
-    ssh = (f'[ssh]\nuser = "{DEPLOY_USER}"\nkey_file = "{h.user_key}"\n'
-           f'known_hosts = "{h.known_hosts}"\n')
-    process = ('[process]\nbackend = "systemd"\n'
-               f'systemd_unit_dir = "{UNIT_DIR}"\nstop_timeout = 5\n\n'
-               '[sudo]\napp = ["systemctl"]\n')
-    proj = Project(tmp_path / "app", private_nginx, artifacts, hosts, ssh_toml=ssh,
-                   extra_toml=process, app=APP).write()
-    yield proj
+    ssh = (f'[ssh]\nuser = "{"root" if as_root else DEPLOY_USER}"\n'
+           f'key_file = "{h.user_key}"\nknown_hosts = "{h.known_hosts}"\n')
+    process = '[process]\nbackend = "systemd"\nstop_timeout = 5\n'
+    if not as_root:
+        process += f'systemd_unit_dir = "{UNIT_DIR}"\n\n[sudo]\napp = ["systemctl"]\n'
+    return Project(where, nginx, artifacts, hosts, ssh_toml=ssh, extra_toml=process,
+                   app=APP).write()
+
+
+@pytest.fixture
+def sd_project(tmp_path: Path, private_nginx: PrivateNginx, artifacts: dict[str, Path],
+               systemd_host: SystemdHost) -> Project:
+    return systemd_project(tmp_path / "app", private_nginx, artifacts, systemd_host)
 
 
 def assert_serving(h: SystemdHost, unit: str, port: int, version: str) -> int:
@@ -207,3 +216,27 @@ def test_forgotten_unit_link_names_the_link_and_the_printed_command_fixes_it(
         h.sh(f"ln -sfn {UNIT_DIR}/{APP}@.service {link}")
     assert p.front_version() == "v1"
     assert_serving(h, BLUE, p.blue, "v1")
+
+
+def test_as_root_with_the_default_unit_dir(tmp_path: Path, private_nginx: PrivateNginx,
+                                           artifacts: dict[str, Path],
+                                           systemd_host: SystemdHost) -> None:
+    """The other documented way: root over SSH, the unit rendered straight into
+    /etc/systemd/system (process.systemd_unit_dir's default), systemctl without sudo."""
+    h = systemd_host
+    p = systemd_project(tmp_path / "app", private_nginx, artifacts, h, as_root=True)
+    try:
+        p.deploy("v1")
+        p.deploy("v2")
+        assert p.front_version() == "v2"
+        # bluegreen's own file now, not the non-root setup's link (written over it)
+        assert h.sh(f"stat -c %F /etc/systemd/system/{APP}@.service").stdout.strip() \
+            == "regular file"
+        blue_pid = assert_serving(h, BLUE, p.blue, "v1")
+        assert_serving(h, GREEN, p.green, "v2")
+        out = p.fab("rollback").stdout
+        assert "rolled back demo to v1" in out, out
+        assert p.front_version() == "v1"
+        assert assert_serving(h, BLUE, p.blue, "v1") == blue_pid
+    finally:  # the next test's setup puts the link back
+        h.sh(f"systemctl stop {BLUE} {GREEN}; rm -f /etc/systemd/system/{APP}@.service")
