@@ -42,7 +42,7 @@ faults: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m faults tests/faults
 
 ## build the cached Debian 12 root filesystem the systemd backend's tests boot (about
-## 1.5 min, once; `make test` builds it on first use otherwise) and boot it once
+## 1-2.5 min, once; `make test` builds it on first use otherwise) and boot it once
 systemd-host: setup
 	$(PY) -m testkit.systemd_host
 

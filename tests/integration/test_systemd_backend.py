@@ -10,7 +10,8 @@ the other documented way in: root over SSH, units in /etc/systemd/system, no sud
 
 Skips, with the exact reason, where the container cannot run (not root, no
 systemd-nspawn/debootstrap). The first run builds the cached root filesystem
-(debootstrap, about a minute and a half here); later runs boot it in a few seconds.
+(debootstrap: 62 s on an idle machine here, 149 s with the load of a full run); later
+runs boot it in 1-2 s.
 """
 
 from __future__ import annotations
