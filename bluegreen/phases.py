@@ -162,7 +162,9 @@ def abandon_new_release(run: Run, exc: BluegreenError) -> None:
         run.slots.stop_quietly(slot)
     state.slots[slot].status = "failed"
     run.ledger.save_state(state, failing=True)
-    exc.hint = f"traffic was NOT switched: it stays on {state.live or 'nothing'}. " + exc.hint
+    where = (f"it stays on {state.live}" if state.live
+             else "nothing was live before, and nothing is now")
+    exc.hint = f"traffic was NOT switched: {where}. " + exc.hint
 
 
 def mark_vetoed(run: Run, exc: BluegreenError) -> None:
@@ -304,9 +306,9 @@ def keep_new_release_idle(run: Run, exc: BluegreenError) -> None:
     state = run.live
     state.slots[run.target].status = "running"
     run.ledger.save_state(state, failing=True)
-    exc.hint = (f"{exc.hint}. Traffic stays on {state.live or 'nothing'}; the new "
-                f"release keeps running idle in {run.target}: fix, then `fab switch` "
-                "or `fab deploy` again")
+    where = f"Traffic stays on {state.live}" if state.live else "Nothing is live yet"
+    exc.hint = (f"{exc.hint}. {where}; the new release keeps running idle in "
+                f"{run.target}: fix, then `fab switch` or `fab deploy` again")
 
 
 def record_live(run: Run) -> None:
