@@ -146,8 +146,8 @@ HINTS: tuple[Hint, ...] = (
          "untested: status of a partial rollout, then its resume"),
     Hint("preflight.py", "; then re-run", "add the sudo rule; re-run",
          "untested: re-run after adding the missing sudo rule"),
-    Hint("preflight.py", "re-run when they answer", "re-run",
-         "untested: re-run after the unreachable hosts answer"),
+    Hint("preflight.py", "; then re-run when they answer", "re-run",
+         "test_a_host_that_cannot_be_reached_re_run_when_it_answers"),
     Hint("release.py", "apt-get install unzip", "install unzip; re-run",
          "untested: re-run after installing unzip on the app hosts"),
     Hint("release.py", "keep_releases bounds how many stay", "free space; re-run",
@@ -825,6 +825,218 @@ def test_bad_since_pass_it_again(cell: Cell, rig: Rig) -> None:
     shown = rig.fab("history", "--since", "1h")
     ok(shown, "fab history --since 1h")
     assert "deploy" in shown.stdout
+
+
+# ------------------------------------------------------------------------------ connect, disk
+
+
+@pytest.mark.parametrize("cell", cells("unreachable", ("reload", "ssh")))
+def test_a_host_that_cannot_be_reached_re_run_when_it_answers(cell: Cell, rig: Rig) -> None:
+    assert rig.sshd is not None
+    ok(rig.deploy("v1"))
+    rig.sshd.stop()  # the host is down (its sshd gone): nothing answers on its port
+    try:
+        text = refused(rig.deploy("v2"), "1 of 1 host(s) cannot be reached; nothing was "
+                       "changed anywhere", "; then re-run when they answer")
+    finally:
+        rig.sshd.start()
+    assert "phase=connect" in text, text
+    ok(rig.deploy("v2"), "the re-run")
+    check_status_is_true(rig, expect_version="v2")
+
+
+def _ballast(rig: Rig) -> Path:
+    from bluegreen.failpoints import BALLAST
+    return rig.project.srv / BALLAST
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("hint", "disk-check", "reload", "local",
+                                                    tmpfs=True), id="reload-local-tmpfs",
+                                               marks=FULL)])
+def test_the_disk_check_refuses_free_space_then_re_run(cell: Cell, rig: Rig) -> None:
+    ok(rig.deploy("v1"))
+    # the disk fills after the lock is taken (state and lock still written), before the
+    # upload: the check before any upload measures it and refuses
+    ran = rig.deploy("v2", env=failpoint_env("before:upload", f"fill:{rig.project.srv}"))
+    text = refused(ran, "not enough disk space on local", "keep_releases bounds how many stay",
+                   "then re-run")
+    assert "phase=upload" in text, text
+    releases = run_printed(rig, text)  # `fab releases`: where the older releases are
+    ok(releases, "fab releases")
+    assert "v1" in releases.stdout, releases.stdout  # type: ignore[attr-defined]
+    check_status_is_true(rig, expect_version="v1")  # on the full disk: the truth, exit 0
+    _ballast(rig).unlink()  # the space is freed (what filled it is gone)
+    ok(rig.deploy("v2"), "the re-run")
+    converged(rig, "v2")
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("hint", "unpack-enospc", "reload", host,
+                                                    tmpfs=True), id=f"reload-{host}-tmpfs",
+                                               marks=FULL) for host in ("local", "ssh")])
+def test_a_disk_filled_during_the_unpack_free_space_then_re_run(cell: Cell, rig: Rig) -> None:
+    ok(rig.deploy("v1"))
+    ran = rig.deploy("v2", env=failpoint_env("upload.mid", f"fill:{rig.project.srv}"))
+    text = refused(ran, "disk full on", "cannot unpack", "`fab releases`), then re-run")
+    ok(run_printed(rig, text), "fab releases")
+    check_status_is_true(rig, expect_version="v1")
+    _ballast(rig).unlink()
+    ok(rig.deploy("v2"), "the re-run")
+    converged(rig, "v2")
+
+
+# ------------------------------------------------------------------------------ nginx, shared
+
+
+@pytest.mark.parametrize("cell", cells("other-app-broken", ("reload", "local"), ("lua", "ssh")))
+def test_another_apps_broken_file_fixed_then_re_run(cell: Cell, rig: Rig) -> None:
+    ok(rig.deploy("v1"))
+    other = rig.nginx.conf_dir / "shop.conf"  # another app's file on the same nginx
+    other.write_text("# shop, half-written by an interrupted switch\nupstream shop {\n")
+    refused(rig.deploy("v2"), f"because of {other}, which is not this app's file",
+              "its next `fab` command recovers it), then re-run")
+    check_status_is_true(rig, expect_version="v1")
+    other.write_text("# shop, recovered\n")  # its owner's next command (here: by hand)
+    ok(rig.deploy("v2"), "the re-run")
+    converged(rig, "v2")
+
+
+def _older_file(rig: Rig) -> None:
+    """The live file as a bluegreen from before maintenance mode rendered it: the same
+    routing, without the include of the maintenance page."""
+    target = rig.nginx.conf_dir / "demo.conf"
+    kept = [line for line in target.read_text().splitlines(keepends=True)
+            if "maintenance" not in line]
+    target.write_text("".join(kept))
+    rig.nginx.reload()
+
+
+@pytest.mark.parametrize("cell", cells("maintenance-older-file"))
+def test_maintenance_on_an_older_rendered_file_fab_switch_to_the_live_slot(cell: Cell,
+                                                                           rig: Rig) -> None:
+    ok(rig.deploy("v1"))
+    ok(rig.deploy("v2"))  # green live
+    _older_file(rig)
+    check_status_is_true(rig, expect_version="v2")  # the routing is the same: consistent
+    text = refused(rig.fab("maintenance", "on", "--message", "back soon"),
+                   "does not include the maintenance page yet",
+                   "`fab switch --to <the live slot>` once")
+    live = front_door(rig).slot
+    ok(rig.fab("switch", "--to", live), f"fab switch --to {live}")
+    check_status_is_true(rig, expect_version="v2")
+    ok(rig.fab("maintenance", "on", "--message", "back soon"), "fab maintenance on (again)")
+    door = requests.get(rig.nginx.url("/"), timeout=5)
+    assert door.status_code == 503 and "back soon" in door.text, (door.status_code, door.text)
+    ok(rig.fab("maintenance", "off"), "fab maintenance off")
+    converged(rig, "v2")
+    assert text
+
+
+@pytest.mark.parametrize("cell", cells("maintenance-lost", ("lua", "local")))
+def test_maintenance_lost_by_an_nginx_restart_fab_maintenance_on_again(cell: Cell,
+                                                                       rig: Rig) -> None:
+    ok(rig.deploy("v1"))
+    ok(rig.fab("maintenance", "on", "--message", "back at 14:00"), "fab maintenance on")
+    assert requests.get(rig.nginx.url("/"), timeout=5).status_code == 503
+    rig.nginx.stop()  # a restart, not a reload: the shared dict is gone
+    rig.nginx.start()
+    assert requests.get(rig.nginx.url("/"), timeout=5).status_code == 200  # the page is lost
+    shown = rig.fab("status")
+    no_traceback(shown)
+    assert "MAINTENANCE PAGE IS OFF here, unlike state (nginx restarted?): run " \
+        "`fab maintenance on` again" in shown.stdout, shown.stdout
+    cmd = command_in(shown.stdout[shown.stdout.index("MAINTENANCE PAGE IS OFF"):])[0]
+    assert cmd == ["fab", "maintenance", "on"], cmd
+    ok(rig.fab(*cmd[1:]), "fab maintenance on (as printed)")
+    door = requests.get(rig.nginx.url("/"), timeout=5)
+    assert door.status_code == 503 and "back at 14:00" in door.text, (door.status_code,
+                                                                       door.text)
+    shown = rig.fab("status")
+    assert shown.returncode == 0 and "unlike state" not in shown.stdout, shown.stdout
+    ok(rig.fab("maintenance", "off"), "fab maintenance off")
+    converged(rig, "v1")
+
+
+# ------------------------------------------------------------------------------ the watch
+
+
+def _watch_on(rig: Rig, seconds: float = 2) -> None:
+    toml = rig.project.dir / "bluegreen.toml"
+    toml.write_text(toml.read_text().replace("[watch]\nseconds = 0",
+                                             f"[watch]\nseconds = {seconds}\ninterval = 0.1"))
+
+
+def _crash_in_the_watch(rig: Rig, version: str, tmp_path: Path, slot: str,
+                        extra: tuple[str, ...] = (), point: str = "before:watch") -> str:
+    """Deploy `version`, held where the watch begins; its slot crashes there (our own test
+    app, killed by its pid); returns what the run printed."""
+    hold = tmp_path / f"hold-{version}"
+    with held_at(rig, version, point, hold, extra=extra) as proc:
+        pid = _slot_pid(rig, slot)
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        hold.unlink()
+        proc.wait(timeout=120)
+    out = proc.output  # type: ignore[attr-defined]
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    return str(out)
+
+
+@pytest.mark.parametrize("cell", cells("watch-first-deploy"))
+def test_a_watch_breach_on_the_first_deploy_fix_the_build_and_deploy_again(
+        cell: Cell, rig: Rig, tmp_path: Path) -> None:
+    _watch_on(rig)
+    out = _crash_in_the_watch(rig, "v1", tmp_path, "blue")
+    assert "auto-reverted: slot blue exited" in out, out
+    assert "there is no warm slot to go back to (this was the first deploy)" in out, out
+    assert "fix the build and `fab deploy` again" in out, out
+    ok(rig.deploy("v2"), "fab deploy (the fixed build)")
+    converged(rig, "v2")
+
+
+@pytest.mark.parametrize("cell", cells("rollback-to-bad"))
+@pytest.mark.parametrize("way_out", ["good-build", "force"])
+def test_rollback_refused_its_target_was_auto_reverted_fab_deploy(
+        cell: Cell, rig: Rig, tmp_path: Path, way_out: str) -> None:
+    _watch_on(rig)
+    ok(rig.deploy("v1"))
+    out = _crash_in_the_watch(rig, "v2", tmp_path, "green")
+    assert "reverted to blue" in out and "v2 is marked bad" in out, out
+    ok(rig.deploy("v2", "--force"), "fab deploy --force (the same build, this time fine)")
+    ok(rig.deploy("v3"))  # v2, once auto-reverted, is now the previous release
+    refused(rig.fab("rollback"), "the previous release v2 was auto-reverted",
+            "rollback never goes back to a bad release; `fab deploy` a good build, "
+            "or `fab deploy --force` that artifact if you must")
+    check_status_is_true(rig, expect_version="v3")
+    if way_out == "good-build":
+        ok(rig.deploy("v1"), "fab deploy (a good build)")
+        converged(rig, "v1")
+    else:
+        ok(rig.deploy("v2", "--force"), "fab deploy --force (that artifact)")
+        converged(rig, "v2")
+
+
+@pytest.mark.parametrize("cell", cells("canary-revert-failed", ("lua", "ssh")))
+def test_a_canary_whose_revert_failed_fab_switch_abort(cell: Cell, rig: Rig,
+                                                       tmp_path: Path) -> None:
+    assert rig.sshd is not None
+    ok(rig.deploy("v1"))
+    hold = tmp_path / "hold"
+    with held_at(rig, "v2", "before:watch", hold,
+                 extra=("--canary", "50,100", "--step", "2")) as proc:
+        rig.sshd.stop()  # the host goes down while the canary is watched
+        hold.unlink()
+        proc.wait(timeout=120)
+    out = proc.output  # type: ignore[attr-defined]
+    rig.sshd.start()
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert "the revert to 0% FAILED too" in out, out
+    assert "the canary may still get users: run `fab switch --abort` now" in out, out
+    cmd = command_in(out[out.index("the canary may still get users"):])[0]
+    assert cmd == ["fab", "switch", "--abort"], cmd
+    ok(rig.fab(*cmd[1:]), "fab switch --abort")
+    converged(rig, "v1")
 
 
 # ------------------------------------------------------------------------------ helpers
