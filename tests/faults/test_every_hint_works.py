@@ -970,7 +970,7 @@ def _crash_in_the_watch(rig: Rig, version: str, tmp_path: Path, slot: str,
     """Deploy `version`, held where the watch begins; its slot crashes there (our own test
     app, killed by its pid); returns what the run printed."""
     hold = tmp_path / f"hold-{version}"
-    with held_at(rig, version, point, hold, extra=extra) as proc:
+    with held_at(rig, version, point, hold, args=extra) as proc:
         pid = _slot_pid(rig, slot)
         os.killpg(pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
@@ -1024,7 +1024,7 @@ def test_a_canary_whose_revert_failed_fab_switch_abort(cell: Cell, rig: Rig,
     ok(rig.deploy("v1"))
     hold = tmp_path / "hold"
     with held_at(rig, "v2", "before:watch", hold,
-                 extra=("--canary", "50,100", "--step", "2")) as proc:
+                 args=("--canary", "50,100", "--step", "2")) as proc:
         rig.sshd.stop()  # the host goes down while the canary is watched
         hold.unlink()
         proc.wait(timeout=120)
