@@ -129,9 +129,9 @@ HINTS: tuple[Hint, ...] = (
     Hint("phases.py", "or put every host back: `fab switch --to", "fab switch --to OLD",
          "untested: a partial rollout put back by `fab switch --to` (batches run)"),
     Hint("phases.py", "this was the first deploy", "fab deploy (a fixed build)",
-         "untested: a watch breach on the very first deploy"),
+         "test_a_watch_breach_on_the_first_deploy_fix_the_build_and_deploy_again"),
     Hint("phases.py", "rollback never goes back to a bad release", "fab deploy [--force]",
-         "untested: rollback refused because its target was auto-reverted"),
+         "test_rollback_refused_its_target_was_auto_reverted_fab_deploy"),
     Hint("batches.py", "it resumes, retrying only them", "the same command / fab switch --to",
          "elsewhere: tests/integration/test_fleet_batches.py "
          "test_rolling_deploy_switches_back_keeps_partial_and_resumes"),
@@ -151,9 +151,9 @@ HINTS: tuple[Hint, ...] = (
     Hint("release.py", "apt-get install unzip", "install unzip; re-run",
          "untested: re-run after installing unzip on the app hosts"),
     Hint("release.py", "keep_releases bounds how many stay", "free space; re-run",
-         "untested: re-run after freeing space when the disk check refuses"),
+         "test_the_disk_check_refuses_free_space_then_re_run"),
     Hint("release.py", ", `fab releases`), then re-run", "free space; re-run",
-         "untested: re-run after a disk filled during the unpack"),
+         "test_a_disk_filled_during_the_unpack_free_space_then_re_run"),
     Hint("routers/haproxy.py", "`fab status` shows what haproxy routes to", "fab status",
          "untested: haproxy verify failure, then fab status"),
     Hint("routers/haproxy.py", "canaries are planned", "fab switch",
@@ -163,7 +163,7 @@ HINTS: tuple[Hint, ...] = (
     Hint("routers/haproxy.py", ") and re-run", "fix; re-run",
          "untested: haproxy -c rejection, fixed, re-run"),
     Hint("routers/nginx.py", "its next `fab` command recovers it", "fix it; re-run",
-         "untested: re-run after another app's broken file was fixed"),
+         "test_another_apps_broken_file_fixed_then_re_run"),
     Hint("deploy.py", "; `fab promote` switches to it", "fab promote",
          "elsewhere: tests/integration/test_after_switch.py "
          "test_a_preview_reaches_the_ready_slot_while_users_stay_on_the_live_one"),
@@ -180,7 +180,7 @@ HINTS: tuple[Hint, ...] = (
          "test_a_walk_that_ends_below_100_leaves_the_canary_for_promote "
          "(fake hosts)"),
     Hint("phases.py", "run `fab switch --abort` now", "fab switch --abort",
-         "untested: a canary whose revert failed, then --abort"),
+         "test_a_canary_whose_revert_failed_fab_switch_abort"),
     Hint("phases.py", "`fab promote` to finish the canary, or `fab switch --abort`",
          "fab promote / fab switch --abort",
          "elsewhere: tests/unit/flows/test_after_flows.py "
@@ -203,7 +203,8 @@ HINTS: tuple[Hint, ...] = (
          "test_a_share_nginx_lost_is_an_inconsistency_with_the_way_out "
          "(fake hosts)"),
     Hint("routers/nginx_reload.py", "run `fab switch --to <the live slot>` once",
-         "fab switch --to LIVE", "untested: maintenance on an older rendered file"),
+         "fab switch --to LIVE",
+         "test_maintenance_on_an_older_rendered_file_fab_switch_to_the_live_slot"),
     Hint("views.py", " - `fab promote` finishes it, `fab switch --abort` ends it",
          "fab promote / fab switch --abort",
          "elsewhere: tests/integration/test_after_switch.py "
@@ -215,7 +216,7 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/integration/test_after_switch.py "
          "test_maintenance_answers_503_with_the_message_and_leaves_the_slots_alone"),
     Hint("views.py", "(nginx restarted?): run `fab maintenance ", "fab maintenance on|off",
-         "untested: maintenance lost by an nginx restart, then set again"),
+         "test_maintenance_lost_by_an_nginx_restart_fab_maintenance_on_again"),
     Hint("deploy.py", "`fab switch` / `fab rollback`", "fab switch / fab rollback",
          "elsewhere: tests/integration/test_deploy_flows.py test_switch_back_and_forth and "
          "test_rollback_returns_to_previous_release"),
