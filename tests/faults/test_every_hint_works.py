@@ -20,12 +20,15 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
+from testkit.haproxy import HaproxyProject, PrivateHaproxy
+from testkit.nginx import PrivateNginx
 from testkit.procs import pid_alive
 from tests.faults.faultkit import (
     Cell,
@@ -155,13 +158,13 @@ HINTS: tuple[Hint, ...] = (
     Hint("release.py", ", `fab releases`), then re-run", "free space; re-run",
          "test_a_disk_filled_during_the_unpack_free_space_then_re_run"),
     Hint("routers/haproxy.py", "`fab status` shows what haproxy routes to", "fab status",
-         "untested: haproxy verify failure, then fab status"),
+         "test_haproxy_verify_failure_fab_status_shows_what_it_routes_to"),
     Hint("routers/haproxy.py", "canaries are planned", "fab switch",
          "untested: weights asked of the haproxy router"),
     Hint("routers/haproxy.py", "(`fab status` says what it can see)", "fab status",
-         "untested: haproxy admin socket unreachable, then fab status"),
+         "test_haproxy_admin_socket_unreachable_fab_status_says_what_it_can_see"),
     Hint("routers/haproxy.py", ") and re-run", "fix; re-run",
-         "untested: haproxy -c rejection, fixed, re-run"),
+         "test_haproxy_rejects_the_config_fix_it_and_re_run"),
     Hint("routers/nginx.py", "its next `fab` command recovers it", "fix it; re-run",
          "test_another_apps_broken_file_fixed_then_re_run"),
     Hint("deploy.py", "; `fab promote` switches to it", "fab promote",
@@ -1038,6 +1041,111 @@ def test_a_canary_whose_revert_failed_fab_switch_abort(cell: Cell, rig: Rig,
     assert cmd == ["fab", "switch", "--abort"], cmd
     ok(rig.fab(*cmd[1:]), "fab switch --abort")
     converged(rig, "v1")
+
+
+# ------------------------------------------------------------------------------ haproxy
+
+
+@dataclass(frozen=True)
+class _HaproxyFront:
+    """What the checks ask of a rig's front door (its URL), answered by haproxy."""
+
+    hap: PrivateHaproxy
+
+    def url(self, path: str = "/") -> str:
+        return self.hap.url(path)
+
+
+@pytest.fixture
+def hrig(cell: Cell, tmp_path: Path, artifacts: dict[str, Path]) -> Iterator[Rig]:
+    """A real haproxy (master-worker, `-f haproxy.cfg -f conf.d`) in front of the demo
+    app, as tests/integration/test_haproxy_fab.py sets it up; stopped by PID afterwards."""
+    hap = PrivateHaproxy(tmp_path / "haproxy", include_dir=True).start()
+    unused = PrivateNginx(tmp_path / "nginx-unused")  # never started: haproxy routes
+    proj = HaproxyProject(tmp_path / "app", unused, artifacts, 'app = ["local"]',
+                          haproxy=hap).write()
+    try:
+        yield Rig(proj, _HaproxyFront(hap), cell.mode, cell.host)  # type: ignore[arg-type]
+    finally:
+        proj.stop_everything()
+        hap.stop()
+
+
+def _haproxy_template(rig: Rig, name: str, old: str, new: str) -> tuple[Path, str]:
+    """A copy of the bundled haproxy template with `old` replaced; (its path, the
+    --set that selects it)."""
+    bundled = CORE.parent / "nginx_templates" / "haproxy.cfg.j2"
+    text = bundled.read_text()
+    assert old in text, f"the bundled template changed: {old!r} is not in it"
+    path = rig.project.dir / name
+    path.write_text(text.replace(old, new))
+    return path, f'haproxy.template="{name}"'
+
+
+@pytest.mark.parametrize("cell", cells("haproxy-verify", ("haproxy", "local")))
+def test_haproxy_verify_failure_fab_status_shows_what_it_routes_to(cell: Cell,
+                                                                   hrig: Rig) -> None:
+    rig = hrig
+    ok(rig.deploy("v1"))
+    ok(rig.deploy("v2"))  # green live, v1 warm in blue
+    path, lying = _haproxy_template(rig, "lying.cfg.j2", "X-Bluegreen-Slot %[srv_name,field(-1,-)]",
+                                    "X-Bluegreen-Slot nope")
+    text = refused(rig.fab("switch", "--set", lying, "--set", "haproxy.verify_timeout=1"),
+                   "did not answer from slot blue",
+                   "the template must keep the X-Bluegreen-Slot header; `fab status` shows "
+                   "what haproxy routes to")
+    assert "phase=verify" in text, text
+    shown = run_printed(rig, text)
+    ok(shown, "fab status")
+    assert "haproxy's server states" in shown.stdout, shown.stdout  # type: ignore[attr-defined]
+    check_status_is_true(rig, expect_version="v2")  # the switch was put back
+    path.unlink()  # the template fixed: the bundled one again
+    ok(rig.fab("switch"), "fab switch (template fixed)")
+    converged(rig, "v1")
+
+
+@pytest.mark.parametrize("cell", cells("haproxy-socket", ("haproxy", "local")))
+def test_haproxy_admin_socket_unreachable_fab_status_says_what_it_can_see(cell: Cell,
+                                                                          hrig: Rig) -> None:
+    rig = hrig
+    hap = rig.project.hap  # type: ignore[attr-defined]
+    ok(rig.deploy("v1"))
+    hap.stop()  # haproxy is down: nothing answers on its admin socket
+    try:
+        text = refused(rig.deploy("v2"), "did not answer on", "is haproxy running, with "
+                       "`stats socket ... level admin` there? (`fab status` says what it "
+                       "can see)")
+        shown = rig.fab("status")  # the printed command, in that very situation
+        no_traceback(shown)
+        out = shown.stdout + shown.stderr
+        # it cannot see haproxy: it says so for that host, and its exit code says the
+        # routing is not known to be consistent (README: 5)
+        assert shown.returncode == 5, out
+        assert "unknown: haproxy on local did not answer on" in out, out
+        assert "app host local" in out and "v1" in out, out
+    finally:  # haproxy is back (its state file keeps the servers' states); stop() took
+        Path(hap.admin_socket).parent.mkdir(exist_ok=True)  # its socket's directory
+        hap.start()
+    check_status_is_true(rig, expect_version="v1")
+    ok(rig.deploy("v2"), "the re-run")
+    converged(rig, "v2")
+    assert text
+
+
+@pytest.mark.parametrize("cell", cells("haproxy-rejects", ("haproxy", "local")))
+def test_haproxy_rejects_the_config_fix_it_and_re_run(cell: Cell, hrig: Rig) -> None:
+    rig = hrig
+    ok(rig.deploy("v1"))
+    path, broken = _haproxy_template(rig, "mine.cfg.j2", "balance roundrobin",
+                                     "balance roundrobin\n    bogus_keyword 1")
+    text = refused(rig.deploy("v2", "--set", broken), "haproxy -c rejected the rendered config",
+                   "unknown keyword 'bogus_keyword'", f"fix {'mine.cfg.j2'} (or the main config")
+    assert "and re-run" in text, text
+    check_status_is_true(rig, expect_version="v1")
+    _haproxy_template(rig, "mine.cfg.j2", "balance roundrobin", "balance roundrobin")  # fixed
+    ok(rig.deploy("v2", "--set", broken), "the same command again")
+    converged(rig, "v2")
+    assert path.exists()
 
 
 # ------------------------------------------------------------------------------ helpers
