@@ -30,6 +30,7 @@ import requests
 from testkit.haproxy import HaproxyProject, PrivateHaproxy
 from testkit.nginx import PrivateNginx
 from testkit.procs import pid_alive
+from testkit.sshd import TestSshd
 from tests.faults.faultkit import (
     Cell,
     Rig,
@@ -152,7 +153,7 @@ HINTS: tuple[Hint, ...] = (
     Hint("preflight.py", "; then re-run when they answer", "re-run",
          "test_a_host_that_cannot_be_reached_re_run_when_it_answers"),
     Hint("release.py", "apt-get install unzip", "install unzip; re-run",
-         "untested: re-run after installing unzip on the app hosts"),
+         "test_no_unzip_on_the_app_host_install_it_then_re_run"),
     Hint("release.py", "keep_releases bounds how many stay", "free space; re-run",
          "test_the_disk_check_refuses_free_space_then_re_run"),
     Hint("release.py", ", `fab releases`), then re-run", "free space; re-run",
@@ -885,6 +886,81 @@ def test_a_disk_filled_during_the_unpack_free_space_then_re_run(cell: Cell, rig:
     check_status_is_true(rig, expect_version="v1")
     _ballast(rig).unlink()
     ok(rig.deploy("v2"), "the re-run")
+    converged(rig, "v2")
+
+
+class _HostWithoutUnzip(TestSshd):
+    """The app host's sshd in a mount namespace of its own (not a network namespace: it
+    listens on loopback as before) whose /usr/bin - and so /bin, a link to it - has no
+    unzip: an overlay with a whiteout in its place. What that host runs, it runs there."""
+
+    __test__ = False
+
+    @property
+    def package(self) -> Path:
+        """unzip as its package would install it (a copy of this machine's binary)."""
+        return self.workdir / "unzip-package" / "unzip"
+
+    def _argv(self) -> list[str]:
+        layers = self.workdir / "layers"
+        layers.mkdir(exist_ok=True)
+        self.package.parent.mkdir(exist_ok=True)
+        shutil.copy2("/usr/bin/unzip", self.package)
+        boot = self.workdir / "boot.sh"
+        boot.write_text(
+            "set -e\n"
+            f"mount -t tmpfs tmpfs '{layers}'\n"  # this namespace's own: gone with it
+            f"mkdir '{layers}/upper' '{layers}/work'\n"
+            f"mknod '{layers}/upper/unzip' c 0 0\n"  # an overlay whiteout: no unzip here
+            f"mount -t overlay overlay -o 'lowerdir=/usr/bin,upperdir={layers}/upper,"
+            f"workdir={layers}/work' /usr/bin\n"
+            f"exec {' '.join(super()._argv())}\n")
+        return ["unshare", "--mount", "--propagation", "private", "sh", str(boot)]
+
+    def install_unzip(self) -> None:
+        """What the hint says: install it on the host (here over SSH, as root)."""
+        client = self.connect()
+        try:
+            _, out, err = client.exec_command(
+                f"install -m 0755 '{self.package}' /usr/bin/unzip && command -v unzip")
+            assert out.channel.recv_exit_status() == 0, err.read().decode()
+        finally:
+            client.close()
+
+
+def _as_zip(tarball: Path, out: Path) -> Path:
+    """The same release as a zip (members and their modes kept: bin/runner stays
+    executable once unzipped)."""
+    import tarfile
+    import zipfile
+    with tarfile.open(tarball) as tar, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for member in tar.getmembers():
+            info = zipfile.ZipInfo(member.name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = (0o100000 | member.mode) << 16
+            data = tar.extractfile(member)
+            assert data is not None
+            zf.writestr(info, data.read())
+    return out
+
+
+@pytest.mark.parametrize("cell", cells("no-unzip", ("reload", "ssh")))
+def test_no_unzip_on_the_app_host_install_it_then_re_run(cell: Cell, rig: Rig,
+                                                         tmp_path: Path) -> None:
+    if shutil.which("unshare") is None or shutil.which("unzip") is None:
+        pytest.skip("needs unshare (util-linux) and unzip on this machine")
+    assert rig.sshd is not None
+    ok(rig.deploy("v1"))
+    rig.sshd.stop()  # the same host (address, port, keys), now without unzip
+    host = _HostWithoutUnzip(rig.sshd.workdir, port=rig.sshd.port)
+    rig.sshd = host  # the rig stops it by its PID afterwards
+    host.start()
+    shipped = _as_zip(rig.project.artifacts["v2"], tmp_path / "demo-v2.zip")
+    text = refused(rig.project.deploy("v2", artifact=shipped, check=None), "has no unzip",
+                   "apt-get install unzip", "then re-run; nothing was changed")
+    assert "phase=upload" in text, text
+    check_status_is_true(rig, expect_version="v1")
+    host.install_unzip()
+    ok(rig.project.deploy("v2", artifact=shipped, check=None), "the re-run")
     converged(rig, "v2")
 
 
