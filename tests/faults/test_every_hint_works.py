@@ -149,7 +149,7 @@ HINTS: tuple[Hint, ...] = (
     Hint("views.py", "resume with the same `fab deploy --batch`", "fab deploy --batch",
          "untested: status of a partial rollout, then its resume"),
     Hint("preflight.py", "; then re-run", "add the sudo rule; re-run",
-         "untested: re-run after adding the missing sudo rule"),
+         "test_a_missing_sudo_rule_add_the_printed_line_then_re_run"),
     Hint("preflight.py", "; then re-run when they answer", "re-run",
          "test_a_host_that_cannot_be_reached_re_run_when_it_answers"),
     Hint("release.py", "apt-get install unzip", "install unzip; re-run",
@@ -848,6 +848,75 @@ def test_a_host_that_cannot_be_reached_re_run_when_it_answers(cell: Cell, rig: R
     assert "phase=connect" in text, text
     ok(rig.deploy("v2"), "the re-run")
     check_status_is_true(rig, expect_version="v2")
+
+
+@pytest.fixture
+def deploy_user_rig(cell: Cell, artifacts: dict[str, Path]) -> Iterator[Rig]:
+    """The app host over real SSH on loopback, logged in to as a NON-root user whose sudo
+    rights bluegreen checks (sudo.traffic = ["nginx"]); its files are the user's own. No
+    network namespace: the sshd listens on 127.0.0.1 like the other cells'. Everything
+    lives in a /tmp directory the user can traverse (pytest's is root's alone), and is
+    stopped by PID and removed afterwards, the sudoers file the test adds too."""
+    import pwd
+    import tempfile
+
+    from testkit.fleet import DEPLOY_USER, ensure_deploy_user
+    from testkit.project import Project
+
+    if shutil.which("sudo") is None or shutil.which("visudo") is None:
+        pytest.skip("needs sudo and visudo (make setup installs sudo)")
+    ensure_deploy_user(DEPLOY_USER)
+    user = pwd.getpwnam(DEPLOY_USER)
+    work = Path(tempfile.mkdtemp(prefix="bghint-sudo-", dir="/tmp"))
+    work.chmod(0o755)
+    nginx = PrivateNginx(work / "nginx")
+    sshd = TestSshd(work / "sshd")
+    proj: Project | None = None
+    try:
+        nginx.start()
+        os.chown(nginx.conf_dir, user.pw_uid, user.pw_gid)  # nginx.target is written there
+        sshd.start()
+        toml = (f'[ssh]\nuser = "{DEPLOY_USER}"\nkey_file = "{sshd.user_key}"\n'
+                f'known_hosts = "{sshd.known_hosts}"\n\n[sudo]\ntraffic = ["nginx"]\n')
+        proj = Project(work / "app", nginx, artifacts, f'app = ["127.0.0.1:{sshd.port}"]',
+                       ssh_toml=toml, mode=cell.mode).write()
+        proj.srv.mkdir()
+        os.chown(proj.srv, user.pw_uid, user.pw_gid)
+        yield Rig(proj, nginx, cell.mode, cell.host, sshd)
+    finally:
+        if proj is not None:
+            proj.stop_everything()
+        sshd.stop()
+        nginx.stop()
+        SUDOERS_ADDED.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# where the sudo test installs the rule the hint prints (removed by its fixture)
+SUDOERS_ADDED = Path(f"/etc/sudoers.d/bghint-{os.getpid()}")
+
+
+@pytest.mark.parametrize("cell", cells("sudo-rule", ("reload", "ssh")))
+def test_a_missing_sudo_rule_add_the_printed_line_then_re_run(cell: Cell,
+                                                              deploy_user_rig: Rig) -> None:
+    rig = deploy_user_rig
+    text = refused(rig.deploy("v1"), "sudo rules or permissions missing; nothing was changed "
+                   "anywhere", "no sudo rule lets bgdeploy run", "; then re-run")
+    assert "phase=connect" in text, text
+    line = re.search(r"\(visudo -f /etc/sudoers\.d/bluegreen\): (.+?); then re-run", text)
+    assert line, text
+    staged = rig.project.dir / "sudoers"
+    staged.write_text(line.group(1) + "\n")
+    staged.chmod(0o440)
+    checked = subprocess.run(["visudo", "-cf", str(staged)], capture_output=True, text=True,
+                             timeout=30, check=False)
+    assert checked.returncode == 0, f"the printed line is not valid sudoers:\n{line.group(1)}" \
+        f"\n{checked.stdout}{checked.stderr}"
+    os.replace(staged, SUDOERS_ADDED)  # added as printed (a file of its own, not ours)
+    ran = rig.deploy("v1")
+    ok(ran, "the re-run")
+    assert "sudo rules in place on 1 host(s)" in ran.stdout, ran.stdout
+    converged(rig, "v1")
 
 
 def _ballast(rig: Rig) -> Path:
