@@ -75,6 +75,12 @@ HINTS: tuple[Hint, ...] = (
          "test_switch_before_any_deploy_fab_deploy_first"),
     Hint("phases.py", "run `fab deploy` first", "fab deploy (slot never deployed)",
          "test_switch_to_a_slot_never_deployed_fab_deploy_first"),
+    Hint("canary.py", "run `fab deploy` first", "fab deploy (a canary before any deploy)",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_a_canary_before_any_deploy_says_deploy_first_and_that_converges (fake hosts)"),
+    Hint("canary.py", "fix the build and `fab deploy` again", "fab deploy (a fixed build)",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_a_canary_that_fails_its_gate_goes_back_to_zero_and_is_marked_bad (fake hosts)"),
     Hint("phases.py", "`fab deploy` again, or `fab rollback`", "fab deploy / fab rollback",
          "test_switch_to_an_unfinished_slot_fab_deploy_again_or_fab_rollback"),
     Hint("phases.py", "`fab rollback` restarts the previous", "fab rollback / fab deploy",
@@ -183,7 +189,7 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/unit/flows/test_after_flows.py "
          "test_a_walk_that_ends_below_100_leaves_the_canary_for_promote "
          "(fake hosts)"),
-    Hint("phases.py", "run `fab switch --abort` now", "fab switch --abort",
+    Hint("canary.py", "run `fab switch --abort` now", "fab switch --abort",
          "test_a_canary_whose_revert_failed_fab_switch_abort"),
     Hint("phases.py", "`fab promote` to finish the canary, or `fab switch --abort`",
          "fab promote / fab switch --abort",
@@ -192,7 +198,7 @@ HINTS: tuple[Hint, ...] = (
     Hint("phases.py", "`fab deploy --no-switch` prepares a release", "fab deploy --no-switch",
          "elsewhere: tests/unit/flows/test_after_flows.py "
          "test_promote_with_nothing_ready_says_what_to_do (fake hosts)"),
-    Hint("phases.py", "without it the deploy ends with the canary running", "fab promote",
+    Hint("canary.py", "without it the deploy ends with the canary running", "fab promote",
          "elsewhere: tests/unit/flows/test_after_flows.py "
          "test_a_walk_that_ends_below_100_leaves_the_canary_for_promote "
          "(fake hosts)"),
