@@ -1190,6 +1190,8 @@ def test_a_canary_whose_revert_failed_fab_switch_abort(cell: Cell, rig: Rig,
     rig.sshd.start()
     assert proc.returncode == 1 and "Traceback" not in out, out
     assert "the revert to 0% FAILED too" in out, out
+    assert "phase=watch" in out and "phase=health" not in out, out  # where it failed
+    assert "so the canary may still have its share of users" in out, out
     assert "the canary may still get users: run `fab switch --abort` now" in out, out
     cmd = command_in(out[out.index("the canary may still get users"):])[0]
     assert cmd == ["fab", "switch", "--abort"], cmd
