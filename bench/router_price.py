@@ -67,6 +67,11 @@ from testkit.project import Project
 
 MODES = ("lua", "reload", "haproxy")
 GOAL_MODES = ("lua", "haproxy")
+# --attribute: where lua mode's price comes from. `lua-bare` is the plain config plus the
+# four lua handlers lua mode runs per request (balancer, access, header filter, log), each
+# doing nothing but choose the peer: the price of running lua at all, before bluegreen's
+# own work in them (shared-dict counting, canary, preview, maintenance)
+ATTRIBUTE = ("lua-bare",)
 TOLERANCE = 0.05
 ROUTER_CPU, CLIENT_CPU = 1, 0  # the router gets a core; wrk and the upstream share one
 
@@ -119,6 +124,31 @@ server {{
     listen 127.0.0.1:{listen};
     location / {{
         proxy_pass http://plain_app;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        proxy_set_header Host $host;
+    }}
+}}
+"""
+
+
+BARE_LUA_CONF = """
+upstream bare_app {{
+    server 0.0.0.1;  # never contacted: the balancer sets the peer
+    balancer_by_lua_block {{
+        require("ngx.balancer").set_current_peer("127.0.0.1", {port})
+    }}
+    keepalive 32;
+    keepalive_timeout 10s;
+    keepalive_requests 1000;
+}}
+server {{
+    listen 127.0.0.1:{listen};
+    location / {{
+        access_by_lua_block {{ local _ = ngx.var.uri }}
+        header_filter_by_lua_block {{ local _ = ngx.status }}
+        log_by_lua_block {{ local _ = ngx.status }}
+        proxy_pass http://bare_app;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $host;
@@ -185,8 +215,9 @@ class Routers:
     def __init__(self, work: Path) -> None:
         self.work = work
         self.artifacts = {"v1": build_upstream(work / "dist")}
-        self.nginx = {m: PrivateNginx(work / f"nginx-{m}", lua=m == "lua", worker_processes=1)
-                      for m in ("plain", "lua", "reload")}
+        self.nginx = {m: PrivateNginx(work / f"nginx-{m}", lua=m in ("lua", "lua-bare"),
+                                      worker_processes=1)
+                      for m in ("plain", "lua", "reload", "lua-bare")}
         self.hap = PrivateHaproxy(work / "haproxy", include_dir=True)
         # one thread, as nginx gets one worker: the same share of a 2-core machine
         self.hap.write_config(main_config(self.hap.admin_socket, extra_global=["nbthread 1"]))
@@ -217,6 +248,10 @@ class Routers:
         plain.write_conf_d("plain.conf", PLAIN_CONF.format(port=upstream, listen=plain.port))
         plain.start()
         self._started.append(plain)
+        bare = self.nginx["lua-bare"]
+        bare.write_conf_d("bare.conf", BARE_LUA_CONF.format(port=upstream, listen=bare.port))
+        bare.start()
+        self._started.append(bare)
         hap_pids = [p for p in (self.hap.master_pid,) if p] + (
             child_pids(self.hap.master_pid) if self.hap.master_pid else [])
         return {
@@ -225,6 +260,7 @@ class Routers:
             "reload": Target("reload", self.nginx["reload"].url(),
                              self.workers(self.nginx["reload"])),
             "haproxy": Target("haproxy", self.hap.url(), hap_pids),
+            "lua-bare": Target("lua-bare", bare.url(), self.workers(bare)),
             # "router" here: the upstream itself, whose CPU per request is then its own
             "direct": Target("direct", f"http://127.0.0.1:{upstream}/",
                              slot_pids(self.projects["lua"])),
@@ -264,19 +300,20 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rounds = args.rounds if args.rounds else (2 if args.quick else 5)
     seconds = args.seconds if args.seconds else (2.0 if args.quick else 5.0)
     client_cpu = None if args.no_pin else CLIENT_CPU
-    runs: dict[str, list[WrkRun]] = {name: [] for name in ("plain", *MODES, "direct")}
+    modes = (*MODES, *ATTRIBUTE) if args.attribute else MODES
+    runs: dict[str, list[WrkRun]] = {name: [] for name in ("plain", *modes, "direct")}
     cpu: dict[str, list[float]] = {name: [] for name in runs}  # router CPU us per request
-    pairs: dict[str, list[tuple[WrkRun, WrkRun]]] = {m: [] for m in MODES}
-    cpu_pairs: dict[str, list[tuple[float, float]]] = {m: [] for m in MODES}
+    pairs: dict[str, list[tuple[WrkRun, WrkRun]]] = {m: [] for m in modes}
+    cpu_pairs: dict[str, list[tuple[float, float]]] = {m: [] for m in modes}
     loads: list[str] = [load_now()]
     with routers(work) as rig:
         targets = rig.start()
         if not args.no_pin:
-            for name in ("plain", *MODES):
+            for name in ("plain", *modes):
                 pin(targets[name].router_pids, ROUTER_CPU)
             pin(rig.upstream_pids(), CLIENT_CPU)
-        for t in targets.values():  # warm-up: connections open, caches warm, not counted
-            run_wrk(t.url, 1, args.connections, client_cpu)
+        for name in ("plain", *modes, "direct"):  # warm-up: not counted
+            run_wrk(targets[name].url, 1, args.connections, client_cpu)
 
         tick = os.sysconf("SC_CLK_TCK")
 
@@ -296,13 +333,13 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             return got
 
         for r in range(rounds):
-            for mode in rotated(MODES, r):
+            for mode in rotated(modes, r):
                 base = one("plain", r)
                 pairs[mode].append((base, one(mode, r)))
                 cpu_pairs[mode].append((cpu["plain"][-1], cpu[mode][-1]))
             one("direct", r)
             loads.append(load_now())
-    prices = {m: price(m, pairs[m], cpu_pairs[m]) for m in MODES}
+    prices = {m: price(m, pairs[m], cpu_pairs[m]) for m in modes}
     return {"rounds": rounds, "seconds": seconds, "connections": args.connections,
             "pinned": not args.no_pin, "loadavg": loads,
             "plain": {"rps": statistics.median(r.rps for r in runs["plain"]),
@@ -323,7 +360,7 @@ def result_line(res: dict[str, Any]) -> str:
     parts = [f"router_price: plain nginx {res['plain']['rps']:.0f} req/s p99 "
              f"{res['plain']['p99_ms']:.2f}ms cpu {res['plain']['cpu_us']:.0f}us/req (upstream "
              f"direct {res['direct']['rps']:.0f} req/s);"]
-    for m in MODES:
+    for m in prices:
         p = prices[m]
         parts.append(f"{m} {p.rps:.0f} req/s x{p.rps_ratio:.3f} p99 {p.p99_ms:.2f}ms "
                      f"x{p.p99_ratio:.3f} cpu {p.cpu_us:.0f}us/req x{p.cpu_ratio:.2f};")
@@ -342,6 +379,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="seconds per wrk run (default 5, --quick 2)")
     ap.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
     ap.add_argument("--no-pin", action="store_true", help="let every process float")
+    ap.add_argument("--attribute", action="store_true",
+                    help="also price lua-bare: four lua handlers that do nothing (where "
+                         "lua mode's price comes from)")
     ap.add_argument("--json", type=Path, help="also write every number to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
