@@ -24,7 +24,13 @@ test is pinned to CPU 1, wrk and the upstream to CPU 0 (`--no-pin`: all float).
 Goal: lua and haproxy within 5 % of plain nginx (throughput >= x0.95, p99 <= x1.05).
 
     .venv/bin/python -m bench.router_price [--quick] [--rounds 5] [--seconds 5]
-        [--connections 16] [--no-pin] [--json out.json]
+        [--connections 16] [--no-pin] [--no-attribute] [--json out.json]
+
+`lua-bare` (skipped with --no-attribute) is priced the same way, outside the goal: plain
+nginx plus the four lua handlers lua mode runs per request, doing nothing, so the line
+tells the price of running lua at all from the price of bluegreen's lua code. Next to
+throughput and p99, each router's own CPU time per request (from /proc): the machine's
+other load moves the first two a lot, this one hardly.
 
 The last line is the result line; exit 1 when lua or haproxy missed the goal, 2 on a
 setup error (what failed, and where, on stderr).
@@ -379,9 +385,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="seconds per wrk run (default 5, --quick 2)")
     ap.add_argument("--connections", type=int, default=16, help="wrk -c (default 16)")
     ap.add_argument("--no-pin", action="store_true", help="let every process float")
-    ap.add_argument("--attribute", action="store_true",
-                    help="also price lua-bare: four lua handlers that do nothing (where "
-                         "lua mode's price comes from)")
+    ap.add_argument("--no-attribute", dest="attribute", action="store_false",
+                    help="skip lua-bare (four lua handlers that do nothing: where lua "
+                         "mode's price comes from)")
     ap.add_argument("--json", type=Path, help="also write every number to this file")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     args = ap.parse_args(argv)
