@@ -11,7 +11,10 @@ One run, everything on loopback under one work directory:
   (master-worker, `-f haproxy.cfg -f conf.d`, testkit.haproxy) and `traffic.router =
   "haproxy"`;
 - a project the way a user has one (testkit.project.Project): host `local`, the chosen
-  `nginx.mode`, `drain_timeout` 30 s, and `[env] GRACEFUL = "0"` so the demo app dies at
+  `nginx.mode` (none at all in modes "default" and "include-tls": auto decides; in
+  "include-tls" bluegreen's snippets are included in a user's own TLS server block and the
+  load client goes through https, checking a certificate made by openssl for the run),
+  `drain_timeout` 30 s, and `[env] GRACEFUL = "0"` so the demo app dies at
   once on SIGTERM: the orchestrator, not the app, has to make every operation safe;
 - demo releases built with examples/demo/build.py (testkit.demo);
 - testkit.loadgen sending all four classes at once (keep-alive GET, keep-alive POST,
