@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,20 +21,8 @@ from bluegreen import interrupts
 from bluegreen.config import other_slot
 from bluegreen.errors import BluegreenError
 from bluegreen.render import control_host, is_lua_config, parse_marker
-from bluegreen.routers.base import Applied, Routed, SlotCounters, quantile
+from bluegreen.routers.base import Applied, Routed, SlotCounters, cohort_in, quantile
 from bluegreen.routers.nginx import NginxRouter
-
-
-def cohort_in(weight: int, canary: bool, start: int = 0) -> str:
-    """A cohort cookie value the lua routing puts on the canary side of `weight` (or, with
-    canary=False, on the live side): how bluegreen's own probes reach one side on purpose.
-    The lua side hashes with ngx.crc32_short, which is zlib's CRC-32."""
-    i = start
-    while True:
-        value = f"bluegreen-probe-{i}"
-        if (zlib.crc32(value.encode()) % 100 < weight) == canary:
-            return value
-        i += 1
 
 
 class NginxLuaRouter(NginxRouter):
