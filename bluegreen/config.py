@@ -334,8 +334,8 @@ def _env_var_name(value: str) -> str:
 @dataclass(frozen=True)
 class Preview:
     """Try a `fab deploy --no-switch` release through the real front door before anyone is
-    switched (lua mode): a request carrying the token in this header or cookie is routed
-    to the ready slot. The token itself never goes in a file: `token_env` names the
+    switched (lua mode, haproxy): a request carrying the token in this header or cookie is
+    routed to the ready slot. The token itself never goes in a file: `token_env` names the
     environment variable (on the machine running fab) that holds it."""
 
     header: str = setting("X-Bluegreen-Preview", pattern=_HEADER_NAME_RE,
@@ -349,7 +349,8 @@ class Preview:
 @dataclass(frozen=True)
 class Canary:
     """`fab switch --weight N` / `fab deploy --canary 5,25,100`: a share of users, chosen by
-    a cohort cookie, goes to the new slot (lua mode). The cookie keeps a user on one side."""
+    a cohort cookie, goes to the new slot (lua mode, haproxy). The cookie keeps a user on one
+    side."""
 
     cookie: str = setting("bluegreen_cohort", pattern=_COOKIE_NAME_RE,
                           what="a cookie name (letters, digits, _)")

@@ -506,8 +506,9 @@ def measured(run: Run) -> str:
     """The measured line of a run's summary: what users saw during the switch."""
     o = run.outcome
     if o.requests is not None and o.failed_requests is not None:
+        counted_by = "/".join(sorted({r.product for r in run.routers})) or "nginx"
         return (f"{o.failed_requests:,} failed of {o.requests:,} requests during the switch "
-                "(nginx's own counts)")
+                f"({counted_by}'s own counts)")
     if run.fleet.dry_run:
         return ""
     kinds = sorted({r.kind for r in run.routers if "counters" not in r.features})

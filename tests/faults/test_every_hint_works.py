@@ -156,8 +156,11 @@ HINTS: tuple[Hint, ...] = (
          "untested: re-run after a disk filled during the unpack"),
     Hint("routers/haproxy.py", "`fab status` shows what haproxy routes to", "fab status",
          "untested: haproxy verify failure, then fab status"),
-    Hint("routers/haproxy.py", "canaries are planned", "fab switch",
-         "untested: weights asked of the haproxy router"),
+    Hint("routers/haproxy.py", "`fab switch --abort` ends a canary", "fab switch --abort",
+         "untested: haproxy applied another canary share than asked, then --abort"),
+    Hint("routers/haproxy.py", "`fab switch --to SLOT` first", "fab switch --to SLOT",
+         "unreachable: HaproxyRouter.set_weights is called by no fab task (a canary's "
+         "share goes through TrafficChange, which renders it and checks the live slot)"),
     Hint("routers/haproxy.py", "(`fab status` says what it can see)", "fab status",
          "untested: haproxy admin socket unreachable, then fab status"),
     Hint("routers/haproxy.py", ") and re-run", "fix; re-run",
