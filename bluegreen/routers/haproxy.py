@@ -46,9 +46,10 @@ from bluegreen.routers.base import (
     Routed,
     Router,
     SlotCounters,
+    Unsupported,
     cohort_in,
 )
-from bluegreen.routers.haproxy_render import TEMPLATE, HaproxySite
+from bluegreen.routers.haproxy_render import TEMPLATE, HaproxySite, preview_map_for
 from bluegreen.routers.haproxy_render import render as render_haproxy
 
 q = shlex.quote
@@ -91,6 +92,9 @@ def site_of(cfg: Config) -> HaproxySite:
         cohort_cookie=cfg.canary.cookie,
         preview_header=cfg.preview.header,
         preview_cookie=cfg.preview.cookie,
+        # a preview route only where one is configured: its map file must exist
+        preview_map=(preview_map_for(cfg.haproxy_state_file, cfg.app)
+                     if cfg.preview.token_env else ""),
     )
 
 
@@ -386,7 +390,8 @@ class HaproxyRouter(Router):
 
     @property
     def preview_map(self) -> str:
-        return site_of(self.cfg).preview_map_path
+        """"" when no preview is configured (preview.token_env empty)."""
+        return site_of(self.cfg).preview_map
 
     def install(self, text: str) -> HaproxyApplied:
         previous = self.host.read(self.target)
@@ -394,7 +399,7 @@ class HaproxyRouter(Router):
         self.host.makedirs(self.cfg.haproxy_state_file.rpartition("/")[0] or "/")
         # the file names the preview map: haproxy refuses a config whose map is missing.
         # Mode 600 (it may hold the preview token's sha1); haproxy reads it as root.
-        if not self.host.exists(self.preview_map):
+        if self.preview_map and not self.host.exists(self.preview_map):
             self.host.write_atomic(self.preview_map, "", mode=0o600)
         self.host.write_atomic(self.target, text)
         marker = parse_marker(text)
@@ -644,12 +649,15 @@ class HaproxyRouter(Router):
         marker = parse_marker(self.installed())
         if marker is None:
             return Routed("", "", "no bluegreen config installed")
-        text = self._ask([self.scripts.show_state, api.show_map_command(self.preview_map)],
-                         "ask haproxy which servers are ready")
+        asks = [self.scripts.show_state]
+        if self.preview_map:
+            asks.append(api.show_map_command(self.preview_map))
+        text = self._ask(asks, "ask haproxy which servers are ready")
         if text.startswith("Can't find backend"):
             return Routed("", marker.slot, f"haproxy has not loaded backend {self.backend} "
                                            f"from {self.target}", 0, marker.weight)
-        state_text, map_text = api.split_answers(text, 2)
+        state_text, map_text = (api.split_answers(text, 2) if self.preview_map
+                                else (text, ""))
         states = api.parse_servers_state(state_text, self.backend)
         view = api.routed(states)
         share = api.share_of(states, view.slot) if view.slot in api.SLOTS else 0
@@ -743,6 +751,12 @@ class HaproxyRouter(Router):
         where only such requests (and health checks) reach them, never balanced traffic.
         Removing the route puts a previewed slot back in `maint` unless it serves users
         (live, or a canary's share)."""
+        if not self.preview_map:
+            if slot is None:
+                return  # no preview configured: no route to remove
+            raise Unsupported("the haproxy router has no preview route without a token",
+                              host=self.label, phase="switch",
+                              hint="set preview.token_env (the variable holding the token)")
         states = api.parse_servers_state(
             self._ask([self.scripts.show_state], "ask haproxy for its servers' states"),
             self.backend)

@@ -79,11 +79,9 @@ class HaproxySite:
     cohort_cookie: str = "bluegreen_cohort"
     preview_header: str = "X-Bluegreen-Preview"
     preview_cookie: str = "bluegreen_preview"
-    preview_map: str = ""  # the map of preview token sha1 -> slot ("": beside state_file)
-
-    @property
-    def preview_map_path(self) -> str:
-        return self.preview_map or preview_map_for(self.state_file, self.app)
+    # the map of preview token sha1 -> slot; "": no preview route (and no map file to
+    # create: haproxy 2.6 refuses a config whose map file is missing)
+    preview_map: str = ""
 
 
 def preview_map_for(state_file: str, app: str) -> str:
@@ -142,7 +140,7 @@ def template_context(site: HaproxySite, live_slot: str, release: str,
         "cohort_cookie": site.cohort_cookie,
         "preview_header": site.preview_header,
         "preview_cookie": site.preview_cookie,
-        "preview_map": site.preview_map_path,
+        "preview_map": site.preview_map,
         # the weight after the shape, where render.MARKER_RE and WEIGHT_RE read it
         "marker": (f"bluegreen-live: slot={live_slot} port={live_port} release={release}"
                    + (f" shape={shape}" if shape else "")

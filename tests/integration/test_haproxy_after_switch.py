@@ -23,6 +23,8 @@ from testkit.fabout import PhaseReader
 from testkit.haproxy import HaproxyProject, PrivateHaproxy
 from testkit.loadgen import LoadGen
 from testkit.nginx import PrivateNginx
+from testkit.project import ssh_toml
+from testkit.sshd import TestSshd
 
 pytestmark = pytest.mark.integration
 
@@ -315,3 +317,30 @@ def test_a_good_build_passes_the_window_with_no_failed_request(hproject: Haproxy
     assert result.failed == 0 and result.total > 100, result
     assert "0 failed of" in out
     print(f"good build: 0 failed of {result.total} requests under load")
+
+
+def test_over_ssh_haproxy_takes_a_preview_a_share_and_a_promote(
+        tmp_path: Path, artifacts: dict[str, Path], request: pytest.FixtureRequest) -> None:
+    sshd: TestSshd = request.getfixturevalue("sshd")
+    hap = PrivateHaproxy(tmp_path / "haproxy", include_dir=True).start()
+    proj = HaproxyProject(tmp_path / "app", PrivateNginx(tmp_path / "nginx-unused"), artifacts,
+                          f'app = ["127.0.0.1:{sshd.port}"]', ssh_toml=ssh_toml(sshd),
+                          haproxy=hap, env={"BG_PREVIEW": TOKEN},
+                          extra_toml='[preview]\ntoken_env = "BG_PREVIEW"\n').write()
+    try:
+        proj.deploy("v1")
+        proj.deploy("v2", "--no-switch")
+        url = hap.url("/")
+        assert requests.get(url, headers={"X-Bluegreen-Preview": TOKEN},
+                            timeout=5).headers["X-App-Version"] == "v2"
+        assert proj.front_version() == "v1"
+        proj.fab("switch", "--weight", "20")
+        assert proj.status()["weights"] == {"blue": 80, "green": 20}
+        assert weights(proj) == {"blue": 1, "green": 120}
+        proj.fab("switch", "--abort")
+        out = proj.fab("promote").stdout
+        assert "0 failed of" in out and "(haproxy's own counts)" in out
+        assert proj.front_version() == "v2" and proj.status()["consistent"]
+    finally:
+        proj.stop_everything()
+        hap.stop()

@@ -448,8 +448,7 @@ def test_routed_is_what_haproxy_itself_routes_to() -> None:
     r, host = router()
     assert r.routed().slot == "" and host.ran == []  # no file: no question asked
     installed(r, host, "blue")
-    # two answers: the servers' states, and the preview map (empty)
-    host.queue("read", answer(fixture("show_servers_state_draining.txt")) + SILENT)
+    host.queue("read", fixture("show_servers_state_draining.txt"))
     routed = r.routed()
     assert (routed.slot, routed.file_slot) == ("green", "blue")  # haproxy wins over the file
     assert routed.detail == ("haproxy's server states: blue draining, green ready (2 of 2 up)")
@@ -506,7 +505,7 @@ def test_drain_is_one_remote_loop_that_retires_the_slot() -> None:
 def test_set_weights_puts_the_share_in_the_canary_servers_weight() -> None:
     r, host = router()
     installed(r, host, "blue")
-    host.queue("read", answer(BLUE_LIVE) + SILENT)
+    host.queue("read", BLUE_LIVE)
     host.queue("change", MARK + " first\n" + SILENT * 8 + answer(BLUE_LIVE))
     r.set_weights({"blue": 90, "green": 10})
     kind, _, script = host.ran[-1]
@@ -544,3 +543,24 @@ def test_undo_with_states_of_servers_the_previous_file_lacks_goes_to_its_slot() 
     assert "gone-" not in script  # a server haproxy would not know after the undo
     assert f"shop/{NAMES['b1']} state ready" in script and \
         f"shop/{NAMES['g2']} state drain" in script
+
+
+def test_a_preview_route_is_rendered_and_asked_for_only_where_one_is_configured() -> None:
+    r, host = router()
+    assert "map_str(" not in r.render("blue", "r1", "v1", 0)  # no map file to need
+    installed(r, host, "blue")
+    host.queue("read", BLUE_LIVE)
+    r.set_preview(None)  # nothing configured: nothing to remove, nothing sent
+    assert host.mutating() == []
+    with pytest.raises(BluegreenError, match="no preview route without a token"):
+        r.set_preview("green", "a" * 40)
+    cfg = make_cfg()
+    cfg = dataclasses.replace(cfg, preview=dataclasses.replace(cfg.preview,
+                                                               token_env="BG_PREVIEW"))
+    r, host = router(cfg)
+    text = r.render("blue", "r1", "v1", 0)
+    assert f"map_str({r.preview_map})" in text and r.preview_map.endswith("/shop-preview.map")
+    r.install(text)
+    assert host.files[r.preview_map] == b""  # created empty: haproxy -c needs it
+    host.queue("read", answer(BLUE_LIVE) + answer(f"0x55d0 {'a' * 40} green"))
+    assert r.routed().preview == ""  # green is in maint: the route leads nowhere yet
