@@ -71,6 +71,12 @@ HINTS: tuple[Hint, ...] = (
          "test_switch_before_any_deploy_fab_deploy_first"),
     Hint("phases.py", "run `fab deploy` first", "fab deploy (slot never deployed)",
          "test_switch_to_a_slot_never_deployed_fab_deploy_first"),
+    Hint("canary.py", "run `fab deploy` first", "fab deploy (a canary before any deploy)",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_a_canary_before_any_deploy_says_deploy_first_and_that_converges (fake hosts)"),
+    Hint("canary.py", "fix the build and `fab deploy` again", "fab deploy (a fixed build)",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_a_canary_that_fails_its_gate_goes_back_to_zero_and_is_marked_bad (fake hosts)"),
     Hint("phases.py", "`fab deploy` again, or `fab rollback`", "fab deploy / fab rollback",
          "test_switch_to_an_unfinished_slot_fab_deploy_again_or_fab_rollback"),
     Hint("phases.py", "`fab rollback` restarts the previous", "fab rollback / fab deploy",
@@ -119,7 +125,10 @@ HINTS: tuple[Hint, ...] = (
     Hint("errors.py", "again with a valid value", "the flag again, valid",
          "test_bad_since_pass_it_again"),
     Hint("process.py", "journalctl -u", "journalctl -u UNIT",
-         "unreachable: the systemd backend needs systemd, which the test machine lacks"),
+         "untested: a `systemctl restart` that fails for another reason than a missing unit"),
+    Hint("process.py", "link it once: ln -s ", "ln -s UNIT /etc/systemd/system/",
+         "elsewhere: tests/integration/test_systemd_backend.py "
+         "test_forgotten_unit_link_names_the_link_and_the_printed_command_fixes_it"),
     Hint("phases.py", "fix the build and `fab deploy` again", "fab deploy --force / a fixed build",
          "elsewhere: tests/unit/flows/test_flows.py "
          "test_a_build_whose_pages_fail_is_reverted_by_the_watch_and_marked_bad (fake hosts)"),
@@ -182,7 +191,7 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/unit/flows/test_after_flows.py "
          "test_a_walk_that_ends_below_100_leaves_the_canary_for_promote "
          "(fake hosts)"),
-    Hint("phases.py", "run `fab switch --abort` now", "fab switch --abort",
+    Hint("canary.py", "run `fab switch --abort` now", "fab switch --abort",
          "untested: a canary whose revert failed, then --abort"),
     Hint("phases.py", "`fab promote` to finish the canary, or `fab switch --abort`",
          "fab promote / fab switch --abort",
@@ -191,7 +200,7 @@ HINTS: tuple[Hint, ...] = (
     Hint("phases.py", "`fab deploy --no-switch` prepares a release", "fab deploy --no-switch",
          "elsewhere: tests/unit/flows/test_after_flows.py "
          "test_promote_with_nothing_ready_says_what_to_do (fake hosts)"),
-    Hint("phases.py", "without it the deploy ends with the canary running", "fab promote",
+    Hint("canary.py", "without it the deploy ends with the canary running", "fab promote",
          "elsewhere: tests/unit/flows/test_after_flows.py "
          "test_a_walk_that_ends_below_100_leaves_the_canary_for_promote "
          "(fake hosts)"),
