@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import tarfile
 import time
 from collections import Counter, defaultdict
@@ -195,6 +196,13 @@ def test_a_canary_walk_under_load_splits_by_weight_keeps_users_and_fails_nothing
         time.sleep(1.0)
     watches = [ph for ph in reader.phases if ph.name == "watch"]
     assert [ph.ok for ph in watches] == [True, True, True], out
+    # each step's gate judged haproxy's own counters of the canary slot (show stat), not
+    # only its probes: the requests it counted are the users' (a probe every 0.2 s would
+    # make about 35 per 7 s step)
+    for weight, ph in zip((5, 25, 100), watches, strict=True):
+        m = re.match(r"(\d+) requests, 0 failed over [\d.]+ s \(router counters \+ probes\)",
+                     ph.note)
+        assert m and int(m[1]) > 100, (weight, ph.note)
     failed = [h for h in users.hits if h.status != 200]
     assert not failed, Counter(f"{h.status} {h.error}" for h in failed)
     lines = []
