@@ -24,6 +24,17 @@ servers have no session and no queued request (twice 50 ms apart), or the drain 
 then the slot goes to `maint` (after `shutdown sessions`, for what the timeout left: long
 WebSockets), and the state is saved again.
 
+Canary and preview (issue 10) go through the same change script, no reload either:
+- a canary of W % leaves the live slot `ready` and puts the other slot in `drain` with
+  weight 100 + W (api.route_commands). No balanced request reaches a drained server, but
+  the template's `use-server` rules do, for users whose cohort cookie hashes (CRC-32 mod
+  100, as the lua router) below W. The weight and the drain are in the state dump, so a
+  reload or restart keeps the share; the rendered file carries it too (marker and weight).
+- a preview adds the token's sha1 to a map (`add map`, and the map file, mode 600) and
+  puts the ready slot in `drain` (from `maint` haproxy goes straight to drain: the drain
+  bit is set before the maint bit is cleared, so no balanced request gets in between).
+`set server ... weight` takes 0-256; a plain switch sets every weight back to 1.
+
 Each script sits next to the code that reads its output; every value in it is quoted.
 """
 
