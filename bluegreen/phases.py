@@ -64,7 +64,7 @@ def check_consistency(run: Run, *, weight: bool = True) -> None:
 
         if weight and routed.weight != state.weight:
             raise BluegreenError(
-                f"state says the canary gets {state.weight}% of users but nginx on "
+                f"state says the canary gets {state.weight}% of users but {router.product} on "
                 f"{router.label} gives it {routed.weight}%", host=router.label, phase="state",
                 hint="someone set it by hand, or a weight change was cut off: `fab switch "
                      f"--weight {state.weight}` sets it again, `fab switch --abort` ends the "
