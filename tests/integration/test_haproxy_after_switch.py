@@ -24,7 +24,7 @@ from testkit.fabout import PhaseReader
 from testkit.haproxy import HaproxyProject, PrivateHaproxy
 from testkit.loadgen import LoadGen
 from testkit.nginx import PrivateNginx
-from testkit.project import ssh_toml
+from testkit.project import ssh_toml, wait_for
 from testkit.sshd import TestSshd
 
 pytestmark = pytest.mark.integration
@@ -170,6 +170,15 @@ def test_switch_weight_gives_new_users_a_cohort_keeps_them_and_survives_a_reload
     assert weights(p) == {"blue": 1, "green": 130}
     assert requests.get(p.hap.url("/"), cookies={"bluegreen_cohort": cookie},
                         timeout=5).headers["X-Bluegreen-Slot"] == side
+    assert p.status()["consistent"]
+    # and so does a restart (stop, start): the state file again
+    p.hap.stop()
+    Path(p.hap.admin_socket).parent.mkdir(mode=0o700, exist_ok=True)  # stop() removed it
+    p.hap.start()
+    assert weights(p) == {"blue": 1, "green": 130}
+    wait_for(lambda: requests.get(p.hap.url("/"), cookies={"bluegreen_cohort": cookie},
+                                  timeout=5).headers.get("X-Bluegreen-Slot") == side,
+             timeout=10, what=f"the cohort back on {side} after a restart")
     assert p.status()["consistent"]
 
     p.fab("switch", "--abort")
