@@ -16,7 +16,7 @@ from abc import ABC, abstractmethod
 
 from bluegreen import commands
 from bluegreen.commands import q
-from bluegreen.config import Config
+from bluegreen.config import Config, HostSpec
 from bluegreen.errors import BluegreenError, CommandFailed
 from bluegreen.hosts import Host
 from bluegreen.layout import Layout
@@ -41,6 +41,25 @@ def start_command(cfg: Config, slot: str, release_dir: str, version: str,
     return cfg.start.format(
         release=q(release_dir), port=cfg.port_of(slot), slot=slot, app=cfg.app,
         artifact=q(f"{release_dir}/{file_name}"), version=q(version))
+
+
+def app_user(cfg: Config, spec: HostSpec) -> str:
+    """Who the app runs as on this host ('' = the init system's default: root for systemd,
+    supervisord's own user for supervisor).
+
+    process.user when set. Otherwise, under systemd driven through `sudo -n systemctl`, the
+    SSH login user: someone who deploys as a non-root user would not expect the app to get
+    root, and that user already owns paths.root (the releases the app reads). Configs
+    without [sudo] keep running the app as before (root), so an upgrade changes nothing
+    for them: their app may rely on files or ports only root can reach.
+    """
+    if cfg.process.user:
+        return cfg.process.user
+    login = spec.user or cfg.ssh.user
+    if (cfg.process.backend == "systemd" and "systemctl" in cfg.sudo.app
+            and login and login != "root"):
+        return login
+    return ""
 
 
 class Backend(ABC):
@@ -156,6 +175,8 @@ class SupervisorBackend(Backend):
             f"command=/bin/sh {_sv_value(q(self.script_path(host, slot)), 'command')}",
             f"directory={_sv_value(release_dir, 'directory')}",
             "autostart=true",  # a rebooted host brings both slots back warm
+            *([f"user={_sv_value(user, 'user')}"] if (user := app_user(self.cfg, host.spec))
+              else []),
             "autorestart=unexpected",
             "startsecs=0",  # readiness is our health check's job, not supervisor's
             "stopasgroup=true",
@@ -243,6 +264,7 @@ class SystemdBackend(Backend):
             "",
             "[Service]",
             "Type=simple",
+            *self.identity_lines(host),
             f"EnvironmentFile={_sd_path(host.root)}/slots/%i/env",
             f"WorkingDirectory={_sd_path(host.root)}/slots/%i/release",
             f"ExecStart={exec_start}",
@@ -256,6 +278,16 @@ class SystemdBackend(Backend):
             "WantedBy=multi-user.target",
             "",
         ])
+
+    def identity_lines(self, host: Host) -> list[str]:
+        """User= / Group= (names checked at load: no specifier, quote or space in them)."""
+        lines = []
+        user = app_user(self.cfg, host.spec)
+        if user:
+            lines.append(f"User={user}")
+        if self.cfg.process.group:
+            lines.append(f"Group={self.cfg.process.group}")
+        return lines
 
     def env_file(self, slot: str, release_dir: str, version: str, artifact_name: str) -> str:
         env = app_env(self.cfg, slot, release_dir, version)
@@ -271,11 +303,15 @@ class SystemdBackend(Backend):
                           self.env_file(slot, release_dir, version, artifact_name), mode=0o600)
         unit = self.unit_name(slot)
         try:
+            # enable in the same command (no extra round trip): a running slot comes back
+            # after a reboot, as supervisor's autostart does; only once it did start, so a
+            # unit that cannot start is never left enabled
             host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
                      f"{self.systemctl} daemon-reload && "
-                     f"{self.systemctl} restart {q(unit)}",
+                     f"{self.systemctl} restart {q(unit)} && "
+                     f"{self.systemctl} enable {q(unit)}",
                      timeout=60, hint=f"see `journalctl -u {unit}` on the host",
-                     says=f"systemctl restart {unit}")
+                     says=f"systemctl restart and enable {unit}")
         except CommandFailed as exc:
             # The non-root setup's one-time link into /etc/systemd/system forgotten (or
             # systemd_unit_dir not a unit directory): journalctl has nothing to say then.
@@ -284,9 +320,14 @@ class SystemdBackend(Backend):
             raise
 
     def stop_script(self, host: Host, slot: str) -> str:
-        # exit 5: the unit was never loaded (first deploy to this slot): nothing to stop
-        return (f"out=$({self.systemctl} stop {q(self.unit_name(slot))} 2>&1); rc=$?; "
-                'case $rc in 0) echo stopped;; 5) echo none;; '
+        # exit 5: the unit was never loaded (first deploy to this slot): nothing to stop.
+        # A stopped slot is disabled too, so that a reboot brings back only what runs now.
+        unit = q(self.unit_name(slot))
+        return (f"out=$({self.systemctl} stop {unit} 2>&1); rc=$?; "
+                'case $rc in 0) '
+                f'out=$({self.systemctl} disable {unit} 2>&1) || '
+                '{ echo "systemctl disable failed: $out" >&2; exit 1; }; echo stopped;; '
+                '5) echo none;; '
                 '*) echo "systemctl stop failed (exit $rc): $out" >&2; exit 1;; esac')
 
     def running(self, host: Host, slot: str) -> bool:
