@@ -5,8 +5,10 @@ systemd is its PID 1, `deploy` logs in over real SSH (a pinned host key) and run
 `sudo -n systemctl ...` under exactly the README's sudoers line. The traffic host is this
 machine's private nginx (`local`), which reaches the container's slots on loopback: the
 container shares the host's network. What runs is asserted through the container's own
-`systemctl is-active` / `show`, never through bluegreen's own view of it. One test takes
-the other documented way in: root over SSH, units in /etc/systemd/system, no sudo.
+`systemctl is-active` / `show`, never through bluegreen's own view of it, and who the app
+runs as through /proc/PID/status. One test reboots the container and checks that exactly
+the slots bluegreen had running come back. One test takes the other documented way in:
+root over SSH, units in /etc/systemd/system, no sudo.
 
 Skips, with the exact reason, where the container cannot run (not root, no
 systemd-nspawn/debootstrap). The first run builds the cached root filesystem
@@ -60,6 +62,7 @@ def systemd_project(where: Path, nginx: PrivateNginx, artifacts: dict[str, Path]
     README's link in place."""
     link = f"/etc/systemd/system/{APP}@.service"
     h.sh(f"systemctl stop {BLUE} {GREEN}; systemctl reset-failed {BLUE} {GREEN} 2>/dev/null; "
+         f"systemctl disable --quiet {BLUE} {GREEN} 2>/dev/null; "
          f"rm -rf {shlex.quote(APP_ROOT + '/' + APP)} {shlex.quote(UNIT_DIR)}/*; "
          f"ln -sfn {UNIT_DIR}/{APP}@.service {link} && systemctl daemon-reload")
     hosts = (f'app = [{{address = "127.0.0.1", port = {h.port}, name = "sd1", '
@@ -79,21 +82,47 @@ def sd_project(tmp_path: Path, private_nginx: PrivateNginx, artifacts: dict[str,
     return systemd_project(tmp_path / "app", private_nginx, artifacts, systemd_host)
 
 
-def assert_serving(h: SystemdHost, unit: str, port: int, version: str) -> int:
+def uid_of(h: SystemdHost, pid: int) -> list[str]:
+    """The real, effective, saved and filesystem UIDs of a process in the container."""
+    status = h.read(f"/proc/{pid}/status")
+    return next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+
+
+def assert_runs_as(h: SystemdHost, pid: int, user: str) -> None:
+    uid = h.sh(f"id -u {shlex.quote(user)}").stdout.strip()
+    assert uid_of(h, pid) == [uid] * 4, (user, h.read(f"/proc/{pid}/status"))
+
+
+def assert_serving(h: SystemdHost, unit: str, port: int, version: str,
+                   user: str = DEPLOY_USER) -> int:
     """`unit` is active under the container's systemd, and its main process is the demo
-    app on `port` running release `version`. Returns its MainPID (in the container)."""
+    app on `port` running release `version` as `user`, and the unit is enabled (it comes
+    back after a reboot). Returns its MainPID (in the container)."""
     assert h.is_active(unit) == "active", h.systemctl("status", unit).stdout
     props = h.show(unit, "MainPID", "FragmentPath", "ActiveState")
     pid = int(props["MainPID"])
     assert pid > 0, props
-    # the unit bluegreen rendered into deploy's unit dir, reached through the README's link
-    assert props["FragmentPath"] == f"/etc/systemd/system/{APP}@.service", props
+    # the unit bluegreen rendered (into deploy's unit dir, reached through the README's
+    # link; or, as root, into /etc/systemd/system). `systemctl enable` of a linked template
+    # adds a link of the instance's own name to the same file, which it then loads.
+    assert props["FragmentPath"].startswith("/etc/systemd/system/"), props
+    real = h.sh(f"readlink -f {props['FragmentPath']} /etc/systemd/system/{APP}@.service"
+                ).stdout.split()
+    assert real[0] == real[1], (props, real)
     cmd = h.read(f"/proc/{pid}/cmdline").split("\0")
     assert str(port) in cmd and any(part.endswith("app.py") for part in cmd), cmd
     environ = dict(item.split("=", 1) for item in h.read(f"/proc/{pid}/environ").split("\0")
                    if "=" in item)
     assert environ["BLUEGREEN_VERSION"] == version, environ
+    assert_runs_as(h, pid, user)
+    assert h.systemctl("is-enabled", unit).stdout.strip() == "enabled"
     return pid
+
+
+def assert_down(h: SystemdHost, unit: str) -> None:
+    """Stopped and disabled: a reboot does not bring it back."""
+    assert h.is_active(unit) == "inactive", h.systemctl("status", unit).stdout
+    assert h.systemctl("is-enabled", unit).stdout.strip() == "disabled"
 
 
 def test_deploy_switch_rollback_through_real_systemctl(sd_project: Project,
@@ -129,7 +158,8 @@ def test_deploy_switch_rollback_through_real_systemctl(sd_project: Project,
     # every systemctl that changed something ran as deploy through sudo (sudo's own log)
     sudo_log = h.sh("journalctl --no-pager -o cat _COMM=sudo").stdout
     for command in ("systemctl daemon-reload", f"systemctl restart {BLUE}",
-                    f"systemctl restart {GREEN}", f"systemctl stop {GREEN}"):
+                    f"systemctl restart {GREEN}", f"systemctl stop {GREEN}",
+                    f"systemctl enable {BLUE}", f"systemctl disable {GREEN}"):
         assert f"{DEPLOY_USER} : " in sudo_log and f"COMMAND=/usr/bin/{command}" in sudo_log, \
             (command, sudo_log)
 
@@ -150,8 +180,8 @@ def test_failed_health_check_stops_the_unit_and_keeps_traffic(
     assert "last log lines of green on sd1" in err and "v4-unhealthy listening" in err, err
     assert "Traceback" not in proc.stdout + err
     assert p.front_version() == "v1"
-    # the failed release's unit was stopped through `sudo -n systemctl stop`
-    assert h.is_active(GREEN) == "inactive", h.systemctl("status", GREEN).stdout
+    # the failed release's unit was stopped (and disabled) through `sudo -n systemctl`
+    assert_down(h, GREEN)
     assert assert_serving(h, BLUE, p.blue, "v1") == blue_pid
     st = p.status()
     assert st["live"] == "blue" and st["slots"]["green"]["status"] == "failed", st
@@ -226,18 +256,58 @@ def test_as_root_with_the_default_unit_dir(tmp_path: Path, private_nginx: Privat
     /etc/systemd/system (process.systemd_unit_dir's default), systemctl without sudo."""
     h = systemd_host
     p = systemd_project(tmp_path / "app", private_nginx, artifacts, h, as_root=True)
+    h.sh("id -u bgapp >/dev/null 2>&1 || useradd --system --no-create-home bgapp")
     try:
         p.deploy("v1")
-        p.deploy("v2")
+        # no [sudo], no process.user: as before this setting existed, the app runs as root
+        blue_pid = assert_serving(h, BLUE, p.blue, "v1", user="root")
+        p.deploy("v2", "--set", "process.user=bgapp")
         assert p.front_version() == "v2"
         # bluegreen's own file now, not the non-root setup's link (written over it)
         assert h.sh(f"stat -c %F /etc/systemd/system/{APP}@.service").stdout.strip() \
             == "regular file"
-        blue_pid = assert_serving(h, BLUE, p.blue, "v1")
-        assert_serving(h, GREEN, p.green, "v2")
+        # a re-rendered template restarts nothing: blue runs on as root until its next start
+        assert assert_serving(h, BLUE, p.blue, "v1", user="root") == blue_pid
+        assert_serving(h, GREEN, p.green, "v2", user="bgapp")
         out = p.fab("rollback").stdout
         assert "rolled back demo to v1" in out, out
         assert p.front_version() == "v1"
-        assert assert_serving(h, BLUE, p.blue, "v1") == blue_pid
+        assert assert_serving(h, BLUE, p.blue, "v1", user="root") == blue_pid
     finally:  # the next test's setup puts the link back
         h.sh(f"systemctl stop {BLUE} {GREEN}; rm -f /etc/systemd/system/{APP}@.service")
+
+
+def test_reboot_brings_back_exactly_the_slots_that_ran(sd_project: Project,
+                                                      systemd_host: SystemdHost) -> None:
+    """deploy, deploy, switch: both slots warm and enabled. The container halts (every unit
+    stopped, as at a shutdown) and boots again from the same disk: both come back, as
+    `deploy`, with their releases, and the front door serves the live one without a
+    deploy. A slot stopped by a failed deploy is disabled: after the next reboot only the
+    live slot runs."""
+    p, h = sd_project, systemd_host
+    p.deploy("v1")
+    p.deploy("v2")
+    p.fab("switch")
+    assert p.front_version() == "v1"
+
+    took = h.reboot()
+    assert h.sh("cat /proc/1/comm").stdout.strip() == "systemd"  # a new boot, same disk
+    assert_serving(h, BLUE, p.blue, "v1")
+    assert_serving(h, GREEN, p.green, "v2")
+    assert p.front_version() == "v1"
+    st = p.status()
+    assert st["exit_code"] == 0 and st["live"] == "blue" and st["consistent"], st
+    sd1 = st["app_hosts"]["sd1"]
+    assert sd1["blue"]["healthy"] and sd1["green"]["healthy"], sd1
+    print(f"reboot: halt to sshd answering in {took:.2f}s")
+
+    # the idle slot's next release fails its health check: bluegreen stops it, so it must
+    # stay stopped across the next reboot too
+    proc = p.deploy("v4-unhealthy", "--set", "health.timeout=3", check=False)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert_down(h, GREEN)
+    h.reboot()
+    assert_serving(h, BLUE, p.blue, "v1")
+    assert_down(h, GREEN)
+    assert p.front_version() == "v1"
+    assert p.status()["live"] == "blue"
