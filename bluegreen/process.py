@@ -263,7 +263,10 @@ class SystemdBackend(Backend):
             "After=network.target",
             "",
             "[Service]",
-            "Type=simple",
+            # exec, not simple: `systemctl restart` fails at once when the service cannot
+            # be started at all (process.user missing on the host: status 217), instead of
+            # succeeding and leaving the health check to time out on an empty log
+            "Type=exec",
             *self.identity_lines(host),
             f"EnvironmentFile={_sd_path(host.root)}/slots/%i/env",
             f"WorkingDirectory={_sd_path(host.root)}/slots/%i/release",
@@ -306,9 +309,13 @@ class SystemdBackend(Backend):
             # enable in the same command (no extra round trip): a running slot comes back
             # after a reboot, as supervisor's autostart does; only once it did start, so a
             # unit that cannot start is never left enabled
+            # a failed restart prints the main process's exit status (`show` needs no
+            # sudo): 216/217 name a Group=/User= the host does not have
             host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
                      f"{self.systemctl} daemon-reload && "
-                     f"{self.systemctl} restart {q(unit)} && "
+                     f"{{ {self.systemctl} restart {q(unit)} || {{ rc=$?; "
+                     f"echo \"ExecMainStatus=$(systemctl show -p ExecMainStatus --value "
+                     f"{q(unit)})\"; (exit $rc); }}; }} && "
                      f"{self.systemctl} enable {q(unit)}",
                      timeout=60, hint=f"see `journalctl -u {unit}` on the host",
                      says=f"systemctl restart and enable {unit}")
@@ -317,6 +324,10 @@ class SystemdBackend(Backend):
             # systemd_unit_dir not a unit directory): journalctl has nothing to say then.
             if f"Unit {unit} not found" in exc.stdout + exc.stderr:
                 exc.hint = unit_not_found_hint(unit_path, host.label)
+            identity = identity_failure(exc.stdout, app_user(self.cfg, host.spec),
+                                        self.cfg.process.group, host.label)
+            if identity:
+                exc.hint = identity
             raise
 
     def stop_script(self, host: Host, slot: str) -> str:
@@ -333,6 +344,22 @@ class SystemdBackend(Backend):
     def running(self, host: Host, slot: str) -> bool:
         return host.run(f"systemctl is-active --quiet {q(self.unit_name(slot))}", timeout=30,
                         check=False, mutates=False).ok
+
+
+def identity_failure(stdout: str, user: str, group: str, host: str) -> str:
+    """The hint for a unit whose User= / Group= does not exist on the host ('' if the
+    start failed for another reason). systemd's exit statuses: 217 USER, 216 GROUP."""
+    status = re.search(r"^ExecMainStatus=(\d+)$", stdout, re.M)
+    code = status.group(1) if status else ""
+    if code == "217" and user:
+        return (f"the app's user {user!r} (User= in the unit) does not exist on {host}: "
+                f"create it there (useradd --system {q(user)}) or set process.user to a "
+                "user that exists, then deploy again")
+    if code == "216" and group:
+        return (f"the app's group {group!r} (Group= in the unit) does not exist on {host}: "
+                f"create it there (groupadd --system {q(group)}) or set process.group, "
+                "then deploy again")
+    return ""
 
 
 def unit_not_found_hint(unit_path: str, host: str) -> str:

@@ -311,3 +311,38 @@ def test_reboot_brings_back_exactly_the_slots_that_ran(sd_project: Project,
     assert_down(h, GREEN)
     assert p.front_version() == "v1"
     assert p.status()["live"] == "blue"
+
+
+def test_app_user_or_group_missing_on_the_host_the_printed_command_fixes_it(
+        sd_project: Project, systemd_host: SystemdHost) -> None:
+    """process.user / group that the host does not have: `systemctl restart` fails at once
+    (Type=exec), the start phase names the user or group and the command that creates it;
+    run as printed, the next deploy starts the app as that user and group."""
+    p, h = sd_project, systemd_host
+    names = ("bgsvc", "bgteam")
+    h.sh(f"userdel {names[0]} 2>/dev/null; groupdel {names[1]} 2>/dev/null; true")
+    sets = ("--set", f"process.user={names[0]}", "--set", f"process.group={names[1]}")
+    try:
+        # systemd resolves User= before Group=: the user is named first
+        for needle in ("the app's user 'bgsvc' (User= in the unit) does not exist on sd1",
+                       "the app's group 'bgteam' (Group= in the unit) does not exist on sd1"):
+            proc = p.deploy("v1", *sets, check=False)
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            err = proc.stderr
+            assert "phase=start" in err and needle in err, err
+            assert "Traceback" not in proc.stdout + err
+            assert h.is_active(BLUE) != "active"
+            # never enabled: a unit that cannot start must not come back at boot either
+            assert h.systemctl("is-enabled", BLUE).stdout.strip() == "disabled"
+            start = err.index("create it there (") + len("create it there (")
+            h.sh(err[start:err.index(")", start)])  # useradd/groupadd as printed
+        p.deploy("v1", *sets)
+        assert p.front_version() == "v1"
+        pid = assert_serving(h, BLUE, p.blue, "v1", user=names[0])
+        gid = h.sh(f"getent group {names[1]} | cut -d: -f3").stdout.strip()
+        status = h.read(f"/proc/{pid}/status")
+        assert next(line.split()[1:] for line in status.splitlines()
+                    if line.startswith("Gid:")) == [gid] * 4, status
+    finally:
+        h.sh(f"systemctl stop {BLUE}; userdel {names[0]} 2>/dev/null; "
+             f"groupdel {names[1]} 2>/dev/null; true")

@@ -21,7 +21,7 @@ from bluegreen import preflight
 from bluegreen.config import Config, HostSpec, from_dict
 from bluegreen.errors import ConfigError
 from bluegreen.hosts import LocalHost
-from bluegreen.process import SupervisorBackend, SystemdBackend, app_user
+from bluegreen.process import SupervisorBackend, SystemdBackend, app_user, identity_failure
 from tests.unit.test_process_units import (
     needs_systemd_analyze,
     render_unit,
@@ -196,11 +196,20 @@ def test_start_enables_only_after_the_restart_succeeded() -> None:
     cfg = cfg_of(sudo=True, ssh_user="deploy")
     SystemdBackend(cfg).start(Recorder(HostSpec("local"), cfg), "green", "/r/v2", "v2", "a")
     assert len(sent) == 1, sent
-    assert sent[0].endswith("sudo -n systemctl daemon-reload && "
-                            "sudo -n systemctl restart demo@green.service && "
-                            "sudo -n systemctl enable demo@green.service"), sent[0]
+    assert "sudo -n systemctl daemon-reload && { sudo -n systemctl restart " \
+        "demo@green.service || " in sent[0], sent[0]
+    assert sent[0].endswith("&& sudo -n systemctl enable demo@green.service"), sent[0]
     # and the connect phase asks sudo for exactly these
     rules = preflight.sudo_rules(cfg, "app")
     assert {"systemctl enable demo@green.service", "systemctl disable demo@green.service",
             "systemctl enable demo@blue.service", "systemctl disable demo@blue.service"} \
         <= set(rules)
+
+
+def test_a_missing_user_or_group_on_the_host_gets_its_own_hint() -> None:
+    hint = identity_failure("ExecMainStatus=217\n", "webapp", "", "app1")
+    assert hint.startswith("the app's user 'webapp' (User= in the unit) does not exist on "
+                           "app1: create it there (useradd --system webapp)"), hint
+    assert "groupadd --system web" in identity_failure("ExecMainStatus=216", "", "web", "a")
+    assert identity_failure("ExecMainStatus=203\n", "webapp", "", "app1") == ""
+    assert identity_failure("", "webapp", "", "app1") == ""
