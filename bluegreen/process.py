@@ -198,18 +198,33 @@ class SupervisorBackend(Backend):
         host.write_atomic(path, self.program_conf(host, slot, release_dir, version,
                                                   artifact_name))
         prog = q(self.program(slot))
+        user = app_user(self.cfg, host.spec)
+        # supervisord runs start.sh as process.user, which must then read it and the 0600
+        # env file: hand both over, in this same command. Only root (or that user) can; a
+        # refusal stops here, before supervisor starts anything.
+        chown = (f"chown -- {q(user)} {q(self.env_path(host, slot))} "
+                 f"{q(self.script_path(host, slot))} 2>&1 || {{ echo \"ERROR: cannot give "
+                 f"the slot's env file and start script to process.user {user} (log in as "
+                 f"root or as {user})\"; exit 0; }}; " if user else "")
         # `update` exits non-zero (and says "error: ... CANT_REREAD", no "ERROR") when
         # supervisord cannot read the include dir, and prints "... no such file" when
         # supervisord is not running: both must stop us before `start` runs an older
         # program definition.
-        out = host.run(commands.link_slot_release(self.layout(host), slot, release_dir) + "; "
+        out = host.run("( " + chown
+                       + commands.link_slot_release(self.layout(host), slot, release_dir) + "; "
                        f"{self.ctl('reread')} >/dev/null 2>&1; "
                        f"{self.ctl('update', prog)} 2>&1 || echo \"ERROR: supervisorctl update "
-                       f"exited $?\"; {self.ctl('start', prog)} 2>&1 || true", timeout=60,
+                       f"exited $?\"; {self.ctl('start', prog)} 2>&1 || true )", timeout=60,
                        says=f"supervisorctl update and start {self.program(slot)}").stdout
         bad = [line for line in out.splitlines()
                if ("ERROR" in line or line.startswith("error:"))
                and "already started" not in line]
+        if bad and "cannot give the slot's env file" in out:
+            raise BluegreenError(f"supervisor cannot start {self.program(slot)} as "
+                                 f"process.user {user}: {out.strip()}", host=host.label,
+                                 phase="start",
+                                 hint=f"log in as root (ssh.user) or as {user}, or leave "
+                                      "process.user empty")
         if bad:
             raise BluegreenError(f"supervisorctl could not start {self.program(slot)}: "
                                  f"{out.strip()}", host=host.label, phase="start",

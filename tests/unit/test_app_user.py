@@ -19,7 +19,7 @@ import pytest
 
 from bluegreen import preflight
 from bluegreen.config import Config, HostSpec, from_dict
-from bluegreen.errors import ConfigError
+from bluegreen.errors import BluegreenError, ConfigError
 from bluegreen.hosts import LocalHost
 from bluegreen.process import SupervisorBackend, SystemdBackend, app_user, identity_failure
 from tests.unit.test_process_units import (
@@ -213,3 +213,28 @@ def test_a_missing_user_or_group_on_the_host_gets_its_own_hint() -> None:
     assert "groupadd --system web" in identity_failure("ExecMainStatus=216", "", "web", "a")
     assert identity_failure("ExecMainStatus=203\n", "webapp", "", "app1") == ""
     assert identity_failure("", "webapp", "", "app1") == ""
+
+
+def test_supervisor_stops_before_supervisorctl_when_the_files_cannot_be_handed_over(
+        tmp_path: Path) -> None:
+    """chown to process.user fails (here: no such user; in life: a non-root SSH user):
+    the start phase says so, and supervisorctl (a recorder here) is never called."""
+    calls = tmp_path / "calls"
+    ctl = tmp_path / "supervisorctl"
+    ctl.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    ctl.chmod(0o755)
+    cfg = from_dict({"app": "demo", "start": "run {port}", "paths": {"root": str(tmp_path)},
+                     "process": {"backend": "supervisor", "supervisor_conf": "/s.conf",
+                                 "supervisorctl": str(ctl), "user": "bgnosuchuser",
+                                 "supervisor_include_dir": str(tmp_path / "inc")}})
+    host = LocalHost(HostSpec("local"), cfg)
+    release = tmp_path / "demo" / "releases" / "r1"
+    release.mkdir(parents=True)
+    (tmp_path / "demo" / "slots" / "blue").mkdir(parents=True)
+    (tmp_path / "inc").mkdir()
+    with pytest.raises(BluegreenError) as err:
+        SupervisorBackend(cfg).start(host, "blue", str(release), "v1", "a")
+    e = err.value
+    assert "supervisor cannot start demo-blue as process.user bgnosuchuser" in str(e), e
+    assert e.phase == "start" and "log in as root (ssh.user) or as bgnosuchuser" in e.hint
+    assert not calls.exists()
