@@ -18,6 +18,7 @@ runs boot it in 1-2 s.
 
 from __future__ import annotations
 
+import json
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -136,8 +137,12 @@ def test_deploy_switch_rollback_through_real_systemctl(sd_project: Project,
     assert unit_text.startswith("# managed by bluegreen"), unit_text
     assert h.sh(f"stat -c %U {UNIT_DIR}/{APP}@.service").stdout.strip() == DEPLOY_USER
 
-    p.deploy("v2")
+    result = json.loads(p.deploy("v2", "--json").stdout)
     assert p.front_version() == "v2"
+    # enable rides in the start command: still <= 4 SSH round trips on the app host
+    (sd1_cost,) = [row for row in result["hosts"] if row["host"] == "sd1"]
+    assert sd1_cost["connections"] == 1 and sd1_cost["commands"] <= 4, sd1_cost
+    print(f"deploy v2: {sd1_cost['commands']} remote commands on sd1")
     assert_serving(h, GREEN, p.green, "v2")
     assert assert_serving(h, BLUE, p.blue, "v1") == blue_pid  # the old slot kept warm
     st = p.status()
