@@ -376,7 +376,7 @@ def watch_new_slot(run: Run) -> str:
     from bluegreen import watch
     cfg = run.cfg.watch
     report = watch.watch(cfg, run.target, run.routers,
-                         crashed=lambda: run.slots.not_running_on(run.target),
+                         crashed=lambda: run.slots.not_running_on(run.target, "watch"),
                          say=run.report.say)
     run.outcome.watch = {**report.tally.to_dict(), "seconds": round(report.seconds, 2),
                          "breach": report.breach or None}
@@ -413,7 +413,8 @@ def revert_to_warm_slot(run: Run, exc: BluegreenError) -> None:
             change.verify()
     except BluegreenError as revert_exc:
         undone = change.undo()
-        exc.what += f"\n    the revert to {back} FAILED too: {revert_exc.what}; {undone}"
+        exc.what += (f"\n    the revert to {back} FAILED too: {revert_exc.what}\n    so traffic "
+                     f"may still be on {run.target} (the revert itself: {undone})")
         exc.hint = f"traffic may still be on {run.target}: run `fab switch --to {back}` now"
         return
     except BaseException:
