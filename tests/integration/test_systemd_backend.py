@@ -213,9 +213,14 @@ def test_missing_sudo_rule_named_and_the_printed_line_fixes_it(
         err = proc.stderr
         assert "phase=connect" in err and "nothing was changed" in err, err
         assert "`/usr/bin/systemctl stop demo@blue.service`" in err, err
+        # a sudoers line from before slots were enabled lacks these: named too
+        assert "`/usr/bin/systemctl enable demo@blue.service`" in err, err
+        assert "`/usr/bin/systemctl disable demo@green.service`" in err, err
         assert h.is_active(BLUE) == "inactive" and h.is_active(GREEN) == "inactive"
         marker = "(visudo -f /etc/sudoers.d/bluegreen): "
+        # the hint goes on after the line with "; then re-run" (every hint ends so)
         printed = err[err.index(marker) + len(marker):].splitlines()[0].strip()
+        printed = printed.removesuffix("; then re-run")
         assert printed.startswith(f"{DEPLOY_USER} ALL=(root) NOPASSWD: "), printed
         h.sh(f"printf '%s\\n' {shlex.quote(printed)} > /etc/sudoers.d/bluegreen.new && "
              "visudo -cf /etc/sudoers.d/bluegreen.new && chmod 0440 /etc/sudoers.d/bluegreen.new"
