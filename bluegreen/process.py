@@ -2,7 +2,9 @@
 
 plain:      setsid + pidfile (pid and start time) + a log file per slot. No daemon needed.
 supervisor: a [program:<app>-<slot>] file in supervisord's include dir, driven by supervisorctl.
-systemd:    a template unit <app>@.service, instance = slot, with a per-slot EnvironmentFile.
+systemd:    a template unit <app>@.service, instance = slot, with a per-slot EnvironmentFile;
+            a started slot is enabled and a stopped one disabled, so a reboot brings back
+            exactly the slots that ran. process.user / group: User=/Group= (supervisor: user=).
 
 Backends only start and stop; the flow checks port ownership (commands.drain_stop_free)
 the same way for all of them, so none of them ever kills a process it did not start.
@@ -323,9 +325,9 @@ class SystemdBackend(Backend):
         try:
             # enable in the same command (no extra round trip): a running slot comes back
             # after a reboot, as supervisor's autostart does; only once it did start, so a
-            # unit that cannot start is never left enabled
-            # a failed restart prints the main process's exit status (`show` needs no
-            # sudo): 216/217 name a Group=/User= the host does not have
+            # unit that cannot start is never left enabled. A failed restart prints the
+            # main process's exit status (`show` needs no sudo): 216/217 name a
+            # Group=/User= the host does not have.
             host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
                      f"{self.systemctl} daemon-reload && "
                      f"{{ {self.systemctl} restart {q(unit)} || {{ rc=$?; "
