@@ -134,6 +134,12 @@ HINTS: tuple[Hint, ...] = (
          "test_bad_since_pass_it_again"),
     Hint("process.py", "journalctl -u", "journalctl -u UNIT",
          "untested: a `systemctl restart` that fails for another reason than a missing unit"),
+    Hint("process.py", "create it there (useradd --system ", "useradd --system USER",
+         "elsewhere: tests/integration/test_systemd_backend.py "
+         "test_app_user_or_group_missing_on_the_host_the_printed_command_fixes_it"),
+    Hint("process.py", "create it there (groupadd --system ", "groupadd --system GROUP",
+         "elsewhere: tests/integration/test_systemd_backend.py "
+         "test_app_user_or_group_missing_on_the_host_the_printed_command_fixes_it"),
     Hint("process.py", "link it once: ln -s ", "ln -s UNIT /etc/systemd/system/",
          "elsewhere: tests/integration/test_systemd_backend.py "
          "test_forgotten_unit_link_names_the_link_and_the_printed_command_fixes_it"),
