@@ -113,7 +113,7 @@ def watch_canary(run: Run, seconds: float) -> str:
             "Cookie": f"{run.cfg.canary.cookie}={cohort_in(run.weight, canary=True)}"}
     try:
         report = watch.watch(cfg, run.target, run.routers,
-                             crashed=lambda: run.slots.not_running_on(run.target),
+                             crashed=lambda: run.slots.not_running_on(run.target, "watch"),
                              say=run.report.say)
     finally:
         for router in run.routers:
@@ -147,7 +147,8 @@ def revert_canary(run: Run, exc: BluegreenError) -> None:
             change.verify()
     except BluegreenError as revert_exc:
         undone = change.undo()
-        exc.what += f"\n    the revert to 0% FAILED too: {revert_exc.what}; {undone}"
+        exc.what += (f"\n    the revert to 0% FAILED too: {revert_exc.what}\n    so the canary "
+                     f"may still have its share of users (the revert itself: {undone})")
         exc.hint = "the canary may still get users: run `fab switch --abort` now"
         return
     except BaseException:

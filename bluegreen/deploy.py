@@ -247,7 +247,8 @@ def maintenance(run: Run, on: bool, message: str = "", retry_after: int = 60) ->
         Phase("arguments", lambda r: check_maintenance_args(text, retry_after)),
         LOCK, RECOVER,
         Phase("state", p.read_state),
-        Phase("maintenance", lambda r: set_maintenance(r, text, retry_after),
+        Phase("maintenance", lambda r: set_maintenance(r, page_text(r, on, message),
+                                                       retry_after),
               lambda r: (f"503 + Retry-After {retry_after} s at every front door" if on
                          else "serve the live slot again at every front door")),
     ]
@@ -260,6 +261,15 @@ DEFAULT_MAINTENANCE = "Down for maintenance; back soon."
 MAX_MESSAGE = 500  # characters: the lua mode sends it in a URL
 MAX_RETRY_AFTER = 86400  # a day: clients (and crawlers) come back within it
 MAX_STEP = 86400.0  # a canary step longer than a day is a typo
+
+
+def page_text(run: Run, on: bool, message: str) -> str | None:
+    """The maintenance page's message: --message, else the one state records while
+    maintenance is on (`fab maintenance on` again, as status says after an nginx restart
+    lost the page, puts that page back rather than the default), else the default."""
+    if not on:
+        return None
+    return message or run.live.maintenance or DEFAULT_MAINTENANCE
 
 
 def check_maintenance_args(text: str | None, retry_after: int) -> None:

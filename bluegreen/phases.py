@@ -162,7 +162,9 @@ def abandon_new_release(run: Run, exc: BluegreenError) -> None:
         run.slots.stop_quietly(slot)
     state.slots[slot].status = "failed"
     run.ledger.save_state(state, failing=True)
-    exc.hint = f"traffic was NOT switched: it stays on {state.live or 'nothing'}. " + exc.hint
+    where = (f"it stays on {state.live}" if state.live
+             else "nothing was live before, and nothing is now")
+    exc.hint = f"traffic was NOT switched: {where}. " + exc.hint
 
 
 def mark_vetoed(run: Run, exc: BluegreenError) -> None:
@@ -304,9 +306,9 @@ def keep_new_release_idle(run: Run, exc: BluegreenError) -> None:
     state = run.live
     state.slots[run.target].status = "running"
     run.ledger.save_state(state, failing=True)
-    exc.hint = (f"{exc.hint}. Traffic stays on {state.live or 'nothing'}; the new "
-                f"release keeps running idle in {run.target}: fix, then `fab switch` "
-                "or `fab deploy` again")
+    where = f"Traffic stays on {state.live}" if state.live else "Nothing is live yet"
+    exc.hint = (f"{exc.hint}. {where}; the new release keeps running idle in "
+                f"{run.target}: fix, then `fab switch` or `fab deploy` again")
 
 
 def record_live(run: Run) -> None:
@@ -374,7 +376,7 @@ def watch_new_slot(run: Run) -> str:
     from bluegreen import watch
     cfg = run.cfg.watch
     report = watch.watch(cfg, run.target, run.routers,
-                         crashed=lambda: run.slots.not_running_on(run.target),
+                         crashed=lambda: run.slots.not_running_on(run.target, "watch"),
                          say=run.report.say)
     run.outcome.watch = {**report.tally.to_dict(), "seconds": round(report.seconds, 2),
                          "breach": report.breach or None}
@@ -411,7 +413,8 @@ def revert_to_warm_slot(run: Run, exc: BluegreenError) -> None:
             change.verify()
     except BluegreenError as revert_exc:
         undone = change.undo()
-        exc.what += f"\n    the revert to {back} FAILED too: {revert_exc.what}; {undone}"
+        exc.what += (f"\n    the revert to {back} FAILED too: {revert_exc.what}\n    so traffic "
+                     f"may still be on {run.target} (the revert itself: {undone})")
         exc.hint = f"traffic may still be on {run.target}: run `fab switch --to {back}` now"
         return
     except BaseException:

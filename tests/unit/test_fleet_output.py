@@ -135,10 +135,13 @@ def test_sudo_rules_per_host_type() -> None:
     assert preflight.sudo_rules(cfg, "app") == []
     sd = config.from_dict({"app": "demo", "start": "x {port}", "sudo": {"app": ["systemctl"]},
                            "process": {"backend": "systemd"}})
+    # enable/disable: a started slot is enabled, a stopped one disabled (reboot survival)
     assert preflight.sudo_rules(sd, "app") == [
         "systemctl daemon-reload", "systemctl restart demo@blue.service",
-        "systemctl stop demo@blue.service", "systemctl restart demo@green.service",
-        "systemctl stop demo@green.service"]
+        "systemctl stop demo@blue.service", "systemctl enable demo@blue.service",
+        "systemctl disable demo@blue.service", "systemctl restart demo@green.service",
+        "systemctl stop demo@green.service", "systemctl enable demo@green.service",
+        "systemctl disable demo@green.service"]
     assert preflight.writable_dirs(cfg, HostSpec("t1"), "traffic") == ["/etc/nginx/bluegreen"]
 
 
@@ -192,6 +195,8 @@ def test_unreachable_hosts_are_listed_in_one_error() -> None:
         "    app03: cannot reach 198.19.1.5:22: [Errno 111] Connection refused",
         "    app07: cannot reach 198.19.1.9:22: timed out"]
     assert err.host == "app03,app07" and err.phase == "connect"
+    # the first host's own hint, then the one step every such hint leads to
+    assert err.hint == "check the address; then re-run when they answer"
 
 
 def test_sudo_config_refuses_a_command_that_already_says_sudo() -> None:

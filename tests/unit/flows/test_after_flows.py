@@ -429,6 +429,21 @@ def test_a_maintenance_message_is_one_short_line(tmp_path: Path) -> None:
     assert "local" not in h.world.lua_maintenance and h.state()["live"] == "blue"
 
 
+def test_maintenance_on_again_without_a_message_keeps_the_recorded_one(tmp_path: Path) -> None:
+    """What status prints after an nginx restart lost the page (`fab maintenance on`
+    again) puts back the page state records, not the default one."""
+    h = harness(tmp_path)
+    h.deploy("v1")
+    deploy.maintenance(h.run("maintenance"), True, "back at 14:00")
+    del h.world.lua_maintenance["local"]  # nginx restarted: its shared dict is empty
+    deploy.maintenance(h.run("maintenance"), True)
+    assert h.state()["maintenance"] == "back at 14:00"
+    assert "back at 14:00" in str(h.world.lua_maintenance["local"])
+    deploy.maintenance(h.run("maintenance"), False)
+    deploy.maintenance(h.run("maintenance"), True)  # off in between: the default again
+    assert h.state()["maintenance"] == deploy.DEFAULT_MAINTENANCE
+
+
 # ---------------------------------------------------------------- the pieces
 
 def status_of(h: Harness) -> dict:
