@@ -526,10 +526,12 @@ def require(run: Run, feature: str, what: str) -> None:
     if lacking:
         modes = ", ".join(f"{r.label} ({r.kind} mode)" for r in lacking)
         raise BluegreenError(
-            f"{what} needs nginx's lua module on every traffic host, and {modes} has none",
+            f"{what} needs a router that can route by request on every traffic host (nginx "
+            f"with its lua module, or haproxy), and {modes} cannot",
             phase="state", host=",".join(r.label for r in lacking),
             hint="install libnginx-mod-http-lua there (nginx.mode = \"auto\" finds it) or set "
-                 "nginx.mode = \"lua\"; nothing was changed")
+                 "nginx.mode = \"lua\", or use traffic.router = \"haproxy\"; nothing was "
+                 "changed")
 
 
 def refuse_while_canary(run: Run, action: str) -> None:

@@ -250,11 +250,6 @@ class Router(ABC):
         """Per-slot counters since the router started; None: not available in this mode."""
         return None
 
-    def set_weights(self, weights: Mapping[str, int]) -> None:
-        raise Unsupported(f"{self.kind} mode cannot split traffic by weight",
-                          host=self.label, phase="switch",
-                          hint="use nginx.mode = \"lua\" (or the haproxy router) for canaries")
-
     def set_preview(self, slot: str | None, digest: str = "") -> None:
         """Route requests that carry the preview token (whose sha1 is `digest`) to `slot`;
         None: no preview route."""

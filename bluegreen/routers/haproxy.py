@@ -732,22 +732,6 @@ class HaproxyRouter(Router):
             raise BluegreenError(exc.what, host=self.label, phase=phase,
                                  hint=exc.hint) from exc
 
-    def set_weights(self, weights: Mapping[str, int]) -> None:
-        """{live slot: 100 - w, other slot: w}: the share in the other slot's servers'
-        weight, on the admin socket and in the state file (a traffic change renders the
-        file too: TrafficChange with a weight)."""
-        if sorted(weights) != ["blue", "green"] or sum(weights.values()) != 100:
-            raise BluegreenError(f"weights must give blue and green shares that add up to "
-                                 f"100, not {dict(weights)}", host=self.label, phase="switch")
-        live = self.routed().slot
-        if live not in api.SLOTS:
-            raise BluegreenError(f"haproxy routes to {live or 'nothing'}: no live slot to "
-                                 "share users with", host=self.label, phase="switch",
-                                 hint="`fab switch --to SLOT` first")
-        share = int(weights[other_slot(live)])
-        self._send(self._route_commands(live, share), f"give {other_slot(live)} {share}% of "
-                                                      "users on haproxy")
-
     def route_now(self, slot: str) -> bool:
         """A breach: every new request to `slot` (no canary) in one admin-socket line,
         before the file and its `haproxy -c` follow in the revert's traffic change."""

@@ -153,16 +153,6 @@ class NginxLuaRouter(NginxRouter):
         self.check_error_log(applied.log_offset)
         return took
 
-    def set_weights(self, weights: Mapping[str, int]) -> None:
-        """{live slot: 100 - w, other slot: w} in the zone only (a traffic change renders
-        the file too: TrafficChange with a weight)."""
-        if sorted(weights) != ["blue", "green"] or sum(weights.values()) != 100:
-            raise BluegreenError(f"weights must give blue and green shares that add up to "
-                                 f"100, not {dict(weights)}", host=self.label, phase="switch")
-        live = self.routed().slot or "blue"
-        self.set_live_port(self.cfg.port_of(live), int(weights[other_slot(live)]))
-
-    # ---------------------------------------------------------------- what it counts
     def counters(self) -> dict[str, SlotCounters] | None:
         """Per slot, since nginx started (a reload keeps them): from the zone."""
         try:  # (no lua config loaded: the control listener does not answer)

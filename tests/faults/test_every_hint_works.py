@@ -181,9 +181,6 @@ HINTS: tuple[Hint, ...] = (
          "test_haproxy_verify_failure_fab_status_shows_what_it_routes_to"),
     Hint("routers/haproxy.py", "`fab switch --abort` ends a canary", "fab switch --abort",
          "untested: haproxy applied another canary share than asked, then --abort"),
-    Hint("routers/haproxy.py", "`fab switch --to SLOT` first", "fab switch --to SLOT",
-         "unreachable: HaproxyRouter.set_weights is called by no fab task (a canary's "
-         "share goes through TrafficChange, which renders it and checks the live slot)"),
     Hint("routers/haproxy.py", "(`fab status` says what it can see)", "fab status",
          "test_haproxy_admin_socket_unreachable_fab_status_says_what_it_can_see"),
     Hint("routers/haproxy.py", ") and re-run", "fix; re-run",

@@ -124,7 +124,8 @@ def test_reload_mode_refuses_a_canary_clearly(reload_project: Project) -> None:
     proj.deploy("v2")
     proc = proj.fab("switch", "--weight", "10", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "a canary needs nginx's lua module on every traffic host" in proc.stderr
+    assert "a canary needs a router that can route by request on every traffic host" \
+        in proc.stderr
     assert "(reload mode)" in proc.stderr
     assert proj.front_version() == "v2"
 
