@@ -18,10 +18,24 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from bluegreen import render
+from bluegreen import httpwire, render
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Host
+
+
+@dataclass(frozen=True)
+class FrontDoor:
+    """Where users reach one router, and how a probe asks as one of them."""
+
+    address: str
+    port: int
+    host_header: str
+    tls: httpwire.Tls | None = None  # HTTPS: SNI and the certificate's name = host_header
+
+    def url(self, path: str) -> str:
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{'https' if self.tls else 'http'}://{address}:{self.port}{path}"
 
 
 class Unsupported(BluegreenError):
@@ -235,9 +249,61 @@ class Router(ABC):
                 return n
             time.sleep(0.05 if n == 0 else 0.02)
 
+    # ---------------------------------------------------------------- the front door
+    verify_hint: ClassVar[str] = "the template must keep the X-Bluegreen-Slot header"
+
     @abstractmethod
+    def door(self) -> FrontDoor:
+        """Where users reach this router (its `listen`), and the Host they ask for."""
+
+    @property
+    @abstractmethod
+    def verify_timeout(self) -> float:
+        """How long a change may take to show at the front door."""
+
     def front_door_request(self, path: str) -> Answer:
-        """One GET through this host's front door, as a user would send it."""
+        """One GET through this host's front door, as a user would send it (with
+        `probe_headers`: a cohort cookie, the preview token)."""
+        door = self.door()
+        extra: dict[str, object] = {}
+        if door.tls is not None:
+            extra["tls"] = door.tls
+        if self.probe_headers:
+            extra["headers"] = dict(self.probe_headers)
+        start = time.monotonic()
+        try:
+            reply = self.host.http_get(door.port, path, timeout=2.0, address=door.address,
+                                       host_header=door.host_header, **extra)  # type: ignore[arg-type]
+        except (OSError, ValueError, EOFError) as exc:
+            return Answer("", 0, (time.monotonic() - start) * 1000,
+                          f"{type(exc).__name__}: {exc}")
+        return Answer(reply.header(render.SLOT_HEADER) or "", reply.status,
+                      (time.monotonic() - start) * 1000)
+
+    def probe_front_door(self) -> tuple[str, str]:
+        """(slot that answered, or "", what happened) for one request through the front
+        door: the router's view as a client sees it."""
+        answer = self.front_door_request(self.cfg.verify_path)
+        if answer.error:
+            return "", answer.error
+        return answer.slot, (f"HTTP {answer.status} from slot "
+                             f"{answer.slot or '(no X-Bluegreen-Slot header)'}")
+
+    def wait_front_door(self, slot: str) -> float:
+        """Wait until the front door answers from `slot` with the healthy status; seconds
+        it took."""
+        start = time.monotonic()
+        deadline = start + self.verify_timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            answered, last = self.probe_front_door()
+            if answered == slot and last.startswith(f"HTTP {self.cfg.health.status} "):
+                return time.monotonic() - start
+            time.sleep(0.01)
+        raise BluegreenError(
+            f"after the change, {self.door().url(self.cfg.verify_path)} did not answer "
+            f"from slot {slot} within {self.verify_timeout:g}s (last: {last})",
+            host=self.label, phase="verify", hint=self.verify_hint)
 
     def route_now(self, slot: str) -> bool:
         """Send every new request to `slot` at once, ahead of the file (a revert to a slot

@@ -41,19 +41,18 @@ Each script sits next to the code that reads its output; every value in it is qu
 from __future__ import annotations
 
 import shlex
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bluegreen.config import Config, other_slot
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import DryRunHost, Host, Result
-from bluegreen.render import SLOT_HEADER, front_door, parse_marker, upstream_address
+from bluegreen.render import front_door, parse_marker, upstream_address
 from bluegreen.routers import haproxy_api as api
 from bluegreen.routers.base import (
-    Answer,
     Applied,
     ConfigRejected,
+    FrontDoor,
     Routed,
     Router,
     SlotCounters,
@@ -557,46 +556,16 @@ class HaproxyRouter(Router):
             self.probe_headers = None
         return took
 
-    def wait_front_door(self, slot: str) -> float:
-        """Wait until the front door answers from `slot` with the healthy status (with
-        `probe_headers`: a cohort cookie, the preview token); seconds it took."""
-        cfg = self.cfg
-        addr, port = front_door(cfg.haproxy.listen)
-        start = time.monotonic()
-        deadline = start + cfg.haproxy.verify_timeout
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            answered, last = self.probe_front_door()
-            if answered == slot and last.startswith(f"HTTP {cfg.health.status} "):
-                return time.monotonic() - start
-            time.sleep(0.01)
-        raise BluegreenError(
-            f"after the change, {addr}:{port}{cfg.verify_path} did not answer from slot "
-            f"{slot} within {cfg.haproxy.verify_timeout:g}s (last: {last})", host=self.label,
-            phase="verify", hint="the template must keep the X-Bluegreen-Slot header; "
-                                 "`fab status` shows what haproxy routes to")
+    verify_hint = ("the template must keep the X-Bluegreen-Slot header; `fab status` shows "
+                   "what haproxy routes to")
 
-    def probe_front_door(self) -> tuple[str, str]:
-        answer = self.front_door_request(self.cfg.verify_path)
-        if answer.error:
-            return "", answer.error
-        return answer.slot, (f"HTTP {answer.status} from slot "
-                             f"{answer.slot or '(no X-Bluegreen-Slot header)'}")
+    @property
+    def verify_timeout(self) -> float:
+        return self.cfg.haproxy.verify_timeout
 
-    def front_door_request(self, path: str) -> Answer:
-        """One GET through haproxy's front door, as a user would send it."""
-        cfg = self.cfg
-        addr, port = front_door(cfg.haproxy.listen)
-        start = time.monotonic()
-        try:
-            reply = self.host.http_get(port, path, timeout=2.0, address=addr,
-                                       host_header=cfg.health.host_header or "localhost",
-                                       headers=dict(self.probe_headers or {}) or None)
-        except (OSError, ValueError, EOFError) as exc:
-            return Answer("", 0, (time.monotonic() - start) * 1000,
-                          f"{type(exc).__name__}: {exc}")
-        return Answer(reply.header(SLOT_HEADER) or "", reply.status,
-                      (time.monotonic() - start) * 1000)
+    def door(self) -> FrontDoor:
+        addr, port = front_door(self.cfg.haproxy.listen)
+        return FrontDoor(addr, port, self.cfg.health.host_header or "localhost")
 
     def restore(self, applied: Applied) -> None:
         """The previous file back, and the servers back in the admin states they had (the

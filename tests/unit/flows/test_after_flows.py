@@ -146,8 +146,8 @@ def test_preview_in_reload_mode_is_refused_before_anything_changes(
     h.deploy("v1")
     with pytest.raises(BluegreenError) as err:
         deploy.deploy(h.run("deploy"), artifact(tmp_path, "v2"), "v2", no_switch=True)
-    assert "a preview route (preview.token_env is set) needs a router that can route by request" in \
-        err.value.what and "local (reload mode)" in err.value.what
+    assert "a preview route (preview.token_env is set) needs a router that can route by " \
+        "request" in err.value.what and "local (reload mode)" in err.value.what
     assert not any(c.startswith("upload") for c in h.changes())
 
 
