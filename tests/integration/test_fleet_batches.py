@@ -38,7 +38,8 @@ def proj(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FleetProject]:
     work = tmp_path_factory.mktemp("rolling")
     with TestFleet(4, 0, nginx_on_apps=True) as fleet:
         p = fleet.project(work / "app", build_artifacts(work / "dist",
-                                                        ("v1", "v2", "v3", "v4-lying")),
+                                                        ("v1", "v2", "v3", "v4-lying",
+                                                         "v5", "v6")),
                           extra_toml=WATCH)
         try:
             yield p
@@ -189,10 +190,14 @@ def test_a_batch_that_answers_500_is_stopped_by_its_watch_and_switched_back(
     assert set(proj.front_versions().values()) == {"v2"}
 
 
+@pytest.mark.parametrize(("keep", "version"), [
+    pytest.param(False, "v5", id="all-back"), pytest.param(True, "v6", id="keep-partial")])
 def test_a_breach_in_a_later_batch_switches_the_earlier_batches_back_too(
-        proj: FleetProject) -> None:
-    """Batch 1 passes its watch; batch 2's new slot dies on app03 during its watch: every
-    host goes back, the earlier batch included."""
+        proj: FleetProject, keep: bool, version: str) -> None:
+    """Batch 1 passes its watch; batch 2's new slot dies on app03 during its watch: the
+    release is marked bad and every host goes back, the earlier batch included; with
+    --keep-partial only the breached batch does, and the printed `fab switch --to OLD`
+    puts the kept hosts back. (Each case ships its own version: a breach marks it bad.)"""
     assert proj.fleet is not None
     start_from(proj, "v1")
     live = proj.status()["live"]
@@ -206,19 +211,40 @@ def test_a_breach_in_a_later_batch_switches_the_earlier_batches_back_too(
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    ran = proj.fab("deploy", "--artifact", str(proj.artifacts["v3"]), "--version", "v3",
-                   "--batch", "2", check=False, timeout=180, on_line=kill_on_batch_2_watch)
+    ran = proj.fab("deploy", "--artifact", str(proj.artifacts[version]), "--version", version,
+                   "--batch", "2", *(["--keep-partial"] if keep else []), check=False,
+                   timeout=180, on_line=kill_on_batch_2_watch)
     assert killed, ran.stdout
     err = ran.stderr
+    assert "Traceback" not in ran.stdout + err
+    assert "<-- watch     2/2 ok" in ran.stdout  # batch 1 passed its gate
     assert re.search(r"batch 2/2: its watch on app03, app04 saw slot \w+ exited on app03 "
                      r"[\d.]+ s after the switch", err), err
-    assert f"switched 4 host(s) back to {live} (app01, app02, app03, app04)" in err, err
-    assert set(proj.front_versions().values()) == {"v1"}
-    st = proj.status()
-    assert st["exit_code"] == 0 and st["rollout"] is None and not st["hosts_live"]
     entry = last_deploy(proj)
-    assert entry["phase"] == "watch" and entry["rollout"]["switched_back"] == [  # type: ignore[index]
-        "app01", "app02", "app03", "app04"]
+    assert entry["phase"] == "watch" and entry["auto_reverted"] is True
+    if not keep:
+        assert f"switched 4 host(s) back to {live} (app01, app02, app03, app04)" in err, err
+        assert set(proj.front_versions().values()) == {"v1"}
+        st = proj.status()
+        assert st["exit_code"] == 0 and st["rollout"] is None and not st["hosts_live"]
+        assert entry["rollout"]["switched_back"] == [  # type: ignore[index]
+            "app01", "app02", "app03", "app04"]
+        return
+    assert (f"switched the batch back to {live}, kept partial: 2 host(s) serve {new} "
+            "(app01, app02)") in err, err
+    assert proj.front_versions() == {"app01": version, "app02": version, "app03": "v1",
+                                     "app04": "v1"}
+    assert entry["rollout"]["switched_back"] == ["app03", "app04"]  # type: ignore[index]
+    st = proj.status()
+    assert st["consistent"] and st["rollout"]["done"] == ["app01", "app02"], st
+    assert f"the kept hosts serve the bad release: `fab switch --to {live}`" in err
+    cmd = printed(err)[0]
+    assert cmd == ["fab", "switch", "--to", live]
+    proj.fab(*cmd[1:], timeout=120)
+    converged(proj, "v1")
+    # and the bad release is not rolled out again by accident
+    again = proj.deploy(version, "--batch", "2", check=False, timeout=120)
+    assert "was auto-reverted before" in again.stderr, again.stderr
 
 
 # ---------------------------------------------------------------- every batch hint works
