@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV  ?= .venv
 PY    := $(VENV)/bin/python
 
-.PHONY: setup demo demo-stop test unit fleet faults bench lint clean
+.PHONY: setup demo demo-stop test unit fleet faults systemd-host bench lint clean
 
 setup: $(VENV)/.installed
 	@scripts/install-system-deps.sh | grep -v '^found:' || true
@@ -40,6 +40,11 @@ fleet: setup
 ## (`make test` runs a bounded subset; -m here overrides pyproject's "not faults_full")
 faults: setup
 	$(VENV)/bin/pytest -q -p no:cacheprovider -m faults tests/faults
+
+## build the cached Debian 12 root filesystem the systemd backend's tests boot (about
+## 1-2.5 min, once; `make test` builds it on first use otherwise) and boot it once
+systemd-host: setup
+	$(PY) -m testkit.systemd_host
 
 ## every benchmark (bench/run.py), one result line each; `$(PY) -m bench.NAME` runs one
 bench: setup

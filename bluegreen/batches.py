@@ -345,7 +345,7 @@ def _gate(run: Run, render_cfg: Config, labels: list[str], at: int,
                 run.fleet.plan.add("all", f"watch on {', '.join(labels)}: {detail}")
                 return None
             report = watch_mod.watch(cfg, run.target, b.routers,
-                                     crashed=lambda: b.slots.not_running_on(run.target),
+                                     crashed=lambda: b.slots.not_running_on(run.target, "watch"),
                                      say=run.report.say)
             t = report.tally
             run.outcome.watch = {**t.to_dict(), "seconds": round(report.seconds, 2),

@@ -29,9 +29,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bluegreen import batches, preflight
+from bluegreen import batches, preflight, preview
+from bluegreen import canary as c
 from bluegreen import phases as p
 from bluegreen.errors import ArgumentError, BluegreenError, LockHeld
+from bluegreen.maintenance import set_maintenance
 from bluegreen.run import Outcome, Phase, Run, perform
 
 
@@ -64,7 +66,7 @@ def deploy_phases(artifact: Path, version: str, *, no_switch: bool = False,
                   canary: list[int] | None = None, step: float = 0.0) -> list[Phase]:
     if no_switch:
         return [*_prepare_phases(artifact, version, no_switch=True),
-                Phase("ready", p.mark_ready, lambda r: f"slot {r.target} waits for `fab "
+                Phase("ready", preview.mark_ready, lambda r: f"slot {r.target} waits for `fab "
                                                       "promote`")]
     steps = [w for w in canary or [] if w < 100]
     return [*_prepare_phases(artifact, version, canary=bool(canary)),
@@ -85,7 +87,7 @@ def _prepare_phases(artifact: Path, version: str, *, no_switch: bool = False,
         CONNECT, LOCK, RECOVER,
         Phase("state", p.plan_deploy, lambda r: ""),
         *([Phase("preview-check", p.check_no_switch)] if no_switch else []),
-        *([Phase("canary-check", p.check_canary_deploy)] if canary else []),
+        *([Phase("canary-check", c.check_canary_deploy)] if canary else []),
         Phase("announce", p.announce_deploy),
         Phase("pre-deploy", p.hook("pre-deploy"), lambda r: "hook", hook="pre-deploy"),
         Phase("upload", p.upload,
@@ -105,24 +107,24 @@ def canary_step(weight: int, seconds: float) -> list[Phase]:
     traffic change), prove both sides answer, record it, then watch the canary for
     `seconds`: a breach sends everyone back to the live slot and fails the run."""
     return [
-        Phase("weight", lambda r: p.set_weight(r, weight),
+        Phase("weight", lambda r: c.set_weight(r, weight),
               lambda r: f"{weight}% of users to {r.target} (by cohort cookie "
                         f"{r.cfg.canary.cookie}), the rest stay on {r.live.live}",
               on_failure=p.keep_new_release_idle),
-        Phase("verify", p.verify_weight, lambda r: f"{r.cfg.verify_path} through every front "
+        Phase("verify", c.verify_weight, lambda r: f"{r.cfg.verify_path} through every front "
                                                    "door, on both sides", observes=True,
               on_failure=p.keep_new_release_idle),
-        Phase("record", p.record_weight),
-        Phase("watch", lambda r: p.watch_canary(r, seconds),
+        Phase("record", c.record_weight),
+        Phase("watch", lambda r: c.watch_canary(r, seconds),
               lambda r: f"canary {r.target} at {weight}% for {seconds:g} s",
-              observes=True, on_failure=p.revert_canary),
+              observes=True, on_failure=c.revert_canary),
     ]
 
 
 def switch_phases(to: str, weight: int | None = None) -> list[Phase]:
     return [
         Phase("arguments", lambda r: p.check_slot_name(to)),
-        *([Phase("arguments", lambda r: p.check_weight(weight))] if weight is not None else []),
+        *([Phase("arguments", lambda r: c.check_weight(weight))] if weight is not None else []),
         CONNECT, LOCK, RECOVER,
         Phase("state", p.read_state),
         Phase("target", lambda r: p.choose_switch_target(r, to)),
@@ -133,16 +135,16 @@ def switch_phases(to: str, weight: int | None = None) -> list[Phase]:
 def weight_phases(weight: int, to: str = "") -> list[Phase]:
     """`fab switch --weight N` (0 < N < 100): a canary on the idle slot, gated by the watch."""
     return [
-        Phase("arguments", lambda r: p.check_weight(weight)),
-        Phase("arguments", lambda r: p.check_canary_to(to)),
+        Phase("arguments", lambda r: c.check_weight(weight)),
+        Phase("arguments", lambda r: c.check_canary_to(to)),
         LOCK, RECOVER,
         Phase("state", p.read_state),
-        Phase("target", p.choose_canary_target),
+        Phase("target", c.choose_canary_target),
         READY, HEALTH,
         *[phase for phase in canary_step(weight, 0.0) if phase.name != "watch"],
-        Phase("watch", lambda r: p.watch_canary(r, r.cfg.watch.seconds),
+        Phase("watch", lambda r: c.watch_canary(r, r.cfg.watch.seconds),
               lambda r: f"canary {r.target} at {weight}% for {r.cfg.watch.seconds:g} s",
-              observes=True, on_failure=p.revert_canary,
+              observes=True, on_failure=c.revert_canary,
               when=lambda r: r.cfg.watch.seconds > 0),
     ]
 
@@ -150,7 +152,7 @@ def weight_phases(weight: int, to: str = "") -> list[Phase]:
 ABORT = [
     LOCK, RECOVER,
     Phase("state", p.read_state),
-    Phase("abort", p.abort_canary, lambda r: "canary back to 0%: everyone on the live slot"),
+    Phase("abort", c.abort_canary, lambda r: "canary back to 0%: everyone on the live slot"),
 ]
 
 PROMOTE = [
@@ -181,7 +183,7 @@ def _with_measure(line: str, run: Run) -> str:
 def deploy(run: Run, artifact: Path, version: str = "", *, force: bool = False,
            no_switch: bool = False, canary: str = "", step: float | None = None) -> Outcome:
     run.force = force
-    steps = p.parse_steps(canary) if canary else None
+    steps = c.parse_steps(canary) if canary else None
     if no_switch and steps:
         raise ArgumentError("--canary", "does not go with --no-switch",
                             hint="--no-switch prepares a release for `fab promote`; "
@@ -245,7 +247,8 @@ def maintenance(run: Run, on: bool, message: str = "", retry_after: int = 60) ->
         Phase("arguments", lambda r: check_maintenance_args(text, retry_after)),
         LOCK, RECOVER,
         Phase("state", p.read_state),
-        Phase("maintenance", lambda r: p.set_maintenance(r, text, retry_after),
+        Phase("maintenance", lambda r: set_maintenance(r, page_text(r, on, message),
+                                                       retry_after),
               lambda r: (f"503 + Retry-After {retry_after} s at every front door" if on
                          else "serve the live slot again at every front door")),
     ]
@@ -258,6 +261,15 @@ DEFAULT_MAINTENANCE = "Down for maintenance; back soon."
 MAX_MESSAGE = 500  # characters: the lua mode sends it in a URL
 MAX_RETRY_AFTER = 86400  # a day: clients (and crawlers) come back within it
 MAX_STEP = 86400.0  # a canary step longer than a day is a typo
+
+
+def page_text(run: Run, on: bool, message: str) -> str | None:
+    """The maintenance page's message: --message, else the one state records while
+    maintenance is on (`fab maintenance on` again, as status says after an nginx restart
+    lost the page, puts that page back rather than the default), else the default."""
+    if not on:
+        return None
+    return message or run.live.maintenance or DEFAULT_MAINTENANCE
 
 
 def check_maintenance_args(text: str | None, retry_after: int) -> None:

@@ -76,7 +76,7 @@ def wait_healthy(host: Host, port: int, cfg: Health, *,
                 raise BluegreenError(
                     f"the new process on port {port} exited before becoming healthy "
                     f"(last probe: {last.detail})", host=host.label, phase="health",
-                    hint="read the app log below; fix the build or the start command")
+                    hint="read the app log above; fix the build or the start command")
         # between successes, probe at the short interval: the streak should close quickly
         interval = MIN_INTERVAL * 2 if last.ok else next_interval(interval, last, cfg)
         time.sleep(min(interval, max(0.0, deadline - now)))
@@ -84,4 +84,4 @@ def wait_healthy(host: Host, port: int, cfg: Health, *,
         f"port {port} did not become healthy within {cfg.timeout:g}s: "
         f"GET {cfg.path} wanted HTTP {cfg.status}, last probe: {last.detail} "
         f"({probes} probes)", host=host.label, phase="health",
-        hint="read the app log below; raise health.timeout if the app is just slow to boot")
+        hint="read the app log above; raise health.timeout if the app is just slow to boot")

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import itertools
-import os
 import time
 from pathlib import Path
 
-from bluegreen import failpoints, interrupts, journal, release, render
-from bluegreen.config import Config
-from bluegreen.errors import ArgumentError, BluegreenError
+from bluegreen import failpoints, interrupts, journal, preview, release, render
+from bluegreen.errors import BluegreenError
 from bluegreen.layout import release_id
 from bluegreen.lock import new_owner
-from bluegreen.routers import Router, switch_notices
+from bluegreen.routers import switch_notices
 from bluegreen.routers.base import Applied, SlotCounters
 from bluegreen.run import Run
 from bluegreen.state import SlotRecord, State
@@ -144,7 +140,7 @@ def upload(run: Run) -> str:
 
 
 def stop_target(run: Run) -> str:
-    disarm_preview(run)
+    preview.disarm(run)
     return run.slots.stop(run.target)
 
 
@@ -166,7 +162,9 @@ def abandon_new_release(run: Run, exc: BluegreenError) -> None:
         run.slots.stop_quietly(slot)
     state.slots[slot].status = "failed"
     run.ledger.save_state(state, failing=True)
-    exc.hint = f"traffic was NOT switched: it stays on {state.live or 'nothing'}. " + exc.hint
+    where = (f"it stays on {state.live}" if state.live
+             else "nothing was live before, and nothing is now")
+    exc.hint = f"traffic was NOT switched: {where}. " + exc.hint
 
 
 def mark_vetoed(run: Run, exc: BluegreenError) -> None:
@@ -231,7 +229,7 @@ def restart_if_cold(run: Run) -> None:
         raise BluegreenError(f"release {back_to.release} is no longer on {', '.join(missing)}",
                              phase="rollback", host=",".join(missing),
                              hint="deploy that version again with `fab deploy`")
-    disarm_preview(run)
+    preview.disarm(run)
     run.ledger.save_state(state)  # the slot is about to change hands: say so first
     with run.report.phase("stop", f"drain and stop slot {slot}"):
         run.slots.stop(slot)
@@ -308,9 +306,9 @@ def keep_new_release_idle(run: Run, exc: BluegreenError) -> None:
     state = run.live
     state.slots[run.target].status = "running"
     run.ledger.save_state(state, failing=True)
-    exc.hint = (f"{exc.hint}. Traffic stays on {state.live or 'nothing'}; the new "
-                f"release keeps running idle in {run.target}: fix, then `fab switch` "
-                "or `fab deploy` again")
+    where = f"Traffic stays on {state.live}" if state.live else "Nothing is live yet"
+    exc.hint = (f"{exc.hint}. {where}; the new release keeps running idle in "
+                f"{run.target}: fix, then `fab switch` or `fab deploy` again")
 
 
 def record_live(run: Run) -> None:
@@ -321,7 +319,7 @@ def record_live(run: Run) -> None:
         state.previous = state.live
         state.previous_release = dataclasses.replace(state.slots[state.live])
     state.live = target
-    disarm_preview(run)  # it is live now: no route of its own any more
+    preview.disarm(run)  # it is live now: no route of its own any more
     state.slots[target].status = "running"
     state.hosts.clear()  # every traffic host was moved: no host differs any more
     state.rollout = None
@@ -378,7 +376,7 @@ def watch_new_slot(run: Run) -> str:
     from bluegreen import watch
     cfg = run.cfg.watch
     report = watch.watch(cfg, run.target, run.routers,
-                         crashed=lambda: run.slots.not_running_on(run.target),
+                         crashed=lambda: run.slots.not_running_on(run.target, "watch"),
                          say=run.report.say)
     run.outcome.watch = {**report.tally.to_dict(), "seconds": round(report.seconds, 2),
                          "breach": report.breach or None}
@@ -415,7 +413,8 @@ def revert_to_warm_slot(run: Run, exc: BluegreenError) -> None:
             change.verify()
     except BluegreenError as revert_exc:
         undone = change.undo()
-        exc.what += f"\n    the revert to {back} FAILED too: {revert_exc.what}; {undone}"
+        exc.what += (f"\n    the revert to {back} FAILED too: {revert_exc.what}\n    so traffic "
+                     f"may still be on {run.target} (the revert itself: {undone})")
         exc.hint = f"traffic may still be on {run.target}: run `fab switch --to {back}` now"
         return
     except BaseException:
@@ -545,75 +544,14 @@ def refuse_while_canary(run: Run, action: str) -> None:
                  "everyone back to the live slot; then run this again")
 
 
-# ---------------------------------------------------------------- prepare now, cut over later
-
-
-def preview_token(cfg: Config) -> str:
-    """The preview token from the environment `preview.token_env` names; "" when no
-    preview route is configured. A missing or short token is an error naming the variable."""
-    name = cfg.preview.token_env
-    if not name:
-        return ""
-    token = os.environ.get(name, "")
-    if len(token) < 16:
-        raise BluegreenError(
-            f"preview.token_env names {name}, which is "
-            + ("not set" if not token else "shorter than 16 characters")
-            + " in this environment", phase="state", host="local",
-            hint=f"export {name}=$(openssl rand -hex 32), or leave preview.token_env empty "
-                 "for no preview route; nothing was changed")
-    return token
+# -------------------------------------------- prepare now, cut over later (preview.py: the route)
 
 
 def check_no_switch(run: Run) -> None:
     """`deploy --no-switch`: with a preview configured, every traffic host must be able to
     route it, and the token must be there, before anything is uploaded."""
-    if preview_token(run.cfg):
+    if preview.token(run.cfg):
         require(run, "preview", "a preview route (preview.token_env is set)")
-
-
-def mark_ready(run: Run) -> str:
-    """The slot is healthy and waits for `fab promote`; with a preview configured, requests
-    carrying the token reach it through the real front door from now on."""
-    state, slot = run.live, run.target
-    token = preview_token(run.cfg)
-    note = "no preview route (preview.token_env is not set)"
-    if token:
-        # nginx gets the token's sha1, never the token (it is random: no dictionary to try)
-        digest = hashlib.sha1(token.encode()).hexdigest()  # noqa: S324
-        for router in run.routers:
-            router.set_preview(slot, digest)
-        # proven through each front door, as a user would try it (a dry run plans the route)
-        for router in [] if run.fleet.dry_run else run.routers:
-            router.probe_headers = {run.cfg.preview.header: token}
-            try:
-                router.wait_front_door(slot)  # type: ignore[attr-defined]
-            finally:
-                router.probe_headers = None
-        note = (f"preview: requests with header {run.cfg.preview.header} (or cookie "
-                f"{run.cfg.preview.cookie}) = ${run.cfg.preview.token_env} reach {slot} "
-                "through the front door")
-    state.slots[slot].status = "ready"
-    run.ledger.save_state(state)
-    return note
-
-
-def disarm_preview(run: Run) -> None:
-    """The idle slot is about to be stopped, reused or promoted: a preview route to it goes
-    first (a preview request must never reach a stopped slot). Only where previews are
-    configured, and without asking first (there is one route at most, and it can only
-    lead to the idle slot). Best effort: a host that cannot be told keeps a route to a
-    slot that then answers 502 to the token only."""
-    if not run.cfg.preview.token_env:
-        return
-    for router in run.routers:
-        if "preview" not in router.features:
-            continue
-        try:
-            router.set_preview(None)
-        except BluegreenError as exc:
-            run.report.say(f"    warning: could not remove the preview route on "
-                           f"{router.label}: {exc.what.splitlines()[0]}")
 
 
 def choose_promote_target(run: Run) -> None:
@@ -627,221 +565,6 @@ def choose_promote_target(run: Run) -> None:
             phase="switch", hint="`fab deploy --no-switch` prepares a release, `fab switch "
                                  "--weight N` starts a canary; `fab switch` flips anyway")
     choose_switch_target(run, "", checked=True)
-
-
-# ---------------------------------------------------------------- canary by weight
-
-
-def check_weight(weight: int) -> None:
-    if not 0 <= weight <= 100:
-        raise ArgumentError("--weight", f"must be a percent from 0 to 100, not {weight}",
-                            hint="e.g. --weight 10; 100 switches whole, --abort (or 0) ends "
-                                 "a canary")
-
-
-def parse_steps(text: str) -> list[int]:
-    """`--canary 5,25,100`: rising percents, each 1-100."""
-    try:
-        steps = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        steps = []
-    if (not steps or any(not 1 <= s <= 100 for s in steps)
-            or any(b <= a for a, b in itertools.pairwise(steps))):
-        raise ArgumentError("--canary", f"must be rising percents 1-100, e.g. 5,25,100, not "
-                                        f"{text!r}",
-                            hint="end with 100 to switch whole; without it the deploy ends "
-                                 "with the canary running (`fab promote` finishes it)")
-    return steps
-
-
-def choose_canary_target(run: Run) -> None:
-    """A canary goes to the idle slot, which must hold a finished, healthy release."""
-    state = run.live
-    check_consistency(run, weight=False)
-    if not state.live:
-        raise BluegreenError("nothing is live yet: a canary needs a live slot to share with",
-                             phase="switch", hint="run `fab deploy` first")
-    require(run, "weights", "a canary")
-    choose_switch_target(run, "", checked=True)
-
-
-def set_weight(run: Run, weight: int) -> None:
-    """Give the idle slot `weight` percent of users, journaled like a switch: a run killed
-    half-way is put back to the committed share by the next command."""
-    run.ledger.ensure_still_locked()
-    state = run.live
-    rec = state.slots[state.live]
-    run.weight = weight
-    measure_before(run)
-    run.change = TrafficChange(
-        run.cfg, run.routers, state.live, rec.release, rec.version, weight=weight,
-        owner=new_owner(run.ledger.who.name, f"{run.cfg.app} canary", run.ledger.who.build_url))
-    run.change.lock_traffic_hosts(run.report.say)
-    previous = {r.label: r.installed() for r in run.routers}
-    run.ledger.write_intent(journal.Intent(
-        action="canary", from_slot=state.live, to_slot=state.idle, who=run.ledger.who.name,
-        previous=previous,
-        previous_sum={label: journal.checksum(text) for label, text in previous.items()}))
-    run.change.apply()
-
-
-def verify_weight(run: Run) -> str:
-    assert run.change is not None
-    run.change.verify()
-    measure_after(run)
-    side = (f"both {run.live.live} and {run.target} answer" if run.weight
-            else f"answers from {run.live.live}")
-    return f"{side} in {run.change.verified_in:.3f}s"
-
-
-def record_weight(run: Run) -> None:
-    """Commit the share: state says it, the change has nothing left to undo."""
-    state = run.live
-    state.weight = run.weight
-    canary = state.slots[state.idle]
-    if run.weight and canary.status == "starting":
-        # a canary deploy's slot serves users now: its deploy finished (the walk may end
-        # below 100); a slot `--no-switch` left ready stays ready for `fab promote`
-        canary.status = "running"
-    run.outcome.weight = run.weight
-    run.ledger.save_state(state)
-    if run.change is not None:
-        run.change.commit()
-    run.ledger.clear_intent()
-
-
-def watch_canary(run: Run, seconds: float) -> str:
-    """The gate of a canary step: the watch, for `seconds`, of the canary slot only. Its
-    probes carry a cohort cookie inside the share, so they reach the canary too."""
-    from bluegreen import watch
-    from bluegreen.routers.nginx_lua import cohort_in
-    cfg = dataclasses.replace(run.cfg.watch, seconds=seconds)
-    for router in run.routers:
-        router.probe_headers = {
-            "Cookie": f"{run.cfg.canary.cookie}={cohort_in(run.weight, canary=True)}"}
-    try:
-        report = watch.watch(cfg, run.target, run.routers,
-                             crashed=lambda: run.slots.not_running_on(run.target),
-                             say=run.report.say)
-    finally:
-        for router in run.routers:
-            router.probe_headers = None
-    run.outcome.watch = {**report.tally.to_dict(), "seconds": round(report.seconds, 2),
-                         "breach": report.breach or None, "weight": run.weight}
-    if report.breach:
-        raise BluegreenError(f"auto-reverted: {report.breach}", phase="watch",
-                             hint="the canary went back to 0% (everyone on the live slot) "
-                                  "and the release was marked bad; fix the build and "
-                                  "`fab deploy` again")
-    t = report.tally
-    return f"{t.requests} requests, {t.errors} failed over {report.seconds:.1f} s ({t.source})"
-
-
-def revert_canary(run: Run, exc: BluegreenError) -> None:
-    """A breach during a canary step: everyone back on the live slot at once, the canary's
-    release marked bad (rollback never returns to it, a redeploy needs --force)."""
-    state = run.live
-    started = time.monotonic()
-    rec = state.slots[state.live]
-    change = TrafficChange(run.cfg, run.routers, state.live, rec.release, rec.version,
-                           owner=new_owner(run.ledger.who.name, f"{run.cfg.app} revert",
-                                           run.ledger.who.build_url))
-    try:
-        with run.report.phase("revert", f"canary back to 0%: everyone on {state.live} "
-                                        f"({rec.version or rec.release})"):
-            route_now(run, state.live, started)  # first: another app may hold the lock
-            change.lock_traffic_hosts(run.report.say)
-            change.apply()
-            change.verify()
-    except BluegreenError as revert_exc:
-        undone = change.undo()
-        exc.what += f"\n    the revert to 0% FAILED too: {revert_exc.what}; {undone}"
-        exc.hint = "the canary may still get users: run `fab switch --abort` now"
-        return
-    except BaseException:
-        change.undo()
-        raise
-    bad = state.slots[run.target]
-    reason = exc.what.removeprefix("auto-reverted: ")
-    state.weight = 0
-    state.slots[run.target] = dataclasses.replace(bad, status="bad")
-    if bad.checksum:
-        state.bad_releases[bad.checksum] = reason
-    run.ledger.save_state(state, failing=True)
-    change.commit()
-    run.outcome.auto_reverted, run.outcome.weight = True, 0
-    run.report.say(f"    reverted to 0% in {time.monotonic() - started:.2f} s; "
-                   f"{bad.version or bad.release} is marked bad")
-
-
-def abort_canary(run: Run) -> str:
-    """`fab switch --abort`: everyone back on the live slot (the canary keeps running)."""
-    state = run.live
-    if not state.weight:
-        return "no canary is running: nothing to do"
-    run.target = state.idle
-    set_weight(run, 0)
-    run.change.verify()  # type: ignore[union-attr]
-    measure_after(run)
-    record_weight(run)
-    return f"everyone on {state.live} again; {run.target} keeps running, idle"
-
-
-# ---------------------------------------------------------------- maintenance mode
-
-
-def set_maintenance(run: Run, message: str | None, retry_after: int) -> str:
-    """Every traffic host answers with the maintenance page (or stops): all or none; the
-    slots are never touched."""
-    run.ledger.ensure_still_locked()
-    state = run.live
-    require_maintenance(run)
-    done: list[Router] = []
-    try:
-        for router in run.routers:
-            router.set_maintenance(message, retry_after)
-            done.append(router)
-    except BaseException:
-        previous = state.maintenance or None
-        for router in done:
-            try:
-                router.set_maintenance(previous, state.maintenance_retry_after or retry_after)
-            except BluegreenError as exc:
-                run.report.say(f"    warning: could not put {router.label} back: "
-                               f"{exc.what.splitlines()[0]}")
-        raise
-    state.maintenance = message or ""
-    state.maintenance_retry_after = retry_after if message else 0
-    run.ledger.save_state(state)
-    run.outcome.maintenance = "on" if message else "off"
-    hosts = ", ".join(r.label for r in run.routers)
-    return (f"503 with Retry-After {retry_after} s on {hosts}" if message
-            else f"serving {state.live or 'the live slot'} again on {hosts}")
-
-
-def require_maintenance(run: Run) -> None:
-    lacking = [r for r in run.routers if "maintenance" not in r.features]
-    if lacking:
-        raise BluegreenError(
-            "maintenance mode is not available on " + ", ".join(
-                f"{r.label} ({r.kind} mode)" for r in lacking), phase="maintenance",
-            host=",".join(r.label for r in lacking), hint="nothing was changed")
-
-
-def check_canary_deploy(run: Run) -> None:
-    """`deploy --canary`: a live slot to share users with, and routers that can split."""
-    if not run.live.live:
-        raise BluegreenError("nothing is live yet: a canary needs a live slot to share users "
-                             "with", phase="state",
-                             hint="deploy the first release without --canary; nothing was "
-                                  "changed")
-    require(run, "weights", "a canary")
-
-
-def check_canary_to(to: str) -> None:
-    if to:
-        raise ArgumentError("--to", "does not go with --weight: a canary always goes to the "
-                                    "idle slot", hint="leave --to out")
 
 
 def route_now(run: Run, slot: str, breach_seen: float) -> None:

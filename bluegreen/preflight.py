@@ -140,7 +140,8 @@ def unreachable_error(errors: Sequence[BluegreenError], total: int) -> Bluegreen
         f"{len(errors)} of {total} host(s) cannot be reached; nothing was changed "
         "anywhere:\n    " + "\n    ".join(lines),
         host=",".join(e.host for e in errors), phase="connect",
-        hint=errors[0].hint + ("; then re-run" if errors[0].hint else "re-run when they answer"))
+        # every connect error carries its own hint (hosts.py); one wording either way
+        hint=f"{errors[0].hint or 'check those hosts'}; then re-run when they answer")
 
 
 def sudo_error(problems: dict[str, tuple[SudoCheck, list[str]]]) -> BluegreenError:
@@ -167,6 +168,8 @@ def sudo_error(problems: dict[str, tuple[SudoCheck, list[str]]]) -> BluegreenErr
     if any(c.unwritable for c, _ in problems.values()):
         hint += ("; " if hint else "") + "make those directories writable by the SSH user " \
                                          "(chown it)"
+    if hint:
+        hint += "; then re-run"
     return BluegreenError("sudo rules or permissions missing; nothing was changed "
                           "anywhere:\n    " + "\n    ".join(lines),
                           host=",".join(problems), phase="connect", hint=hint)

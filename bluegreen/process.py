@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from bluegreen import commands
 from bluegreen.commands import q
 from bluegreen.config import Config
-from bluegreen.errors import BluegreenError
+from bluegreen.errors import BluegreenError, CommandFailed
 from bluegreen.hosts import Host
 from bluegreen.layout import Layout
 
@@ -269,11 +269,19 @@ class SystemdBackend(Backend):
         host.write_atomic(unit_path, self.unit_text(host))
         host.write_atomic(f"{layout.slot_dir(slot)}/env",
                           self.env_file(slot, release_dir, version, artifact_name), mode=0o600)
-        host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
-                 f"{self.systemctl} daemon-reload && "
-                 f"{self.systemctl} restart {q(self.unit_name(slot))}",
-                 timeout=60, hint=f"see `journalctl -u {self.unit_name(slot)}` on the host",
-                 says=f"systemctl restart {self.unit_name(slot)}")
+        unit = self.unit_name(slot)
+        try:
+            host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
+                     f"{self.systemctl} daemon-reload && "
+                     f"{self.systemctl} restart {q(unit)}",
+                     timeout=60, hint=f"see `journalctl -u {unit}` on the host",
+                     says=f"systemctl restart {unit}")
+        except CommandFailed as exc:
+            # The non-root setup's one-time link into /etc/systemd/system forgotten (or
+            # systemd_unit_dir not a unit directory): journalctl has nothing to say then.
+            if f"Unit {unit} not found" in exc.stdout + exc.stderr:
+                exc.hint = unit_not_found_hint(unit_path, host.label)
+            raise
 
     def stop_script(self, host: Host, slot: str) -> str:
         # exit 5: the unit was never loaded (first deploy to this slot): nothing to stop
@@ -284,6 +292,14 @@ class SystemdBackend(Backend):
     def running(self, host: Host, slot: str) -> bool:
         return host.run(f"systemctl is-active --quiet {q(self.unit_name(slot))}", timeout=30,
                         check=False, mutates=False).ok
+
+
+def unit_not_found_hint(unit_path: str, host: str) -> str:
+    """What to do when systemd does not know the unit bluegreen just wrote to unit_path."""
+    return (f"systemd does not read units from {unit_path.rpartition('/')[0]}: as root on "
+            f"{host}, link it once: ln -s {q(unit_path)} /etc/systemd/system/ "
+            "(or set process.systemd_unit_dir to a directory systemd reads, such as "
+            "/etc/systemd/system), then deploy once more")
 
 
 def _sv_value(value: str, key: str, expansions: int = 1) -> str:

@@ -88,10 +88,11 @@ class Slots:
             h, port, self.cfg.health, alive=lambda: backend.running(h, slot)))
         return max(reports, key=lambda r: r.elapsed)
 
-    def not_running_on(self, slot: str) -> list[str]:
-        """Hosts where the slot's process is not running: asked of every host at once."""
+    def not_running_on(self, slot: str, phase: str = "health") -> list[str]:
+        """Hosts where the slot's process is not running: asked of every host at once. A
+        host that cannot be asked fails the run in `phase` (the watch's, during a watch)."""
         backend, hosts = self.backend, self.fleet.app_hosts
-        up = self.fleet.on_all(hosts, "health", lambda h: backend.running(h, slot))
+        up = self.fleet.on_all(hosts, phase, lambda h: backend.running(h, slot))
         return [h.label for h, running in zip(hosts, up, strict=True) if not running]
 
     def last_logs(self, slot: str, lines: int = 20) -> str:

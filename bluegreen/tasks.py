@@ -95,7 +95,8 @@ def promote(c: Context, config: str = "", set_: list[str] | None = None,
 @task(positional=["state"], iterable=["set_"], help=_help(
     "config", "set_", "dry_run", "verbose", "who", "lock_wait",
     state="on or off",
-    message="what users read (one line; default: Down for maintenance; back soon.)",
+    message="what users read (one line; default: the message already on, else Down for "
+            "maintenance; back soon.)",
     retry_after="seconds clients are told to wait (Retry-After, default 60)"))
 def maintenance(c: Context, state: str | None = None, message: str = "", retry_after: int = 60,
                 config: str = "", set_: list[str] | None = None, dry_run: bool = False,

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install the system tools the integration tests and benchmarks run for real:
 # nginx (+ lua module), OpenSSH server/client, iproute2 (network namespaces), haproxy,
-# wrk, curl, git, procps, python3-venv, sudo (the fleet tests' non-root deploy user), and
-# headless Chromium + ChromeDriver (the status page's browser test drives the real page).
+# wrk, curl, git, procps, python3-venv, sudo (the fleet tests' non-root deploy user),
+# headless Chromium + ChromeDriver (the status page's browser test drives the real page),
+# and systemd-container + debootstrap (the systemd backend's tests boot a Debian 12 root
+# filesystem with systemd as its PID 1: testkit/systemd_host.py).
 #
 # Idempotent: anything already present is reported as "found" and left alone, and
 # `apt-get update` runs only when something is actually missing. Run as root on Debian 12.
@@ -15,7 +17,7 @@ check_only=0
 case "${1:-}" in
     "") ;;
     --check) check_only=1 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "usage: $0 [--check]" >&2; exit 2 ;;
 esac
 
@@ -53,6 +55,8 @@ checks=(
     "chromium|cmd:chromium"
     "chromium-driver|cmd:chromedriver"
     "sudo|cmd:sudo"
+    "systemd-container|cmd:systemd-nspawn"
+    "debootstrap|cmd:debootstrap"
 )
 
 # Prints where the thing an entry describes was found; prints nothing when it is absent.

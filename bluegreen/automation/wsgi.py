@@ -31,7 +31,6 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
 
 from bluegreen.automation import signatures
 from bluegreen.automation.events import (
@@ -50,6 +49,7 @@ from bluegreen.automation.intake import requests_for
 from bluegreen.automation.jobqueue import STATES, JobQueue
 from bluegreen.automation.settings import Secrets, Settings
 from bluegreen.automation.web import StatusWeb
+from bluegreen.automation.web.http import Request
 
 log = logging.getLogger("bluegreen.automation.wsgi")
 
@@ -75,35 +75,6 @@ class Rejected(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class Request:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]  # lower-cased names
-    remote: str
-    environ: dict[str, Any]
-
-    @classmethod
-    def from_environ(cls, environ: dict[str, Any]) -> Request:
-        headers = {key[5:].replace("_", "-").lower(): str(value)
-                   for key, value in environ.items() if key.startswith("HTTP_")}
-        for key in ("CONTENT_TYPE", "CONTENT_LENGTH"):
-            if environ.get(key):
-                headers[key.replace("_", "-").lower()] = str(environ[key])
-        return cls(method=environ.get("REQUEST_METHOD", "GET").upper(),
-                   path=environ.get("PATH_INFO", "") or "/",
-                   query=environ.get("QUERY_STRING", ""), headers=headers,
-                   remote=environ.get("REMOTE_ADDR", "?"), environ=environ)
-
-    def header(self, *names: str) -> str:
-        for name in names:
-            value = self.headers.get(name.lower(), "").strip()
-            if value:
-                return value
-        return ""
 
 
 def read_body(request: Request, limit: int) -> bytes:
@@ -149,7 +120,7 @@ def verify(provider: str, secret: signatures.Secret, request: Request, body: byt
     if provider == "gitlab":
         return signatures.verify_token(secret, request.header("x-gitlab-token"),
                                        "X-Gitlab-Token")
-    presented = signatures.token_from_request(request.query, request.headers)
+    presented = signatures.token_from_request(request.query_string, request.headers)
     return signatures.verify_token(secret, presented, "token")
 
 
@@ -161,7 +132,7 @@ def verify_generic(secret: signatures.Secret, request: Request, body: bytes, *,
     header = request.header(signatures.TIMESTAMP_HEADER)
     if generic_auth == "signature" or (generic_auth == "either" and header):
         return signatures.verify_timestamped(secret, body, header, now=now, tolerance=tolerance)
-    presented = signatures.token_from_request(request.query, request.headers)
+    presented = signatures.token_from_request(request.query_string, request.headers)
     return signatures.verify_token(secret, presented, "token")
 
 
@@ -334,7 +305,7 @@ class HookApp:
         return Reply(200 if ok else 503, {"status": "ok" if ok else "degraded", **details})
 
     def jobs(self, request: Request) -> Reply:
-        query = parse_qs(request.query)
+        query = request.query
         states = [s for value in query.get("state", []) for s in value.split(",") if s]
         unknown = [s for s in states if s not in STATES]
         if unknown:

@@ -360,9 +360,10 @@ def no_traceback(ran: Ran) -> None:
 
 @contextlib.contextmanager
 def held_at(rig: Rig, version: str, point: str, hold_file: Path,
-            env: dict[str, str] | None = None) -> Iterator[subprocess.Popen[str]]:
-    """Run `fab deploy VERSION` held at `point` (failpoint `hold`); yields the running
-    process once it is there. Removing `hold_file` lets it go on; leaving the block waits
+            env: dict[str, str] | None = None, args: tuple[str, ...] = ()
+            ) -> Iterator[subprocess.Popen[str]]:
+    """Run `fab deploy VERSION [ARGS...]` held at `point` (failpoint `hold`); yields the
+    running process once it is there. Removing `hold_file` lets it go on; leaving the block waits
     for it (bounded) and kills it by PID if it does not end."""
     from testkit.project import clean_env, fab_path
 
@@ -371,7 +372,7 @@ def held_at(rig: Rig, version: str, point: str, hold_file: Path,
              FAILPOINTS: f"{point}=hold:{hold_file}", "PYTHONUNBUFFERED": "1"}
     out = open(proj.dir / f"held-{version}.out", "w+")
     proc = subprocess.Popen([fab_path(), "deploy", "--artifact", str(proj.artifacts[version]),
-                             "--version", version], cwd=proj.dir, env=clean_env(extra),
+                             "--version", version, *args], cwd=proj.dir, env=clean_env(extra),
                             stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                             text=True)
     try:

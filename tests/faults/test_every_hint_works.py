@@ -20,13 +20,17 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
 
+from testkit.haproxy import HaproxyProject, PrivateHaproxy
+from testkit.nginx import PrivateNginx
 from testkit.procs import pid_alive
+from testkit.sshd import TestSshd
 from tests.faults.faultkit import (
     Cell,
     Rig,
@@ -71,6 +75,12 @@ HINTS: tuple[Hint, ...] = (
          "test_switch_before_any_deploy_fab_deploy_first"),
     Hint("phases.py", "run `fab deploy` first", "fab deploy (slot never deployed)",
          "test_switch_to_a_slot_never_deployed_fab_deploy_first"),
+    Hint("canary.py", "run `fab deploy` first", "fab deploy (a canary before any deploy)",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_a_canary_before_any_deploy_says_deploy_first_and_that_converges (fake hosts)"),
+    Hint("canary.py", "fix the build and `fab deploy` again", "fab deploy (a fixed build)",
+         "elsewhere: tests/unit/flows/test_after_flows.py "
+         "test_a_canary_that_fails_its_gate_goes_back_to_zero_and_is_marked_bad (fake hosts)"),
     Hint("phases.py", "`fab deploy` again, or `fab rollback`", "fab deploy / fab rollback",
          "test_switch_to_an_unfinished_slot_fab_deploy_again_or_fab_rollback"),
     Hint("phases.py", "`fab rollback` restarts the previous", "fab rollback / fab deploy",
@@ -119,7 +129,10 @@ HINTS: tuple[Hint, ...] = (
     Hint("errors.py", "again with a valid value", "the flag again, valid",
          "test_bad_since_pass_it_again"),
     Hint("process.py", "journalctl -u", "journalctl -u UNIT",
-         "unreachable: the systemd backend needs systemd, which the test machine lacks"),
+         "untested: a `systemctl restart` that fails for another reason than a missing unit"),
+    Hint("process.py", "link it once: ln -s ", "ln -s UNIT /etc/systemd/system/",
+         "elsewhere: tests/integration/test_systemd_backend.py "
+         "test_forgotten_unit_link_names_the_link_and_the_printed_command_fixes_it"),
     Hint("phases.py", "fix the build and `fab deploy` again", "fab deploy --force / a fixed build",
          "elsewhere: tests/unit/flows/test_flows.py "
          "test_a_build_whose_pages_fail_is_reverted_by_the_watch_and_marked_bad (fake hosts)"),
@@ -130,9 +143,9 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/integration/test_fleet_batches.py "
          "test_partial_rollout_refused_then_put_back_by_the_printed_switch"),
     Hint("phases.py", "this was the first deploy", "fab deploy (a fixed build)",
-         "untested: a watch breach on the very first deploy"),
+         "test_a_watch_breach_on_the_first_deploy_fix_the_build_and_deploy_again"),
     Hint("phases.py", "rollback never goes back to a bad release", "fab deploy [--force]",
-         "untested: rollback refused because its target was auto-reverted"),
+         "test_rollback_refused_its_target_was_auto_reverted_fab_deploy"),
     Hint("batches.py", "it resumes, retrying only them", "the same command / fab switch --to",
          "elsewhere: tests/integration/test_fleet_batches.py "
          "test_rolling_deploy_switches_back_keeps_partial_and_resumes"),
@@ -153,25 +166,25 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/integration/test_fleet_batches.py "
          "test_a_breach_in_a_later_batch_switches_the_earlier_batches_back_too[keep-partial]"),
     Hint("preflight.py", "; then re-run", "add the sudo rule; re-run",
-         "untested: re-run after adding the missing sudo rule"),
-    Hint("preflight.py", "re-run when they answer", "re-run",
-         "untested: re-run after the unreachable hosts answer"),
+         "test_a_missing_sudo_rule_add_the_printed_line_then_re_run"),
+    Hint("preflight.py", "; then re-run when they answer", "re-run",
+         "test_a_host_that_cannot_be_reached_re_run_when_it_answers"),
     Hint("release.py", "apt-get install unzip", "install unzip; re-run",
-         "untested: re-run after installing unzip on the app hosts"),
+         "test_no_unzip_on_the_app_host_install_it_then_re_run"),
     Hint("release.py", "keep_releases bounds how many stay", "free space; re-run",
-         "untested: re-run after freeing space when the disk check refuses"),
+         "test_the_disk_check_refuses_free_space_then_re_run"),
     Hint("release.py", ", `fab releases`), then re-run", "free space; re-run",
-         "untested: re-run after a disk filled during the unpack"),
+         "test_a_disk_filled_during_the_unpack_free_space_then_re_run"),
     Hint("routers/haproxy.py", "`fab status` shows what haproxy routes to", "fab status",
-         "untested: haproxy verify failure, then fab status"),
+         "test_haproxy_verify_failure_fab_status_shows_what_it_routes_to"),
     Hint("routers/haproxy.py", "canaries are planned", "fab switch",
          "untested: weights asked of the haproxy router"),
     Hint("routers/haproxy.py", "(`fab status` says what it can see)", "fab status",
-         "untested: haproxy admin socket unreachable, then fab status"),
+         "test_haproxy_admin_socket_unreachable_fab_status_says_what_it_can_see"),
     Hint("routers/haproxy.py", ") and re-run", "fix; re-run",
-         "untested: haproxy -c rejection, fixed, re-run"),
+         "test_haproxy_rejects_the_config_fix_it_and_re_run"),
     Hint("routers/nginx.py", "its next `fab` command recovers it", "fix it; re-run",
-         "untested: re-run after another app's broken file was fixed"),
+         "test_another_apps_broken_file_fixed_then_re_run"),
     Hint("deploy.py", "; `fab promote` switches to it", "fab promote",
          "elsewhere: tests/integration/test_after_switch.py "
          "test_a_preview_reaches_the_ready_slot_while_users_stay_on_the_live_one"),
@@ -187,8 +200,8 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/unit/flows/test_after_flows.py "
          "test_a_walk_that_ends_below_100_leaves_the_canary_for_promote "
          "(fake hosts)"),
-    Hint("phases.py", "run `fab switch --abort` now", "fab switch --abort",
-         "untested: a canary whose revert failed, then --abort"),
+    Hint("canary.py", "run `fab switch --abort` now", "fab switch --abort",
+         "test_a_canary_whose_revert_failed_fab_switch_abort"),
     Hint("phases.py", "`fab promote` to finish the canary, or `fab switch --abort`",
          "fab promote / fab switch --abort",
          "elsewhere: tests/unit/flows/test_after_flows.py "
@@ -196,7 +209,7 @@ HINTS: tuple[Hint, ...] = (
     Hint("phases.py", "`fab deploy --no-switch` prepares a release", "fab deploy --no-switch",
          "elsewhere: tests/unit/flows/test_after_flows.py "
          "test_promote_with_nothing_ready_says_what_to_do (fake hosts)"),
-    Hint("phases.py", "without it the deploy ends with the canary running", "fab promote",
+    Hint("canary.py", "without it the deploy ends with the canary running", "fab promote",
          "elsewhere: tests/unit/flows/test_after_flows.py "
          "test_a_walk_that_ends_below_100_leaves_the_canary_for_promote "
          "(fake hosts)"),
@@ -211,7 +224,8 @@ HINTS: tuple[Hint, ...] = (
          "test_a_share_nginx_lost_is_an_inconsistency_with_the_way_out "
          "(fake hosts)"),
     Hint("routers/nginx_reload.py", "run `fab switch --to <the live slot>` once",
-         "fab switch --to LIVE", "untested: maintenance on an older rendered file"),
+         "fab switch --to LIVE",
+         "test_maintenance_on_an_older_rendered_file_fab_switch_to_the_live_slot"),
     Hint("views.py", " - `fab promote` finishes it, `fab switch --abort` ends it",
          "fab promote / fab switch --abort",
          "elsewhere: tests/integration/test_after_switch.py "
@@ -223,7 +237,7 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/integration/test_after_switch.py "
          "test_maintenance_answers_503_with_the_message_and_leaves_the_slots_alone"),
     Hint("views.py", "(nginx restarted?): run `fab maintenance ", "fab maintenance on|off",
-         "untested: maintenance lost by an nginx restart, then set again"),
+         "test_maintenance_lost_by_an_nginx_restart_fab_maintenance_on_again"),
     Hint("deploy.py", "`fab switch` / `fab rollback`", "fab switch / fab rollback",
          "elsewhere: tests/integration/test_deploy_flows.py test_switch_back_and_forth and "
          "test_rollback_returns_to_previous_release"),
@@ -833,6 +847,469 @@ def test_bad_since_pass_it_again(cell: Cell, rig: Rig) -> None:
     shown = rig.fab("history", "--since", "1h")
     ok(shown, "fab history --since 1h")
     assert "deploy" in shown.stdout
+
+
+# ------------------------------------------------------------------------------ connect, disk
+
+
+@pytest.mark.parametrize("cell", cells("unreachable", ("reload", "ssh")))
+def test_a_host_that_cannot_be_reached_re_run_when_it_answers(cell: Cell, rig: Rig) -> None:
+    assert rig.sshd is not None
+    ok(rig.deploy("v1"))
+    rig.sshd.stop()  # the host is down (its sshd gone): nothing answers on its port
+    try:
+        text = refused(rig.deploy("v2"), "1 of 1 host(s) cannot be reached; nothing was "
+                       "changed anywhere", "; then re-run when they answer")
+    finally:
+        rig.sshd.start()
+    assert "phase=connect" in text, text
+    ok(rig.deploy("v2"), "the re-run")
+    check_status_is_true(rig, expect_version="v2")
+
+
+@pytest.fixture
+def deploy_user_rig(cell: Cell, artifacts: dict[str, Path]) -> Iterator[Rig]:
+    """The app host over real SSH on loopback, logged in to as a NON-root user whose sudo
+    rights bluegreen checks (sudo.traffic = ["nginx"]); its files are the user's own. No
+    network namespace: the sshd listens on 127.0.0.1 like the other cells'. Everything
+    lives in a /tmp directory the user can traverse (pytest's is root's alone), and is
+    stopped by PID and removed afterwards, the sudoers file the test adds too."""
+    import pwd
+    import tempfile
+
+    from testkit.fleet import DEPLOY_USER, ensure_deploy_user
+    from testkit.project import Project
+
+    if shutil.which("sudo") is None or shutil.which("visudo") is None:
+        pytest.skip("needs sudo and visudo (make setup installs sudo)")
+    ensure_deploy_user(DEPLOY_USER)
+    user = pwd.getpwnam(DEPLOY_USER)
+    work = Path(tempfile.mkdtemp(prefix="bghint-sudo-", dir="/tmp"))
+    work.chmod(0o755)
+    nginx = PrivateNginx(work / "nginx")
+    sshd = TestSshd(work / "sshd")
+    proj: Project | None = None
+    try:
+        nginx.start()
+        os.chown(nginx.conf_dir, user.pw_uid, user.pw_gid)  # nginx.target is written there
+        sshd.start()
+        toml = (f'[ssh]\nuser = "{DEPLOY_USER}"\nkey_file = "{sshd.user_key}"\n'
+                f'known_hosts = "{sshd.known_hosts}"\n\n[sudo]\ntraffic = ["nginx"]\n')
+        proj = Project(work / "app", nginx, artifacts, f'app = ["127.0.0.1:{sshd.port}"]',
+                       ssh_toml=toml, mode=cell.mode).write()
+        proj.srv.mkdir()
+        os.chown(proj.srv, user.pw_uid, user.pw_gid)
+        yield Rig(proj, nginx, cell.mode, cell.host, sshd)
+    finally:
+        if proj is not None:
+            proj.stop_everything()
+        sshd.stop()
+        nginx.stop()
+        SUDOERS_ADDED.unlink(missing_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# where the sudo test installs the rule the hint prints (removed by its fixture)
+SUDOERS_ADDED = Path(f"/etc/sudoers.d/bghint-{os.getpid()}")
+
+
+@pytest.mark.parametrize("cell", cells("sudo-rule", ("reload", "ssh")))
+def test_a_missing_sudo_rule_add_the_printed_line_then_re_run(cell: Cell,
+                                                              deploy_user_rig: Rig) -> None:
+    rig = deploy_user_rig
+    text = refused(rig.deploy("v1"), "sudo rules or permissions missing; nothing was changed "
+                   "anywhere", "no sudo rule lets bgdeploy run", "; then re-run")
+    assert "phase=connect" in text, text
+    line = re.search(r"\(visudo -f /etc/sudoers\.d/bluegreen\): (.+?); then re-run", text)
+    assert line, text
+    staged = rig.project.dir / "sudoers"
+    staged.write_text(line.group(1) + "\n")
+    staged.chmod(0o440)
+    checked = subprocess.run(["visudo", "-cf", str(staged)], capture_output=True, text=True,
+                             timeout=30, check=False)
+    assert checked.returncode == 0, f"the printed line is not valid sudoers:\n{line.group(1)}" \
+        f"\n{checked.stdout}{checked.stderr}"
+    os.replace(staged, SUDOERS_ADDED)  # added as printed (a file of its own, not ours)
+    ran = rig.deploy("v1")
+    ok(ran, "the re-run")
+    assert "sudo rules in place on 1 host(s)" in ran.stdout, ran.stdout
+    converged(rig, "v1")
+
+
+def _ballast(rig: Rig) -> Path:
+    from bluegreen.failpoints import BALLAST
+    return rig.project.srv / BALLAST
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("hint", "disk-check", "reload", "local",
+                                                    tmpfs=True), id="reload-local-tmpfs",
+                                               marks=FULL)])
+def test_the_disk_check_refuses_free_space_then_re_run(cell: Cell, rig: Rig) -> None:
+    ok(rig.deploy("v1"))
+    # the disk fills after the lock is taken (state and lock still written), before the
+    # upload: the check before any upload measures it and refuses
+    ran = rig.deploy("v2", env=failpoint_env("before:upload", f"fill:{rig.project.srv}"))
+    text = refused(ran, "not enough disk space on local", "keep_releases bounds how many stay",
+                   "then re-run")
+    assert "phase=upload" in text, text
+    releases = run_printed(rig, text)  # `fab releases`: where the older releases are
+    ok(releases, "fab releases")
+    assert "v1" in releases.stdout, releases.stdout  # type: ignore[attr-defined]
+    check_status_is_true(rig, expect_version="v1")  # on the full disk: the truth, exit 0
+    _ballast(rig).unlink()  # the space is freed (what filled it is gone)
+    ok(rig.deploy("v2"), "the re-run")
+    converged(rig, "v2")
+
+
+@pytest.mark.parametrize("cell", [pytest.param(Cell("hint", "unpack-enospc", "reload", host,
+                                                    tmpfs=True), id=f"reload-{host}-tmpfs",
+                                               marks=FULL) for host in ("local", "ssh")])
+def test_a_disk_filled_during_the_unpack_free_space_then_re_run(cell: Cell, rig: Rig) -> None:
+    ok(rig.deploy("v1"))
+    ran = rig.deploy("v2", env=failpoint_env("upload.mid", f"fill:{rig.project.srv}"))
+    text = refused(ran, "disk full on", "cannot unpack", "`fab releases`), then re-run")
+    ok(run_printed(rig, text), "fab releases")
+    check_status_is_true(rig, expect_version="v1")
+    _ballast(rig).unlink()
+    ok(rig.deploy("v2"), "the re-run")
+    converged(rig, "v2")
+
+
+class _HostWithoutUnzip(TestSshd):
+    """The app host's sshd in a mount namespace of its own (not a network namespace: it
+    listens on loopback as before) whose /usr/bin - and so /bin, a link to it - has no
+    unzip: an overlay with a whiteout in its place. What that host runs, it runs there."""
+
+    __test__ = False
+
+    @property
+    def package(self) -> Path:
+        """unzip as its package would install it (a copy of this machine's binary)."""
+        return self.workdir / "unzip-package" / "unzip"
+
+    def _argv(self) -> list[str]:
+        layers = self.workdir / "layers"
+        layers.mkdir(exist_ok=True)
+        self.package.parent.mkdir(exist_ok=True)
+        shutil.copy2("/usr/bin/unzip", self.package)
+        boot = self.workdir / "boot.sh"
+        boot.write_text(
+            "set -e\n"
+            f"mount -t tmpfs tmpfs '{layers}'\n"  # this namespace's own: gone with it
+            f"mkdir '{layers}/upper' '{layers}/work'\n"
+            f"mknod '{layers}/upper/unzip' c 0 0\n"  # an overlay whiteout: no unzip here
+            f"mount -t overlay overlay -o 'lowerdir=/usr/bin,upperdir={layers}/upper,"
+            f"workdir={layers}/work' /usr/bin\n"
+            f"exec {' '.join(super()._argv())}\n")
+        return ["unshare", "--mount", "--propagation", "private", "sh", str(boot)]
+
+    def install_unzip(self) -> None:
+        """What the hint says: install it on the host (here over SSH, as root)."""
+        client = self.connect()
+        try:
+            _, out, err = client.exec_command(
+                f"install -m 0755 '{self.package}' /usr/bin/unzip && command -v unzip")
+            assert out.channel.recv_exit_status() == 0, err.read().decode()
+        finally:
+            client.close()
+
+
+def _as_zip(tarball: Path, out: Path) -> Path:
+    """The same release as a zip (members and their modes kept: bin/runner stays
+    executable once unzipped)."""
+    import tarfile
+    import zipfile
+    with tarfile.open(tarball) as tar, zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as zf:
+        for member in tar.getmembers():
+            info = zipfile.ZipInfo(member.name, date_time=(2020, 1, 1, 0, 0, 0))
+            info.external_attr = (0o100000 | member.mode) << 16
+            data = tar.extractfile(member)
+            assert data is not None
+            zf.writestr(info, data.read())
+    return out
+
+
+@pytest.mark.parametrize("cell", cells("no-unzip", ("reload", "ssh")))
+def test_no_unzip_on_the_app_host_install_it_then_re_run(cell: Cell, rig: Rig,
+                                                         tmp_path: Path) -> None:
+    if shutil.which("unshare") is None or shutil.which("unzip") is None:
+        pytest.skip("needs unshare (util-linux) and unzip on this machine")
+    assert rig.sshd is not None
+    ok(rig.deploy("v1"))
+    rig.sshd.stop()  # the same host (address, port, keys), now without unzip
+    host = _HostWithoutUnzip(rig.sshd.workdir, port=rig.sshd.port)
+    rig.sshd = host  # the rig stops it by its PID afterwards
+    host.start()
+    shipped = _as_zip(rig.project.artifacts["v2"], tmp_path / "demo-v2.zip")
+    text = refused(rig.project.deploy("v2", artifact=shipped, check=None), "has no unzip",
+                   "apt-get install unzip", "then re-run; nothing was changed")
+    assert "phase=upload" in text, text
+    check_status_is_true(rig, expect_version="v1")
+    host.install_unzip()
+    ok(rig.project.deploy("v2", artifact=shipped, check=None), "the re-run")
+    converged(rig, "v2")
+
+
+# ------------------------------------------------------------------------------ nginx, shared
+
+
+@pytest.mark.parametrize("cell", cells("other-app-broken", ("reload", "local"), ("lua", "ssh")))
+def test_another_apps_broken_file_fixed_then_re_run(cell: Cell, rig: Rig) -> None:
+    ok(rig.deploy("v1"))
+    other = rig.nginx.conf_dir / "shop.conf"  # another app's file on the same nginx
+    other.write_text("# shop, half-written by an interrupted switch\nupstream shop {\n")
+    refused(rig.deploy("v2"), f"because of {other}, which is not this app's file",
+              "its next `fab` command recovers it), then re-run")
+    check_status_is_true(rig, expect_version="v1")
+    other.write_text("# shop, recovered\n")  # its owner's next command (here: by hand)
+    ok(rig.deploy("v2"), "the re-run")
+    converged(rig, "v2")
+
+
+def _older_file(rig: Rig) -> None:
+    """The live file as a bluegreen from before maintenance mode rendered it: the same
+    routing, without the include of the maintenance page."""
+    target = rig.nginx.conf_dir / "demo.conf"
+    kept = [line for line in target.read_text().splitlines(keepends=True)
+            if "maintenance" not in line]
+    target.write_text("".join(kept))
+    rig.nginx.reload()
+
+
+@pytest.mark.parametrize("cell", cells("maintenance-older-file"))
+def test_maintenance_on_an_older_rendered_file_fab_switch_to_the_live_slot(cell: Cell,
+                                                                           rig: Rig) -> None:
+    ok(rig.deploy("v1"))
+    ok(rig.deploy("v2"))  # green live
+    _older_file(rig)
+    check_status_is_true(rig, expect_version="v2")  # the routing is the same: consistent
+    text = refused(rig.fab("maintenance", "on", "--message", "back soon"),
+                   "does not include the maintenance page yet",
+                   "`fab switch --to <the live slot>` once")
+    live = front_door(rig).slot
+    ok(rig.fab("switch", "--to", live), f"fab switch --to {live}")
+    check_status_is_true(rig, expect_version="v2")
+    ok(rig.fab("maintenance", "on", "--message", "back soon"), "fab maintenance on (again)")
+    door = requests.get(rig.nginx.url("/"), timeout=5)
+    assert door.status_code == 503 and "back soon" in door.text, (door.status_code, door.text)
+    ok(rig.fab("maintenance", "off"), "fab maintenance off")
+    converged(rig, "v2")
+    assert text
+
+
+@pytest.mark.parametrize("cell", cells("maintenance-lost", ("lua", "local")))
+def test_maintenance_lost_by_an_nginx_restart_fab_maintenance_on_again(cell: Cell,
+                                                                       rig: Rig) -> None:
+    ok(rig.deploy("v1"))
+    ok(rig.fab("maintenance", "on", "--message", "back at 14:00"), "fab maintenance on")
+    assert requests.get(rig.nginx.url("/"), timeout=5).status_code == 503
+    rig.nginx.stop()  # a restart, not a reload: the shared dict is gone
+    rig.nginx.start()
+    assert requests.get(rig.nginx.url("/"), timeout=5).status_code == 200  # the page is lost
+    shown = rig.fab("status")
+    no_traceback(shown)
+    assert "MAINTENANCE PAGE IS OFF here, unlike state (nginx restarted?): run " \
+        "`fab maintenance on` again" in shown.stdout, shown.stdout
+    cmd = command_in(shown.stdout[shown.stdout.index("MAINTENANCE PAGE IS OFF"):])[0]
+    assert cmd == ["fab", "maintenance", "on"], cmd
+    ok(rig.fab(*cmd[1:]), "fab maintenance on (as printed)")
+    door = requests.get(rig.nginx.url("/"), timeout=5)
+    assert door.status_code == 503 and "back at 14:00" in door.text, (door.status_code,
+                                                                       door.text)
+    shown = rig.fab("status")
+    assert shown.returncode == 0 and "unlike state" not in shown.stdout, shown.stdout
+    ok(rig.fab("maintenance", "off"), "fab maintenance off")
+    converged(rig, "v1")
+
+
+# ------------------------------------------------------------------------------ the watch
+
+
+def _watch_on(rig: Rig, seconds: float = 2) -> None:
+    toml = rig.project.dir / "bluegreen.toml"
+    toml.write_text(toml.read_text().replace("[watch]\nseconds = 0",
+                                             f"[watch]\nseconds = {seconds}\ninterval = 0.1"))
+
+
+def _crash_in_the_watch(rig: Rig, version: str, tmp_path: Path, slot: str,
+                        extra: tuple[str, ...] = (), point: str = "before:watch") -> str:
+    """Deploy `version`, held where the watch begins; its slot crashes there (our own test
+    app, killed by its pid); returns what the run printed."""
+    hold = tmp_path / f"hold-{version}"
+    with held_at(rig, version, point, hold, args=extra) as proc:
+        pid = _slot_pid(rig, slot)
+        os.killpg(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        hold.unlink()
+        proc.wait(timeout=120)
+    out = proc.output  # type: ignore[attr-defined]
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    return str(out)
+
+
+@pytest.mark.parametrize("cell", cells("watch-first-deploy"))
+def test_a_watch_breach_on_the_first_deploy_fix_the_build_and_deploy_again(
+        cell: Cell, rig: Rig, tmp_path: Path) -> None:
+    _watch_on(rig)
+    out = _crash_in_the_watch(rig, "v1", tmp_path, "blue")
+    assert "auto-reverted: slot blue exited" in out, out
+    assert "there is no warm slot to go back to (this was the first deploy)" in out, out
+    assert "fix the build and `fab deploy` again" in out, out
+    ok(rig.deploy("v2"), "fab deploy (the fixed build)")
+    converged(rig, "v2")
+
+
+@pytest.mark.parametrize("cell", cells("rollback-to-bad"))
+@pytest.mark.parametrize("way_out", ["good-build", "force"])
+def test_rollback_refused_its_target_was_auto_reverted_fab_deploy(
+        cell: Cell, rig: Rig, tmp_path: Path, way_out: str) -> None:
+    _watch_on(rig)
+    ok(rig.deploy("v1"))
+    out = _crash_in_the_watch(rig, "v2", tmp_path, "green")
+    assert "reverted to blue" in out and "v2 is marked bad" in out, out
+    ok(rig.deploy("v2", "--force"), "fab deploy --force (the same build, this time fine)")
+    ok(rig.deploy("v3"))  # v2, once auto-reverted, is now the previous release
+    refused(rig.fab("rollback"), "the previous release v2 was auto-reverted",
+            "rollback never goes back to a bad release; `fab deploy` a good build, "
+            "or `fab deploy --force` that artifact if you must")
+    check_status_is_true(rig, expect_version="v3")
+    if way_out == "good-build":
+        ok(rig.deploy("v1"), "fab deploy (a good build)")
+        converged(rig, "v1")
+    else:
+        ok(rig.deploy("v2", "--force"), "fab deploy --force (that artifact)")
+        converged(rig, "v2")
+
+
+@pytest.mark.parametrize("cell", cells("canary-revert-failed", ("lua", "ssh")))
+def test_a_canary_whose_revert_failed_fab_switch_abort(cell: Cell, rig: Rig,
+                                                       tmp_path: Path) -> None:
+    assert rig.sshd is not None
+    ok(rig.deploy("v1"))
+    hold = tmp_path / "hold"
+    with held_at(rig, "v2", "before:watch", hold,
+                 args=("--canary", "50,100", "--step", "2")) as proc:
+        rig.sshd.stop()  # the host goes down while the canary is watched
+        hold.unlink()
+        proc.wait(timeout=120)
+    out = proc.output  # type: ignore[attr-defined]
+    rig.sshd.start()
+    assert proc.returncode == 1 and "Traceback" not in out, out
+    assert "the revert to 0% FAILED too" in out, out
+    assert "phase=watch" in out and "phase=health" not in out, out  # where it failed
+    assert "so the canary may still have its share of users" in out, out
+    assert "the canary may still get users: run `fab switch --abort` now" in out, out
+    cmd = command_in(out[out.index("the canary may still get users"):])[0]
+    assert cmd == ["fab", "switch", "--abort"], cmd
+    ok(rig.fab(*cmd[1:]), "fab switch --abort")
+    converged(rig, "v1")
+
+
+# ------------------------------------------------------------------------------ haproxy
+
+
+@dataclass(frozen=True)
+class _HaproxyFront:
+    """What the checks ask of a rig's front door (its URL), answered by haproxy."""
+
+    hap: PrivateHaproxy
+
+    def url(self, path: str = "/") -> str:
+        return self.hap.url(path)
+
+
+@pytest.fixture
+def hrig(cell: Cell, tmp_path: Path, artifacts: dict[str, Path]) -> Iterator[Rig]:
+    """A real haproxy (master-worker, `-f haproxy.cfg -f conf.d`) in front of the demo
+    app, as tests/integration/test_haproxy_fab.py sets it up; stopped by PID afterwards."""
+    hap = PrivateHaproxy(tmp_path / "haproxy", include_dir=True).start()
+    unused = PrivateNginx(tmp_path / "nginx-unused")  # never started: haproxy routes
+    proj = HaproxyProject(tmp_path / "app", unused, artifacts, 'app = ["local"]',
+                          haproxy=hap).write()
+    try:
+        yield Rig(proj, _HaproxyFront(hap), cell.mode, cell.host)  # type: ignore[arg-type]
+    finally:
+        proj.stop_everything()
+        hap.stop()
+
+
+def _haproxy_template(rig: Rig, name: str, old: str, new: str) -> tuple[Path, str]:
+    """A copy of the bundled haproxy template with `old` replaced; (its path, the
+    --set that selects it)."""
+    bundled = CORE.parent / "nginx_templates" / "haproxy.cfg.j2"
+    text = bundled.read_text()
+    assert old in text, f"the bundled template changed: {old!r} is not in it"
+    path = rig.project.dir / name
+    path.write_text(text.replace(old, new))
+    return path, f'haproxy.template="{name}"'
+
+
+@pytest.mark.parametrize("cell", cells("haproxy-verify", ("haproxy", "local")))
+def test_haproxy_verify_failure_fab_status_shows_what_it_routes_to(cell: Cell,
+                                                                   hrig: Rig) -> None:
+    rig = hrig
+    ok(rig.deploy("v1"))
+    ok(rig.deploy("v2"))  # green live, v1 warm in blue
+    path, lying = _haproxy_template(rig, "lying.cfg.j2", "X-Bluegreen-Slot %[srv_name,field(-1,-)]",
+                                    "X-Bluegreen-Slot nope")
+    text = refused(rig.fab("switch", "--set", lying, "--set", "haproxy.verify_timeout=1"),
+                   "did not answer from slot blue",
+                   "the template must keep the X-Bluegreen-Slot header; `fab status` shows "
+                   "what haproxy routes to")
+    assert "phase=verify" in text, text
+    shown = run_printed(rig, text)
+    ok(shown, "fab status")
+    assert "haproxy's server states" in shown.stdout, shown.stdout  # type: ignore[attr-defined]
+    check_status_is_true(rig, expect_version="v2")  # the switch was put back
+    path.unlink()  # the template fixed: the bundled one again
+    ok(rig.fab("switch"), "fab switch (template fixed)")
+    converged(rig, "v1")
+
+
+@pytest.mark.parametrize("cell", cells("haproxy-socket", ("haproxy", "local")))
+def test_haproxy_admin_socket_unreachable_fab_status_says_what_it_can_see(cell: Cell,
+                                                                          hrig: Rig) -> None:
+    rig = hrig
+    hap = rig.project.hap  # type: ignore[attr-defined]
+    ok(rig.deploy("v1"))
+    hap.stop()  # haproxy is down: nothing answers on its admin socket
+    try:
+        text = refused(rig.deploy("v2"), "did not answer on", "is haproxy running, with "
+                       "`stats socket ... level admin` there? (`fab status` says what it "
+                       "can see)")
+        shown = rig.fab("status")  # the printed command, in that very situation
+        no_traceback(shown)
+        out = shown.stdout + shown.stderr
+        # it cannot see haproxy: it says so for that host, and its exit code says the
+        # routing is not known to be consistent (README: 5)
+        assert shown.returncode == 5, out
+        assert "unknown: haproxy on local did not answer on" in out, out
+        assert "app host local" in out and "v1" in out, out
+    finally:  # haproxy is back (its state file keeps the servers' states); stop() took
+        Path(hap.admin_socket).parent.mkdir(exist_ok=True)  # its socket's directory
+        hap.start()
+    check_status_is_true(rig, expect_version="v1")
+    ok(rig.deploy("v2"), "the re-run")
+    converged(rig, "v2")
+    assert text
+
+
+@pytest.mark.parametrize("cell", cells("haproxy-rejects", ("haproxy", "local")))
+def test_haproxy_rejects_the_config_fix_it_and_re_run(cell: Cell, hrig: Rig) -> None:
+    rig = hrig
+    ok(rig.deploy("v1"))
+    path, broken = _haproxy_template(rig, "mine.cfg.j2", "balance roundrobin",
+                                     "balance roundrobin\n    bogus_keyword 1")
+    text = refused(rig.deploy("v2", "--set", broken), "haproxy -c rejected the rendered config",
+                   "unknown keyword 'bogus_keyword'", f"fix {'mine.cfg.j2'} (or the main config")
+    assert "and re-run" in text, text
+    check_status_is_true(rig, expect_version="v1")
+    _haproxy_template(rig, "mine.cfg.j2", "balance roundrobin", "balance roundrobin")  # fixed
+    ok(rig.deploy("v2", "--set", broken), "the same command again")
+    converged(rig, "v2")
+    assert path.exists()
 
 
 # ------------------------------------------------------------------------------ helpers

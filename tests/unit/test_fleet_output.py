@@ -192,6 +192,8 @@ def test_unreachable_hosts_are_listed_in_one_error() -> None:
         "    app03: cannot reach 198.19.1.5:22: [Errno 111] Connection refused",
         "    app07: cannot reach 198.19.1.9:22: timed out"]
     assert err.host == "app03,app07" and err.phase == "connect"
+    # the first host's own hint, then the one step every such hint leads to
+    assert err.hint == "check the address; then re-run when they answer"
 
 
 def test_sudo_config_refuses_a_command_that_already_says_sudo() -> None:

@@ -36,6 +36,7 @@ from bluegreen.process import (
     app_env,
     pid_is_ours,
     start_command,
+    unit_not_found_hint,
 )
 
 # A start command with every character that means something to systemd (%, $, \),
@@ -418,3 +419,13 @@ def test_plain_running_reads_pidfile_and_proc(tmp_path: Path,
     assert not backend.running(host, "blue")  # recycled
     pidfile.write_text("garbage\n")
     assert not backend.running(host, "blue")
+
+
+def test_unit_not_found_hint_is_a_link_command_a_shell_runs_as_printed() -> None:
+    """The printed `ln -s` quotes a unit path with a space, so pasting it works."""
+    hint = unit_not_found_hint("/srv/blue green/units/shop@.service", "app1")
+    start = hint.index("ln -s ")
+    command = hint[start:hint.index(" (or set", start)]
+    assert shlex.split(command) == ["ln", "-s", "/srv/blue green/units/shop@.service",
+                                    "/etc/systemd/system/"]
+    assert "as root on app1" in hint and "/srv/blue green/units:" in hint

@@ -50,8 +50,18 @@ class Request:
                    headers=headers, remote=str(environ.get("REMOTE_ADDR", "")),
                    environ=environ)
 
-    def header(self, name: str) -> str:
-        return self.headers.get(name.lower(), "").strip()
+    def header(self, *names: str) -> str:
+        """The first of `names` the request carries, stripped ("" when none does): the
+        hook providers spell some headers two ways (Gitea/Forgejo)."""
+        for name in names:
+            value = self.headers.get(name.lower(), "").strip()
+            if value:
+                return value
+        return ""
+
+    @property
+    def query_string(self) -> str:
+        return str(self.environ.get("QUERY_STRING", ""))
 
     def arg(self, name: str, default: str = "") -> str:
         return (self.query.get(name) or [default])[0]

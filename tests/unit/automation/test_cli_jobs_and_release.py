@@ -13,21 +13,12 @@ import pytest
 from bluegreen.automation.__main__ import main as automation_main
 from bluegreen.automation.jobqueue import SKIPPED, SUCCEEDED, JobQueue, JobRequest
 from bluegreen.cli import main as bluegreen_main
+from tests.unit.automation.rules import MAIN_RULE
 
 CONFIG = """
 [service]
 state_dir = "state"
-[[rules]]
-name = "main"
-repo = "acme/demo"
-branch = "main"
-app = "demo"
-action = "build"
-clone_url = "/srv/demo.git"
-build_command = "true"
-artifact = "a"
-config = "demo.toml"
-"""
+""" + MAIN_RULE
 A, B = "a" * 40, "b" * 40
 LANE = "demo/production"
 

@@ -9,24 +9,12 @@ import pytest
 
 from bluegreen.automation.settings import load_settings
 from bluegreen.errors import ConfigError
-
-RULE = """
-[[rules]]
-name = "main"
-repo = "acme/demo"
-branch = "main"
-app = "demo"
-action = "build"
-clone_url = "/srv/demo.git"
-build_command = "true"
-artifact = "a"
-config = "demo.toml"
-"""
+from tests.unit.automation.rules import MAIN_RULE
 
 
 def load(tmp_path: Path, text: str):  # type: ignore[no-untyped-def]
     path = tmp_path / "automation.toml"
-    path.write_text(text + RULE)
+    path.write_text(text + MAIN_RULE)
     return load_settings(path)
 
 

@@ -15,6 +15,7 @@ import pytest
 from bluegreen.automation.jobqueue import JobQueue
 from bluegreen.automation.settings import load_settings, resolve_secrets
 from bluegreen.automation.wsgi import HookApp
+from tests.unit.automation.rules import MAIN_RULE
 
 CONFIG = """
 [service]
@@ -23,17 +24,7 @@ max_body_bytes = 2000
 [secrets]
 github = "GH"
 generic = "GEN"
-[[rules]]
-name = "main"
-repo = "acme/demo"
-branch = "main"
-app = "demo"
-action = "build"
-clone_url = "/srv/demo.git"
-build_command = "true"
-artifact = "a"
-config = "demo.toml"
-"""
+""" + MAIN_RULE
 SHA = "e" * 40
 
 

@@ -287,6 +287,23 @@ def test_a_canary_that_fails_its_gate_goes_back_to_zero_and_is_marked_bad(
     assert last["auto_reverted"] is True and last["weight"] == 0 and ran.exists()
     with pytest.raises(BluegreenError, match="auto-reverted before"):
         h.deploy("v2")
+    # the hint: "fix the build and `fab deploy` again" - a fixed build goes live
+    assert "fix the build and `fab deploy` again" in err.value.hint
+    h.deploy("v3")
+    assert h.state()["live"] == "green" and front(h)[1] == "green"
+
+
+def test_a_canary_before_any_deploy_says_deploy_first_and_that_converges(
+        tmp_path: Path) -> None:
+    h = harness(tmp_path)
+    with pytest.raises(BluegreenError) as err:
+        deploy.switch(h.run("switch"), weight=10)
+    assert "nothing is live yet" in err.value.what and "run `fab deploy` first" in err.value.hint
+    assert not any("weight" in c or "reload" in c for c in h.changes())  # nothing routed
+    h.deploy("v1")  # what the hint says
+    deploy.deploy(h.run("deploy"), artifact(tmp_path, "v2"), "v2", no_switch=True)
+    deploy.switch(h.run("switch"), weight=10)  # and now the canary asked for works
+    assert h.state()["live"] == "blue" and h.state()["weight"] == 10
 
 
 def test_deploy_and_rollback_are_refused_while_a_canary_runs(tmp_path: Path) -> None:
@@ -410,6 +427,21 @@ def test_a_maintenance_message_is_one_short_line(tmp_path: Path) -> None:
         deploy.deploy(h.run("deploy"), artifact(tmp_path, "v2"), "v2", canary="5,100",
                       step=-5)
     assert "local" not in h.world.lua_maintenance and h.state()["live"] == "blue"
+
+
+def test_maintenance_on_again_without_a_message_keeps_the_recorded_one(tmp_path: Path) -> None:
+    """What status prints after an nginx restart lost the page (`fab maintenance on`
+    again) puts back the page state records, not the default one."""
+    h = harness(tmp_path)
+    h.deploy("v1")
+    deploy.maintenance(h.run("maintenance"), True, "back at 14:00")
+    del h.world.lua_maintenance["local"]  # nginx restarted: its shared dict is empty
+    deploy.maintenance(h.run("maintenance"), True)
+    assert h.state()["maintenance"] == "back at 14:00"
+    assert "back at 14:00" in str(h.world.lua_maintenance["local"])
+    deploy.maintenance(h.run("maintenance"), False)
+    deploy.maintenance(h.run("maintenance"), True)  # off in between: the default again
+    assert h.state()["maintenance"] == deploy.DEFAULT_MAINTENANCE
 
 
 # ---------------------------------------------------------------- the pieces

@@ -139,6 +139,19 @@ def test_second_deploy_moves_traffic_to_green_and_keeps_blue_warm(h: Harness) ->
     assert ("local", 8081) in h.world.running and ("local", 8082) in h.world.running
 
 
+def test_a_first_deploy_that_fails_its_health_check_says_nothing_was_live(h: Harness) -> None:
+    v1 = artifact(h.tmp_path, "v1")
+    from bluegreen import layout, release
+    h.world.unhealthy.add(layout.release_id("v1", release.inspect(v1).checksum))
+    with pytest.raises(BluegreenError) as err:
+        deploy.deploy(h.run("deploy"), v1, "v1")
+    assert err.value.phase == "health"
+    assert "traffic was NOT switched: nothing was live before, and nothing is now" in \
+        err.value.hint
+    assert "stays on nothing" not in err.value.hint
+    assert "read the app log above" in err.value.hint  # the log is in the message, above
+
+
 def test_health_failure_stops_new_slot_leaves_traffic_runs_on_failure_and_records(
         h: Harness) -> None:
     h.deploy("v1")
