@@ -12,6 +12,7 @@ counters) or raise Unsupported (weights, preview) with a message that says which
 from __future__ import annotations
 
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -115,6 +116,25 @@ def bucket_delta(before: Iterable[tuple[float, int]], now: Iterable[tuple[float,
     """`now - before`, bucket by bucket (a bucket missing before counts as 0)."""
     old = dict(before)
     return tuple((bound, max(0, n - old.get(bound, 0))) for bound, n in now)
+
+
+def in_canary(cohort: str, weight: int) -> bool:
+    """Whether a cohort cookie's user is in a canary's `weight` percent: CRC-32 of the
+    cookie, mod 100, below the weight. Both routers decide so (lua: ngx.crc32_short;
+    haproxy: the crc32 converter; both are zlib's CRC-32), so a user is on the same side
+    whichever serves them, and raising the weight only adds users."""
+    return zlib.crc32(cohort.encode()) % 100 < weight
+
+
+def cohort_in(weight: int, canary: bool, start: int = 0) -> str:
+    """A cohort cookie value the routers put on the canary side of `weight` (or, with
+    canary=False, on the live side): how bluegreen's own probes reach one side on purpose."""
+    i = start
+    while True:
+        value = f"bluegreen-probe-{i}"
+        if in_canary(value, weight) == canary:
+            return value
+        i += 1
 
 
 class Router(ABC):
@@ -229,11 +249,6 @@ class Router(ABC):
     def counters(self) -> dict[str, SlotCounters] | None:
         """Per-slot counters since the router started; None: not available in this mode."""
         return None
-
-    def set_weights(self, weights: Mapping[str, int]) -> None:
-        raise Unsupported(f"{self.kind} mode cannot split traffic by weight",
-                          host=self.label, phase="switch",
-                          hint="use nginx.mode = \"lua\" (or the haproxy router) for canaries")
 
     def set_preview(self, slot: str | None, digest: str = "") -> None:
         """Route requests that carry the preview token (whose sha1 is `digest`) to `slot`;

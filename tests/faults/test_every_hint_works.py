@@ -12,6 +12,7 @@ health.timeout, fix the template, check the nginx error log, ...) are not in it.
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,8 +101,10 @@ HINTS: tuple[Hint, ...] = (
          "test_ssh_connection_lost_re_run_converges"),
     Hint("hosts.py", "check the connection, then re-run", "re-run",
          "test_ssh_connection_lost_re_run_converges"),
+    Hint("hosts.py", "wait until the host answers again, then re-run", "re-run",
+         "test_ssh_connection_lost_re_run_converges"),
     Hint("hosts.py", "check disk space and the connection", "re-run",
-         "test_upload_that_fails_on_a_full_disk_re_run_once_space_is_back"),
+         "test_upload_cut_mid_file_re_run_converges"),
     Hint("hosts.py", "verify the host's fingerprint, then: ssh-keyscan",
          "ssh-keyscan -p PORT ADDR >> KNOWN_HOSTS",
          "test_unknown_host_key_ssh_keyscan_as_printed_then_deploy"),
@@ -130,6 +134,12 @@ HINTS: tuple[Hint, ...] = (
          "test_bad_since_pass_it_again"),
     Hint("process.py", "journalctl -u", "journalctl -u UNIT",
          "untested: a `systemctl restart` that fails for another reason than a missing unit"),
+    Hint("process.py", "create it there (useradd --system ", "useradd --system USER",
+         "elsewhere: tests/integration/test_systemd_backend.py "
+         "test_app_user_or_group_missing_on_the_host_the_printed_command_fixes_it"),
+    Hint("process.py", "create it there (groupadd --system ", "groupadd --system GROUP",
+         "elsewhere: tests/integration/test_systemd_backend.py "
+         "test_app_user_or_group_missing_on_the_host_the_printed_command_fixes_it"),
     Hint("process.py", "link it once: ln -s ", "ln -s UNIT /etc/systemd/system/",
          "elsewhere: tests/integration/test_systemd_backend.py "
          "test_forgotten_unit_link_names_the_link_and_the_printed_command_fixes_it"),
@@ -177,8 +187,8 @@ HINTS: tuple[Hint, ...] = (
          "test_a_disk_filled_during_the_unpack_free_space_then_re_run"),
     Hint("routers/haproxy.py", "`fab status` shows what haproxy routes to", "fab status",
          "test_haproxy_verify_failure_fab_status_shows_what_it_routes_to"),
-    Hint("routers/haproxy.py", "canaries are planned", "fab switch",
-         "untested: weights asked of the haproxy router"),
+    Hint("routers/haproxy.py", "`fab switch --abort` ends a canary", "fab switch --abort",
+         "untested: haproxy applied another canary share than asked, then --abort"),
     Hint("routers/haproxy.py", "(`fab status` says what it can see)", "fab status",
          "test_haproxy_admin_socket_unreachable_fab_status_says_what_it_can_see"),
     Hint("routers/haproxy.py", ") and re-run", "fix; re-run",
@@ -705,19 +715,43 @@ def test_ssh_connection_lost_re_run_converges(cell: Cell, rig: Rig, tmp_path: Pa
 @pytest.mark.parametrize("cell", [pytest.param(Cell("hint", "upload-enospc", "reload", "ssh",
                                                     tmpfs=True), id="reload-ssh-tmpfs",
                                                marks=FULL)])
-def test_upload_that_fails_on_a_full_disk_re_run_once_space_is_back(cell: Cell,
-                                                                    rig: Rig) -> None:
+@pytest.mark.parametrize("fault", ["drop", "fill"])
+def test_upload_cut_mid_file_re_run_converges(cell: Cell, rig: Rig, fault: str) -> None:
+    """The SFTP write fails half-way through the file, after the disk check passed: the
+    link cut (the generic upload hint), or the disk filled by something else meanwhile
+    (said as a full disk). Either way the partial file goes and the re-run converges."""
     from bluegreen.failpoints import BALLAST
 
     ok(rig.deploy("v1"))
     srv = rig.project.srv
-    ran = rig.deploy("v2", env=failpoint_env("before:upload", f"fill:{srv}"))
+    action = "drop" if fault == "drop" else f"fill:{srv}"
+    # a file of several SFTP blocks, so the cut lands inside it
+    big = rig.project.dir / "big-v2.tar.gz"
+    _pad_artifact(rig.project.artifacts["v2"], big, 600_000)
+    ran = rig.fab("deploy", "--artifact", str(big), "--version", "v2",
+                  env=failpoint_env("upload.writing", action))
     no_traceback(ran)
-    text = refused(ran, "upload of", "check disk space and the connection, then re-run")
-    (srv / BALLAST).unlink()
-    ok(rig.deploy("v2"), "the re-run")
+    if fault == "drop":
+        refused(ran, "upload of", "failed", "check disk space and the connection, then re-run")
+    else:
+        refused(ran, "disk full on", "ran out of space", "the partial upload was removed",
+                "then re-run")
+        (srv / BALLAST).unlink()
+    assert not list((srv / "demo" / "artifacts").glob(".upload-*")), "partial upload left"
+    ok(rig.fab("deploy", "--artifact", str(big), "--version", "v2"), "the re-run")
     check_status_is_true(rig, expect_version="v2")
-    assert text
+
+
+def _pad_artifact(source: Path, dest: Path, size: int) -> None:
+    """The same release with an incompressible file added, so its tarball is `size` bytes
+    or more (several 128 KiB SFTP writes)."""
+    with tarfile.open(source) as src, tarfile.open(dest, "w:gz") as out:
+        for member in src.getmembers():
+            out.addfile(member, src.extractfile(member) if member.isfile() else None)
+        pad = tarfile.TarInfo("padding.bin")
+        data = os.urandom(size)
+        pad.size = len(data)
+        out.addfile(pad, io.BytesIO(data))
 
 
 @pytest.mark.parametrize("cell", cells("host-key", ("reload", "ssh")))
