@@ -150,7 +150,8 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/integration/test_fleet_batches.py "
          "test_rolling_deploy_switches_back_keeps_partial_and_resumes"),
     Hint("phases.py", "or put every host back: `fab switch --to", "fab switch --to OLD",
-         "untested: a partial rollout put back by `fab switch --to` (batches run)"),
+         "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_partial_rollout_refused_then_put_back_by_the_printed_switch"),
     Hint("phases.py", "this was the first deploy", "fab deploy (a fixed build)",
          "test_a_watch_breach_on_the_first_deploy_fix_the_build_and_deploy_again"),
     Hint("phases.py", "rollback never goes back to a bad release", "fab deploy [--force]",
@@ -159,14 +160,21 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/integration/test_fleet_batches.py "
          "test_rolling_deploy_switches_back_keeps_partial_and_resumes"),
     Hint("batches.py", "a switch was interrupted or nginx was changed by hand",
-         "fab switch --to SLOT", "untested: inconsistent state found by a rolling deploy"),
+         "fab switch --to SLOT", "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_rolling_deploy_finds_a_host_flipped_by_hand_and_the_printed_switch_converges"),
     Hint("batches.py", "fix the failed hosts and run the same command again",
          "the same command / fab switch --to",
-         "untested: --keep-partial left after failed hosts, then resumed"),
+         "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_keep_partial_status_shows_it_and_the_same_command_resumes"),
     Hint("batches.py", "state still records the partial rollout", "fab switch --to",
-         "untested: a partial rollout whose switch-back failed"),
+         "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_switch_back_that_fails_then_the_printed_switch_puts_every_host_back"),
     Hint("views.py", "resume with the same `fab deploy --batch`", "fab deploy --batch",
-         "untested: status of a partial rollout, then its resume"),
+         "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_keep_partial_status_shows_it_and_the_same_command_resumes"),
+    Hint("batches.py", "the kept hosts serve the bad release", "fab switch --to OLD",
+         "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_a_breach_in_a_later_batch_switches_the_earlier_batches_back_too[keep-partial]"),
     Hint("preflight.py", "; then re-run", "add the sudo rule; re-run",
          "test_a_missing_sudo_rule_add_the_printed_line_then_re_run"),
     Hint("preflight.py", "; then re-run when they answer", "re-run",
