@@ -5,8 +5,13 @@ front of many servers, each with its own nginx and slots), `fab deploy --batch 2
 `--batch 2`) ships, starts, health-checks and switches one batch at a time; each host's
 nginx routes to its own slots only. Per batch:
 
-    upload stop start health [pre-switch] switch verify   -> the batch's hosts serve the new
-                                                             release; state records them
+    upload stop start health [pre-switch] switch verify watch  -> the batch's hosts serve the
+                                                                  new release; state records them
+The watch (`[watch]`, as after any switch) is each batch's gate: for watch.seconds the
+batch's own front doors are probed and, where the router counts (lua, haproxy), its real
+requests judged; a breach marks the release bad, switches the breached batch and the
+batches before it back (--keep-partial keeps the earlier ones: they passed their own
+watch) and stops the rollout.
 A host that fails is left on the old slot (its new slot stopped) and counted; past
 `--max-fail` hosts the rollout stops, and the hosts it already switched are switched back
 to the old slot (still warm) unless `--keep-partial`. State records which host serves what
@@ -24,6 +29,7 @@ from typing import Any
 
 from bluegreen import interrupts, render
 from bluegreen import phases as p
+from bluegreen import watch as watch_mod
 from bluegreen.config import Config, HostSpec
 from bluegreen.errors import BluegreenError
 from bluegreen.run import Run
@@ -79,6 +85,7 @@ def plan_rollout(run: Run) -> None:
     p.read_state(run)
     state, cfg = run.live, run.cfg
     check_layout(cfg)
+    p.refuse_bad_artifact(run)  # a batch's watch (or any watch) reverted it before
     if not state.live:
         raise BluegreenError("nothing is live yet: a rolling deploy moves hosts from the live "
                              "slot to the other one", phase="state",
@@ -123,6 +130,8 @@ def announce(run: Run) -> None:
         f"{cfg.port_of(r.slot)}): {len(todo)} host(s) in {len(batches)} batch(es) of "
         f"{cfg.fleet.batch}, max {cfg.fleet.max_fail} failed host(s)"
         + (f", {cfg.fleet.pause:g}s pause between batches" if cfg.fleet.pause else "")
+        + (f", each batch watched {cfg.watch.seconds:g}s" if cfg.watch.seconds > 0 else
+           ", no watch between batches (watch.seconds = 0)")
         + ("; a stopped rollout keeps its switched hosts" if cfg.fleet.keep_partial else
            "; a stopped rollout switches its hosts back"))
 
@@ -145,8 +154,11 @@ def roll(run: Run) -> str:
             if i > 1 and cfg.fleet.pause:
                 _pause(run, cfg.fleet.pause, i, len(batches))
             run.report.say(f"=== batch {i}/{len(batches)}: {' '.join(labels)}")
-            _one_batch(run, render_cfg, labels)
+            switched = _one_batch(run, render_cfg, labels)
             run.ledger.heartbeat()
+            breach = _gate(run, render_cfg, switched, i, len(batches))
+            if breach is not None:
+                raise _breached(run, render_cfg, switched, breach, i, len(batches))
             if len(r.failed) > cfg.fleet.max_fail:
                 raise _stop(run, render_cfg, i, len(batches))
     except (BluegreenError, KeyboardInterrupt) as exc:
@@ -235,7 +247,8 @@ class _BatchFailed(Exception):
         self.hosts = hosts
 
 
-def _one_batch(run: Run, render_cfg: Config, labels: list[str]) -> None:
+def _one_batch(run: Run, render_cfg: Config, labels: list[str]) -> list[str]:
+    """The batch's steps up to its switch; the hosts it switched (none when it failed)."""
     state = run.live
     r = state.rollout
     assert r is not None
@@ -258,7 +271,7 @@ def _one_batch(run: Run, render_cfg: Config, labels: list[str]) -> None:
                 _stop_quietly(run, render_cfg, failed, slot)
             if len(r.failed) > run.cfg.fleet.max_fail:
                 _stop_quietly(run, render_cfg, [h for h in started if h in live], slot)
-                return
+                return []
         state.slots[slot] = dataclasses.replace(state.slots[slot], status="rolling")
         if run.ledger.has_hook("pre-switch"):
             with run.report.phase("pre-switch", "hook"):
@@ -266,6 +279,8 @@ def _one_batch(run: Run, render_cfg: Config, labels: list[str]) -> None:
         _switch(run, render_cfg, live, slot)
     except _BatchFailed:
         _stop_quietly(run, render_cfg, [h for h in started if h not in r.done], slot)
+        return []
+    return live
 
 
 def _switch(run: Run, render_cfg: Config, labels: list[str], slot: str) -> None:
@@ -306,6 +321,98 @@ def _switch(run: Run, render_cfg: Config, labels: list[str], slot: str) -> None:
     if skew is not None:
         worst = run.outcome.flip_skew_ms or 0.0
         run.outcome.flip_skew_ms = max(worst, skew)
+
+
+class _Breach(Exception):
+    """Closes the watch phase's line as FAILED; the rollout then stops (`_breached`)."""
+
+
+def _gate(run: Run, render_cfg: Config, labels: list[str], at: int,
+          total: int) -> watch_mod.WatchReport | None:
+    """The batch's watch: its hosts' slot processes, probes through their front doors and
+    their routers' counts of real requests; the report when it saw a breach, else None."""
+    cfg = run.cfg.watch
+    if cfg.seconds <= 0 or not labels:
+        return None
+    b = _sub(run, render_cfg, labels, run.target)
+    detail = (f"batch {at}/{total}: slot {run.target} on {len(labels)} host(s) for "
+              f"{cfg.seconds:g} s: processes, {', '.join(cfg.probe_paths)} through their "
+              "front doors")
+    report: watch_mod.WatchReport | None = None
+    try:
+        with run.report.phase("watch", detail) as note:
+            if run.fleet.plan is not None:  # a dry run: nothing switched, nothing to watch
+                run.fleet.plan.add("all", f"watch on {', '.join(labels)}: {detail}")
+                return None
+            report = watch_mod.watch(cfg, run.target, b.routers,
+                                     crashed=lambda: b.slots.not_running_on(run.target, "watch"),
+                                     say=run.report.say)
+            t = report.tally
+            run.outcome.watch = {**t.to_dict(), "seconds": round(report.seconds, 2),
+                                 "breach": report.breach or None, "batch": at,
+                                 "hosts": list(labels)}
+            if report.breach:
+                run.report.say(f"    breach: {report.breach}")
+                raise _Breach
+            note.text = (f"{t.requests} requests, {t.errors} failed over "
+                         f"{report.seconds:.1f} s ({t.source})")
+    except _Breach:
+        return report
+    if report is not None and report.tally.source == "probes" and at == 1:
+        # once per run: in this mode the gate is weaker than it looks
+        kinds = sorted({r.kind for r in b.routers})
+        run.report.say(f"    note: {'/'.join(kinds)} mode keeps no per-request counters: each "
+                       "batch's gate is its slot's processes and the probes only, not real "
+                       "users' requests (nginx.mode = \"lua\" or the haproxy router count "
+                       "them)")
+    return None
+
+
+def _breached(run: Run, render_cfg: Config, labels: list[str],
+              report: watch_mod.WatchReport, at: int, total: int) -> RolloutStopped:
+    """A batch's watch saw a breach: the release is marked bad, the breached batch goes
+    back at once, the earlier batches too (unless --keep-partial: they passed their own
+    watch), and the rollout stops."""
+    state, cfg = run.live, run.cfg
+    r = state.rollout
+    assert r is not None
+    reason = f"{report.breach} on {', '.join(labels)} (batch {at}/{total})"
+    bad = state.slots[r.slot]
+    state.slots[r.slot] = dataclasses.replace(bad, status="bad")
+    if r.checksum:
+        state.bad_releases[r.checksum] = reason
+    for h in labels:
+        r.failed[h] = f"watch: {report.breach}"[:300]
+    run.outcome.auto_reverted = True
+    back = list(labels) if cfg.fleet.keep_partial else list(r.done)
+    what = (f"rolling deploy stopped in batch {at}/{total}: its watch on "
+            f"{', '.join(labels)} saw {report.breach}; {bad.version or bad.release} is "
+            "marked bad")
+    try:
+        _switch_back(run, render_cfg, back, r.from_slot)
+    except BluegreenError:
+        _save(run)  # the release stays marked bad whatever the switch back did
+        run.outcome.rollout = _summary(r, len(cfg.hosts.app))
+        raise
+    r.done = [h for h in r.done if h not in back]
+    run.outcome.rollout = _summary(r, len(cfg.hosts.app))
+    run.outcome.rollout["switched_back"] = back
+    hint = ("build a fixed release and deploy it; this artifact is refused from now on "
+            "(--force deploys it anyway)")
+    if r.done:
+        r.status = "stopped"
+        _save(run)
+        return RolloutStopped(
+            what + f"; switched the batch back to {r.from_slot}, kept partial: "
+            f"{len(r.done)} host(s) serve {r.slot} ({', '.join(r.done)})",
+            host=",".join(labels), phase="watch",
+            hint="the kept hosts serve the bad release: `fab switch --to "
+                 f"{r.from_slot}` puts every host back; then " + hint)
+    state.rollout = None
+    _save(run)
+    return RolloutStopped(what + f"; switched {len(back)} host(s) back to {r.from_slot} "
+                          f"({', '.join(back)}): every host serves {r.from_slot}",
+                          host=",".join(labels), phase="watch", hint=hint)
 
 
 def _stop_quietly(run: Run, render_cfg: Config, labels: list[str], slot: str) -> None:

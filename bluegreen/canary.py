@@ -106,7 +106,7 @@ def watch_canary(run: Run, seconds: float) -> str:
     """The gate of a canary step: the watch, for `seconds`, of the canary slot only. Its
     probes carry a cohort cookie inside the share, so they reach the canary too."""
     from bluegreen import watch
-    from bluegreen.routers.nginx_lua import cohort_in
+    from bluegreen.routers.base import cohort_in  # the hash both routers use
     cfg = dataclasses.replace(run.cfg.watch, seconds=seconds)
     for router in run.routers:
         router.probe_headers = {

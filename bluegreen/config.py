@@ -35,6 +35,11 @@ from bluegreen.errors import ConfigError
 ENV_PREFIX = "BLUEGREEN__"
 SLOT_NAMES = ("blue", "green")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+# A POSIX-portable user or group name as useradd and systemd (strict mode) both accept it:
+# no control characters, spaces, ':' or '/', never only digits (a UID is not a name).
+_USER_RE = re.compile(r"(?:[A-Za-z_][A-Za-z0-9_.-]{0,31})?")
+_USER_WHAT = ("a user name (letters, digits, '_', '.', '-'; not starting with a digit, "
+              "at most 32 characters), or empty")
 _ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
@@ -151,6 +156,12 @@ class Process:
     supervisor_include_dir: str = setting("", one_line=True)
     supervisorctl: str = setting("supervisorctl", one_line=True)
     systemd_unit_dir: str = setting("/etc/systemd/system", one_line=True)
+    # who the app runs as (systemd User=, supervisor user=). Empty: under systemd, the SSH
+    # user when sudo.app = ["systemctl"] (a non-root deploy should not start a root app),
+    # else unchanged (root under systemd, supervisord's user); see process.app_user.
+    user: str = setting("", pattern=_USER_RE, what=_USER_WHAT)
+    # systemd Group=; empty: the user's primary group
+    group: str = setting("", pattern=_USER_RE, what=_USER_WHAT.replace("user", "group"))
 
 
 # lua mode's control listener when nginx.control_port is 0. Each app's control server
@@ -334,8 +345,8 @@ def _env_var_name(value: str) -> str:
 @dataclass(frozen=True)
 class Preview:
     """Try a `fab deploy --no-switch` release through the real front door before anyone is
-    switched (lua mode): a request carrying the token in this header or cookie is routed
-    to the ready slot. The token itself never goes in a file: `token_env` names the
+    switched (lua mode, haproxy): a request carrying the token in this header or cookie is
+    routed to the ready slot. The token itself never goes in a file: `token_env` names the
     environment variable (on the machine running fab) that holds it."""
 
     header: str = setting("X-Bluegreen-Preview", pattern=_HEADER_NAME_RE,
@@ -349,7 +360,8 @@ class Preview:
 @dataclass(frozen=True)
 class Canary:
     """`fab switch --weight N` / `fab deploy --canary 5,25,100`: a share of users, chosen by
-    a cohort cookie, goes to the new slot (lua mode). The cookie keeps a user on one side."""
+    a cohort cookie, goes to the new slot (lua mode, haproxy). The cookie keeps a user on one
+    side."""
 
     cookie: str = setting("bluegreen_cohort", pattern=_COOKIE_NAME_RE,
                           what="a cookie name (letters, digits, _)")
@@ -604,6 +616,7 @@ def _check_semantics(cfg: Config, binder: Binder) -> None:
     if cfg.process.backend == "supervisor" and not cfg.process.supervisor_conf:
         fail("process.supervisor_conf", "required with backend = \"supervisor\": the path of "
                                         "supervisord.conf on the hosts", "process.backend")
+    _check_app_user(cfg, fail)
     if cfg.nginx.mode == "lua":
         named = hosts_named_not_ip(cfg)
         if named:
@@ -631,6 +644,23 @@ def _check_semantics(cfg: Config, binder: Binder) -> None:
 
     if cfg.traffic.router == "haproxy":
         _check_haproxy(cfg, fail)
+
+
+def _check_app_user(cfg: Config, fail: Callable[..., None]) -> None:
+    """process.user / group only where the backend can act on them: plain starts the app
+    with setsid as the SSH user and has no way to become anyone else; supervisor's
+    program file has user= but no group (it takes the user's groups)."""
+    backend = cfg.process.backend
+    if backend == "plain":
+        for key in ("user", "group"):
+            if getattr(cfg.process, key):
+                fail(f"process.{key}", "the plain backend runs the app as the SSH user and "
+                                       "cannot switch to another; leave it empty (log in as "
+                                       "that user instead) or use backend = \"systemd\" or "
+                                       "\"supervisor\"", "process.backend")
+    if backend == "supervisor" and cfg.process.group:
+        fail("process.group", "supervisor runs a program with its user's own groups and has "
+                              "no group setting: leave it empty", "process.backend")
 
 
 def _check_haproxy(cfg: Config, fail: Callable[..., None]) -> None:

@@ -21,9 +21,9 @@ Each item is POINT=ACTION[:ARG]; items are separated by commas. Actions:
                   most HOLD_LIMIT seconds): a test acts at that exact point, then lets go
 
 Points are named where they are hit: `before:<phase>` and `after:<phase>` in the phase loop
-(run.py), and a few inside phases (upload.mid, upload.unpacked, stop.drained,
-health.probing, switch.after-intent, switch.after-install, switch.after-apply,
-record.after-state). A point acts on its first hit only.
+(run.py), and a few inside phases (upload.writing (SSH hosts, after the first block),
+upload.mid, upload.unpacked, stop.drained, health.probing, switch.after-intent,
+switch.after-install, switch.after-apply, record.after-state). A point acts on its first hit only.
 
 The variable is read once, at import. When it is unset, `hit` returns at its first test.
 """

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
-from bluegreen import commands, httpwire, interrupts
+from bluegreen import commands, failpoints, httpwire, interrupts
 from bluegreen.config import Config, HostSpec
 from bluegreen.errors import BluegreenError, CommandFailed
 from bluegreen.httpwire import HttpReply
@@ -387,8 +387,15 @@ class SshHost(Host):
                                  phase=self.phase or "connect",
                                  hint="check ssh.user, ssh.key_file and that sshd runs") from exc
         except (OSError, EOFError) as exc:
-            raise BluegreenError(f"cannot reach {self.spec.address}:"
-                                 f"{self.spec.port or ssh.port}: {exc}",
+            where = f"{self.spec.address}:{self.spec.port or ssh.port}"
+            if self.stats.connects > 1:
+                # it answered earlier in this run: the address is right, the host went away
+                raise BluegreenError(f"SSH connection lost: {where} answered earlier in this "
+                                     f"run but not now: {exc}",
+                                     host=self.label, phase=self.phase or "connect",
+                                     hint="wait until the host answers again, then "
+                                          "re-run: every phase converges") from exc
+            raise BluegreenError(f"cannot reach {where}: {exc}",
                                  host=self.label, phase=self.phase or "connect",
                                  hint="check the address, the port and the network") from exc
         conn.transport.set_keepalive(ssh.keepalive)  # ssh_config's ServerAliveInterval is ignored
@@ -446,6 +453,7 @@ class SshHost(Host):
                 dst.MAX_REQUEST_SIZE = chunk
                 for block in iter(lambda: src.read(chunk), b""):
                     dst.write(block)
+                    failpoints.hit("upload.writing")  # the fault suite: a link cut mid-file
             if sftp.stat(remote).st_size != size:
                 raise OSError(f"size mismatch after upload (expected {size} bytes)")
         except Exception as exc:

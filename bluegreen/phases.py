@@ -64,7 +64,7 @@ def check_consistency(run: Run, *, weight: bool = True) -> None:
 
         if weight and routed.weight != state.weight:
             raise BluegreenError(
-                f"state says the canary gets {state.weight}% of users but nginx on "
+                f"state says the canary gets {state.weight}% of users but {router.product} on "
                 f"{router.label} gives it {routed.weight}%", host=router.label, phase="state",
                 hint="someone set it by hand, or a weight change was cut off: `fab switch "
                      f"--weight {state.weight}` sets it again, `fab switch --abort` ends the "
@@ -505,8 +505,9 @@ def measured(run: Run) -> str:
     """The measured line of a run's summary: what users saw during the switch."""
     o = run.outcome
     if o.requests is not None and o.failed_requests is not None:
+        counted_by = "/".join(sorted({r.product for r in run.routers})) or "nginx"
         return (f"{o.failed_requests:,} failed of {o.requests:,} requests during the switch "
-                "(nginx's own counts)")
+                f"({counted_by}'s own counts)")
     if run.fleet.dry_run:
         return ""
     kinds = sorted({r.kind for r in run.routers if "counters" not in r.features})
@@ -525,10 +526,12 @@ def require(run: Run, feature: str, what: str) -> None:
     if lacking:
         modes = ", ".join(f"{r.label} ({r.kind} mode)" for r in lacking)
         raise BluegreenError(
-            f"{what} needs nginx's lua module on every traffic host, and {modes} has none",
+            f"{what} needs a router that can route by request on every traffic host (nginx "
+            f"with its lua module, or haproxy), and {modes} cannot",
             phase="state", host=",".join(r.label for r in lacking),
             hint="install libnginx-mod-http-lua there (nginx.mode = \"auto\" finds it) or set "
-                 "nginx.mode = \"lua\"; nothing was changed")
+                 "nginx.mode = \"lua\", or use traffic.router = \"haproxy\"; nothing was "
+                 "changed")
 
 
 def refuse_while_canary(run: Run, action: str) -> None:

@@ -39,7 +39,8 @@ def sudo_rules(cfg: Config, role: str) -> list[str]:
         rules.append("systemctl daemon-reload")
         for slot in ("blue", "green"):
             unit = q(f"{cfg.app}@{slot}.service")
-            rules += [f"systemctl restart {unit}", f"systemctl stop {unit}"]
+            rules += [f"systemctl {verb} {unit}"
+                      for verb in ("restart", "stop", "enable", "disable")]
     if role == "app" and "supervisorctl" in cfg.sudo.app:
         ctl = f"{_unsudo(cfg.process.supervisorctl)} -c {q(cfg.process.supervisor_conf)}"
         rules.append(f"{ctl} reread")

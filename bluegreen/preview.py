@@ -48,7 +48,7 @@ def mark_ready(run: Run) -> str:
         for router in [] if run.fleet.dry_run else run.routers:
             router.probe_headers = {run.cfg.preview.header: secret}
             try:
-                router.wait_front_door(slot)  # type: ignore[attr-defined]
+                router.wait_front_door(slot)
             finally:
                 router.probe_headers = None
         note = (f"preview: requests with header {run.cfg.preview.header} (or cookie "

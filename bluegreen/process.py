@@ -2,7 +2,9 @@
 
 plain:      setsid + pidfile (pid and start time) + a log file per slot. No daemon needed.
 supervisor: a [program:<app>-<slot>] file in supervisord's include dir, driven by supervisorctl.
-systemd:    a template unit <app>@.service, instance = slot, with a per-slot EnvironmentFile.
+systemd:    a template unit <app>@.service, instance = slot, with a per-slot EnvironmentFile;
+            a started slot is enabled and a stopped one disabled, so a reboot brings back
+            exactly the slots that ran. process.user / group: User=/Group= (supervisor: user=).
 
 Backends only start and stop; the flow checks port ownership (commands.drain_stop_free)
 the same way for all of them, so none of them ever kills a process it did not start.
@@ -16,7 +18,7 @@ from abc import ABC, abstractmethod
 
 from bluegreen import commands
 from bluegreen.commands import q
-from bluegreen.config import Config
+from bluegreen.config import Config, HostSpec
 from bluegreen.errors import BluegreenError, CommandFailed
 from bluegreen.hosts import Host
 from bluegreen.layout import Layout
@@ -41,6 +43,25 @@ def start_command(cfg: Config, slot: str, release_dir: str, version: str,
     return cfg.start.format(
         release=q(release_dir), port=cfg.port_of(slot), slot=slot, app=cfg.app,
         artifact=q(f"{release_dir}/{file_name}"), version=q(version))
+
+
+def app_user(cfg: Config, spec: HostSpec) -> str:
+    """Who the app runs as on this host ('' = the init system's default: root for systemd,
+    supervisord's own user for supervisor).
+
+    process.user when set. Otherwise, under systemd driven through `sudo -n systemctl`, the
+    SSH login user: someone who deploys as a non-root user would not expect the app to get
+    root, and that user already owns paths.root (the releases the app reads). Configs
+    without [sudo] keep running the app as before (root), so an upgrade changes nothing
+    for them: their app may rely on files or ports only root can reach.
+    """
+    if cfg.process.user:
+        return cfg.process.user
+    login = spec.user or cfg.ssh.user
+    if (cfg.process.backend == "systemd" and "systemctl" in cfg.sudo.app
+            and login and login != "root"):
+        return login
+    return ""
 
 
 class Backend(ABC):
@@ -156,6 +177,8 @@ class SupervisorBackend(Backend):
             f"command=/bin/sh {_sv_value(q(self.script_path(host, slot)), 'command')}",
             f"directory={_sv_value(release_dir, 'directory')}",
             "autostart=true",  # a rebooted host brings both slots back warm
+            *([f"user={_sv_value(user, 'user')}"] if (user := app_user(self.cfg, host.spec))
+              else []),
             "autorestart=unexpected",
             "startsecs=0",  # readiness is our health check's job, not supervisor's
             "stopasgroup=true",
@@ -177,18 +200,33 @@ class SupervisorBackend(Backend):
         host.write_atomic(path, self.program_conf(host, slot, release_dir, version,
                                                   artifact_name))
         prog = q(self.program(slot))
+        user = app_user(self.cfg, host.spec)
+        # supervisord runs start.sh as process.user, which must then read it and the 0600
+        # env file: hand both over, in this same command. Only root (or that user) can; a
+        # refusal stops here, before supervisor starts anything.
+        chown = (f"chown -- {q(user)} {q(self.env_path(host, slot))} "
+                 f"{q(self.script_path(host, slot))} 2>&1 || {{ echo \"ERROR: cannot give "
+                 f"the slot's env file and start script to process.user {user} (log in as "
+                 f"root or as {user})\"; exit 0; }}; " if user else "")
         # `update` exits non-zero (and says "error: ... CANT_REREAD", no "ERROR") when
         # supervisord cannot read the include dir, and prints "... no such file" when
         # supervisord is not running: both must stop us before `start` runs an older
         # program definition.
-        out = host.run(commands.link_slot_release(self.layout(host), slot, release_dir) + "; "
+        out = host.run("( " + chown
+                       + commands.link_slot_release(self.layout(host), slot, release_dir) + "; "
                        f"{self.ctl('reread')} >/dev/null 2>&1; "
                        f"{self.ctl('update', prog)} 2>&1 || echo \"ERROR: supervisorctl update "
-                       f"exited $?\"; {self.ctl('start', prog)} 2>&1 || true", timeout=60,
+                       f"exited $?\"; {self.ctl('start', prog)} 2>&1 || true )", timeout=60,
                        says=f"supervisorctl update and start {self.program(slot)}").stdout
         bad = [line for line in out.splitlines()
                if ("ERROR" in line or line.startswith("error:"))
                and "already started" not in line]
+        if bad and "cannot give the slot's env file" in out:
+            raise BluegreenError(f"supervisor cannot start {self.program(slot)} as "
+                                 f"process.user {user}: {out.strip()}", host=host.label,
+                                 phase="start",
+                                 hint=f"log in as root (ssh.user) or as {user}, or leave "
+                                      "process.user empty")
         if bad:
             raise BluegreenError(f"supervisorctl could not start {self.program(slot)}: "
                                  f"{out.strip()}", host=host.label, phase="start",
@@ -242,7 +280,11 @@ class SystemdBackend(Backend):
             "After=network.target",
             "",
             "[Service]",
-            "Type=simple",
+            # exec, not simple: `systemctl restart` fails at once when the service cannot
+            # be started at all (process.user missing on the host: status 217), instead of
+            # succeeding and leaving the health check to time out on an empty log
+            "Type=exec",
+            *self.identity_lines(host),
             f"EnvironmentFile={_sd_path(host.root)}/slots/%i/env",
             f"WorkingDirectory={_sd_path(host.root)}/slots/%i/release",
             f"ExecStart={exec_start}",
@@ -256,6 +298,16 @@ class SystemdBackend(Backend):
             "WantedBy=multi-user.target",
             "",
         ])
+
+    def identity_lines(self, host: Host) -> list[str]:
+        """User= / Group= (names checked at load: no specifier, quote or space in them)."""
+        lines = []
+        user = app_user(self.cfg, host.spec)
+        if user:
+            lines.append(f"User={user}")
+        if self.cfg.process.group:
+            lines.append(f"Group={self.cfg.process.group}")
+        return lines
 
     def env_file(self, slot: str, release_dir: str, version: str, artifact_name: str) -> str:
         env = app_env(self.cfg, slot, release_dir, version)
@@ -271,27 +323,60 @@ class SystemdBackend(Backend):
                           self.env_file(slot, release_dir, version, artifact_name), mode=0o600)
         unit = self.unit_name(slot)
         try:
+            # enable in the same command (no extra round trip): a running slot comes back
+            # after a reboot, as supervisor's autostart does; only once it did start, so a
+            # unit that cannot start is never left enabled. A failed restart prints the
+            # main process's exit status (`show` needs no sudo): 216/217 name a
+            # Group=/User= the host does not have.
             host.run(commands.link_slot_release(layout, slot, release_dir) + " && "
                      f"{self.systemctl} daemon-reload && "
-                     f"{self.systemctl} restart {q(unit)}",
+                     f"{{ {self.systemctl} restart {q(unit)} || {{ rc=$?; "
+                     f"echo \"ExecMainStatus=$(systemctl show -p ExecMainStatus --value "
+                     f"{q(unit)})\"; (exit $rc); }}; }} && "
+                     f"{self.systemctl} enable {q(unit)}",
                      timeout=60, hint=f"see `journalctl -u {unit}` on the host",
-                     says=f"systemctl restart {unit}")
+                     says=f"systemctl restart and enable {unit}")
         except CommandFailed as exc:
             # The non-root setup's one-time link into /etc/systemd/system forgotten (or
             # systemd_unit_dir not a unit directory): journalctl has nothing to say then.
             if f"Unit {unit} not found" in exc.stdout + exc.stderr:
                 exc.hint = unit_not_found_hint(unit_path, host.label)
+            identity = identity_failure(exc.stdout, app_user(self.cfg, host.spec),
+                                        self.cfg.process.group, host.label)
+            if identity:
+                exc.hint = identity
             raise
 
     def stop_script(self, host: Host, slot: str) -> str:
-        # exit 5: the unit was never loaded (first deploy to this slot): nothing to stop
-        return (f"out=$({self.systemctl} stop {q(self.unit_name(slot))} 2>&1); rc=$?; "
-                'case $rc in 0) echo stopped;; 5) echo none;; '
+        # exit 5: the unit was never loaded (first deploy to this slot): nothing to stop.
+        # A stopped slot is disabled too, so that a reboot brings back only what runs now.
+        unit = q(self.unit_name(slot))
+        return (f"out=$({self.systemctl} stop {unit} 2>&1); rc=$?; "
+                'case $rc in 0) '
+                f'out=$({self.systemctl} disable {unit} 2>&1) || '
+                '{ echo "systemctl disable failed: $out" >&2; exit 1; }; echo stopped;; '
+                '5) echo none;; '
                 '*) echo "systemctl stop failed (exit $rc): $out" >&2; exit 1;; esac')
 
     def running(self, host: Host, slot: str) -> bool:
         return host.run(f"systemctl is-active --quiet {q(self.unit_name(slot))}", timeout=30,
                         check=False, mutates=False).ok
+
+
+def identity_failure(stdout: str, user: str, group: str, host: str) -> str:
+    """The hint for a unit whose User= / Group= does not exist on the host ('' if the
+    start failed for another reason). systemd's exit statuses: 217 USER, 216 GROUP."""
+    status = re.search(r"^ExecMainStatus=(\d+)$", stdout, re.M)
+    code = status.group(1) if status else ""
+    if code == "217" and user:
+        return (f"the app's user {user!r} (User= in the unit) does not exist on {host}: "
+                f"create it there (useradd --system {q(user)}) or set process.user to a "
+                "user that exists, then deploy again")
+    if code == "216" and group:
+        return (f"the app's group {group!r} (Group= in the unit) does not exist on {host}: "
+                f"create it there (groupadd --system {q(group)}) or set process.group, "
+                "then deploy again")
+    return ""
 
 
 def unit_not_found_hint(unit_path: str, host: str) -> str:

@@ -2,8 +2,10 @@
 
 Our machines do not run systemd as PID 1, so the systemd backend gets its own: a Debian
 bookworm root filesystem (debootstrap, built once and cached under ROOTFS_DIR with a
-versioned stamp) booted by `systemd-nspawn --boot`. Each boot is throwaway:
-`--volatile=overlay` puts a tmpfs over the cached tree, so nothing a test does survives it.
+versioned stamp) booted by `systemd-nspawn --boot`. The cached tree is never written:
+`--overlay` puts an upper directory of this host's own (under its work dir, removed by
+`stop()`) over it, so a `reboot()` (halt, boot again) keeps what the tests did, as a real
+disk would, and nothing outlives the host.
 
 The container shares the host's network (no veth, no `ip netns`: other tests own the
 198.18.x ranges), so its sshd and the app's slots listen on free loopback ports that the
@@ -15,6 +17,7 @@ and pins; it inspects what runs through `nsenter` + the container's own `systemc
 
 `stop()` sends SIGTERM to the systemd-nspawn process we started (by its PID): nspawn asks
 the container's systemd to halt, which stops every unit; SIGKILL after a bounded wait.
+`reboot()` halts it the same way and boots the same tree again (same sshd port and keys).
 """
 
 from __future__ import annotations
@@ -171,7 +174,8 @@ def sudoers_text(app: str, user: str = DEPLOY_USER) -> str:
     units = [f"{app}@{slot}.service" for slot in ("blue", "green")]
     rules = ["/usr/bin/systemctl daemon-reload"]
     for unit in units:
-        rules += [f"/usr/bin/systemctl restart {unit}", f"/usr/bin/systemctl stop {unit}"]
+        rules += [f"/usr/bin/systemctl {verb} {unit}"
+                  for verb in ("restart", "stop", "enable", "disable")]
     return f"{user} ALL=(root) NOPASSWD: {', '.join(rules)}\n"
 
 
@@ -184,6 +188,7 @@ class SystemdHost:
         # short: nspawn's machine name and sshd's paths stay well within their limits
         self.work = Path(tempfile.mkdtemp(prefix="bgsd-", dir="/tmp"))
         self.etc = self.work / "etc"  # bound at CONF_IN_CONTAINER
+        self.upper = self.work / "upper"  # the overlay's writable layer: the "disk"
         self.etc.mkdir(mode=0o755)
         self.etc.chmod(0o755)  # deploy's sshd child reads authorized_keys through it
         self.machine = f"bgsd{os.getpid()}"
@@ -227,28 +232,45 @@ class SystemdHost:
     # ----- lifecycle ------------------------------------------------------------------
     def start(self, timeout: float = 90.0) -> SystemdHost:
         self._write_ssh_files()
+        self.upper.mkdir(mode=0o755)
+        try:
+            self._boot(timeout)
+            self._prepare()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def reboot(self, timeout: float = 90.0) -> float:
+        """Halt the container (every unit stopped, as on a shutdown) and boot it again
+        from the same disk; nothing of the README's once-per-host setup is redone. Returns
+        the seconds from halt to sshd answering."""
+        began = time.monotonic()
+        self._halt()
+        try:
+            self._boot(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return time.monotonic() - began
+
+    def _boot(self, timeout: float) -> None:
         began = time.monotonic()
         # --register=no / --keep-unit: there is no systemd on the host to register with or
         # to ask for a scope; --console=passive: no getty waiting on our log file.
         self.proc = start_process(
             ["systemd-nspawn", "--quiet", "--boot", f"--directory={self.rootfs}",
              f"--machine={self.machine}", "--register=no", "--keep-unit",
-             "--volatile=overlay", "--console=passive",
+             f"--overlay={self.rootfs}:{self.upper}:/", "--console=passive",
              f"--bind-ro={self.etc}:{CONF_IN_CONTAINER}"], self.log)
-        try:
-            self.leader = self._wait_leader(began + timeout)
-            state = self._wait_booted(began + timeout)
-            if state not in ("running", "degraded"):
-                failed = self.systemctl("--failed").stdout
-                raise RuntimeError(f"the container's systemd says {state!r}:\n{failed}\n"
-                                   f"{log_tail(self.log)}")
-            self._prepare()
-            self._wait_sshd(began + timeout)
-        except BaseException:
-            self.stop()
-            raise
+        self.leader = self._wait_leader(began + timeout)
+        state = self._wait_booted(began + timeout)
+        if state not in ("running", "degraded"):
+            failed = self.systemctl("--failed").stdout
+            raise RuntimeError(f"the container's systemd says {state!r}:\n{failed}\n"
+                               f"{log_tail(self.log)}")
+        self._wait_sshd(began + timeout)
         self.boot_seconds = time.monotonic() - began
-        return self
 
     def _wait_leader(self, deadline: float) -> int:
         """nspawn's child that is PID 1 in its own PID namespace, once it runs systemd."""
@@ -307,16 +329,23 @@ class SystemdHost:
         raise RuntimeError(f"the container's sshd is not listening on {self.port}:\n{status}")
 
     def stop(self, timeout: float = 30.0) -> None:
+        """Halt the container and remove its disk and keys."""
+        try:
+            self._halt(timeout)
+        finally:
+            shutil.rmtree(self.work, ignore_errors=True)
+
+    def _halt(self, timeout: float = 30.0) -> None:
         """SIGTERM to nspawn (the container halts, every unit stops), SIGKILL if it hangs;
         then the container's PID 1 must be gone too."""
         if self.proc is not None:
             stop_pids([self.proc.pid], timeout=timeout)
             self.proc = None
         if self.leader is not None:
-            if pid_alive(self.leader):
-                stop_pids([self.leader], timeout=5.0)
-            assert not pid_alive(self.leader), f"the container's systemd {self.leader} survived"
-        shutil.rmtree(self.work, ignore_errors=True)
+            leader, self.leader = self.leader, None
+            if pid_alive(leader):
+                stop_pids([leader], timeout=5.0)
+            assert not pid_alive(leader), f"the container's systemd {leader} survived"
 
     # ----- looking inside -------------------------------------------------------------
     def sh(self, script: str, *, check: bool = True, timeout: float = 30.0

@@ -12,15 +12,30 @@ counters) or raise Unsupported (weights, preview) with a message that says which
 from __future__ import annotations
 
 import time
+import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from bluegreen import render
+from bluegreen import httpwire, render
 from bluegreen.config import Config
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Host
+
+
+@dataclass(frozen=True)
+class FrontDoor:
+    """Where users reach one router, and how a probe asks as one of them."""
+
+    address: str
+    port: int
+    host_header: str
+    tls: httpwire.Tls | None = None  # HTTPS: SNI and the certificate's name = host_header
+
+    def url(self, path: str) -> str:
+        address = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{'https' if self.tls else 'http'}://{address}:{self.port}{path}"
 
 
 class Unsupported(BluegreenError):
@@ -115,6 +130,25 @@ def bucket_delta(before: Iterable[tuple[float, int]], now: Iterable[tuple[float,
     """`now - before`, bucket by bucket (a bucket missing before counts as 0)."""
     old = dict(before)
     return tuple((bound, max(0, n - old.get(bound, 0))) for bound, n in now)
+
+
+def in_canary(cohort: str, weight: int) -> bool:
+    """Whether a cohort cookie's user is in a canary's `weight` percent: CRC-32 of the
+    cookie, mod 100, below the weight. Both routers decide so (lua: ngx.crc32_short;
+    haproxy: the crc32 converter; both are zlib's CRC-32), so a user is on the same side
+    whichever serves them, and raising the weight only adds users."""
+    return zlib.crc32(cohort.encode()) % 100 < weight
+
+
+def cohort_in(weight: int, canary: bool, start: int = 0) -> str:
+    """A cohort cookie value the routers put on the canary side of `weight` (or, with
+    canary=False, on the live side): how bluegreen's own probes reach one side on purpose."""
+    i = start
+    while True:
+        value = f"bluegreen-probe-{i}"
+        if in_canary(value, weight) == canary:
+            return value
+        i += 1
 
 
 class Router(ABC):
@@ -215,9 +249,61 @@ class Router(ABC):
                 return n
             time.sleep(0.05 if n == 0 else 0.02)
 
+    # ---------------------------------------------------------------- the front door
+    verify_hint: ClassVar[str] = "the template must keep the X-Bluegreen-Slot header"
+
     @abstractmethod
+    def door(self) -> FrontDoor:
+        """Where users reach this router (its `listen`), and the Host they ask for."""
+
+    @property
+    @abstractmethod
+    def verify_timeout(self) -> float:
+        """How long a change may take to show at the front door."""
+
     def front_door_request(self, path: str) -> Answer:
-        """One GET through this host's front door, as a user would send it."""
+        """One GET through this host's front door, as a user would send it (with
+        `probe_headers`: a cohort cookie, the preview token)."""
+        door = self.door()
+        extra: dict[str, object] = {}
+        if door.tls is not None:
+            extra["tls"] = door.tls
+        if self.probe_headers:
+            extra["headers"] = dict(self.probe_headers)
+        start = time.monotonic()
+        try:
+            reply = self.host.http_get(door.port, path, timeout=2.0, address=door.address,
+                                       host_header=door.host_header, **extra)  # type: ignore[arg-type]
+        except (OSError, ValueError, EOFError) as exc:
+            return Answer("", 0, (time.monotonic() - start) * 1000,
+                          f"{type(exc).__name__}: {exc}")
+        return Answer(reply.header(render.SLOT_HEADER) or "", reply.status,
+                      (time.monotonic() - start) * 1000)
+
+    def probe_front_door(self) -> tuple[str, str]:
+        """(slot that answered, or "", what happened) for one request through the front
+        door: the router's view as a client sees it."""
+        answer = self.front_door_request(self.cfg.verify_path)
+        if answer.error:
+            return "", answer.error
+        return answer.slot, (f"HTTP {answer.status} from slot "
+                             f"{answer.slot or '(no X-Bluegreen-Slot header)'}")
+
+    def wait_front_door(self, slot: str) -> float:
+        """Wait until the front door answers from `slot` with the healthy status; seconds
+        it took."""
+        start = time.monotonic()
+        deadline = start + self.verify_timeout
+        last = "no answer yet"
+        while time.monotonic() < deadline:
+            answered, last = self.probe_front_door()
+            if answered == slot and last.startswith(f"HTTP {self.cfg.health.status} "):
+                return time.monotonic() - start
+            time.sleep(0.01)
+        raise BluegreenError(
+            f"after the change, {self.door().url(self.cfg.verify_path)} did not answer "
+            f"from slot {slot} within {self.verify_timeout:g}s (last: {last})",
+            host=self.label, phase="verify", hint=self.verify_hint)
 
     def route_now(self, slot: str) -> bool:
         """Send every new request to `slot` at once, ahead of the file (a revert to a slot
@@ -229,11 +315,6 @@ class Router(ABC):
     def counters(self) -> dict[str, SlotCounters] | None:
         """Per-slot counters since the router started; None: not available in this mode."""
         return None
-
-    def set_weights(self, weights: Mapping[str, int]) -> None:
-        raise Unsupported(f"{self.kind} mode cannot split traffic by weight",
-                          host=self.label, phase="switch",
-                          hint="use nginx.mode = \"lua\" (or the haproxy router) for canaries")
 
     def set_preview(self, slot: str | None, digest: str = "") -> None:
         """Route requests that carry the preview token (whose sha1 is `digest`) to `slot`;

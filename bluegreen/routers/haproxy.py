@@ -24,31 +24,42 @@ servers have no session and no queued request (twice 50 ms apart), or the drain 
 then the slot goes to `maint` (after `shutdown sessions`, for what the timeout left: long
 WebSockets), and the state is saved again.
 
+Canary and preview (issue 10) go through the same change script, no reload either:
+- a canary of W % leaves the live slot `ready` and puts the other slot in `drain` with
+  weight 100 + W (api.route_commands). No balanced request reaches a drained server, but
+  the template's `use-server` rules do, for users whose cohort cookie hashes (CRC-32 mod
+  100, as the lua router) below W. The weight and the drain are in the state dump, so a
+  reload or restart keeps the share; the rendered file carries it too (marker and weight).
+- a preview adds the token's sha1 to a map (`add map`, and the map file, mode 600) and
+  puts the ready slot in `drain` (from `maint` haproxy goes straight to drain: the drain
+  bit is set before the maint bit is cleared, so no balanced request gets in between).
+`set server ... weight` takes 0-256; a plain switch sets every weight back to 1.
+
 Each script sits next to the code that reads its output; every value in it is quoted.
 """
 
 from __future__ import annotations
 
 import shlex
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bluegreen.config import Config, other_slot
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import DryRunHost, Host, Result
-from bluegreen.render import SLOT_HEADER, front_door, parse_marker, upstream_address
+from bluegreen.render import front_door, parse_marker, upstream_address
 from bluegreen.routers import haproxy_api as api
 from bluegreen.routers.base import (
-    Answer,
     Applied,
     ConfigRejected,
+    FrontDoor,
     Routed,
     Router,
     SlotCounters,
     Unsupported,
+    cohort_in,
 )
-from bluegreen.routers.haproxy_render import TEMPLATE, HaproxySite
+from bluegreen.routers.haproxy_render import TEMPLATE, HaproxySite, preview_map_for
 from bluegreen.routers.haproxy_render import render as render_haproxy
 
 q = shlex.quote
@@ -88,6 +99,12 @@ def site_of(cfg: Config) -> HaproxySite:
         health_status=cfg.health.status,
         check_interval=h.check_interval,
         standalone=False,  # the main config has global, defaults and the admin socket
+        cohort_cookie=cfg.canary.cookie,
+        preview_header=cfg.preview.header,
+        preview_cookie=cfg.preview.cookie,
+        # a preview route only where one is configured: its map file must exist
+        preview_map=(preview_map_for(cfg.haproxy_state_file, cfg.app)
+                     if cfg.preview.token_env else ""),
     )
 
 
@@ -307,20 +324,26 @@ def read_change(output: str, commands: Sequence[str], backend: str, *, before: b
                   api.parse_servers_state(answers[-1], backend))
 
 
-def restore_commands(backend: str, before: Mapping[str, str]) -> list[str]:
-    """Each server back to the admin state it had, the ready ones first: at no moment
-    is no server ready."""
+def restore_commands(backend: str, before: Mapping[str, str],
+                     weights: Mapping[str, int] | None = None) -> list[str]:
+    """Each server back to the admin state (and weight: a canary's share) it had, the
+    ready ones first: at no moment is no server ready. Weights after the states: a share
+    comes back only once its slot is out of the balanced pool again."""
     order = {"ready": 0, "drain": 1, "maint": 2}
-    return [api.set_state_command(backend, name, state)
-            for name, state in sorted(before.items(), key=lambda kv: order[kv[1]])]
+    return ([api.set_state_command(backend, name, state)
+             for name, state in sorted(before.items(), key=lambda kv: order[kv[1]])]
+            + [api.set_weight_command(backend, name, w)
+               for name, w in sorted((weights or {}).items()) if name in before])
 
 
-def describe(view: api.Routed) -> str:
+def describe(view: api.Routed, share: int = 0) -> str:
     """`fab status` words for what haproxy routes to."""
     parts = []
     for slot in api.SLOTS:
         if view.ready[slot]:
             parts.append(f"{slot} ready ({view.up[slot]} of {view.ready[slot]} up)")
+        elif view.draining[slot] and share and view.slot in api.SLOTS:
+            parts.append(f"{slot} drain with a canary share of {share}% of users")
         elif view.draining[slot]:
             parts.append(f"{slot} draining")
     return "haproxy's server states: " + (", ".join(parts) or "no server ready")
@@ -335,11 +358,14 @@ class HaproxyApplied(Applied):
 
     text: str = ""  # the file installed: its marker says the slot and the shape
     before: dict[str, str] | None = None  # server -> ready/drain/maint before the switch
+    weights: dict[str, int] | None = None  # server -> weight before (a canary's share)
 
 
 class HaproxyRouter(Router):
     kind = "haproxy"
     product = "haproxy"
+    # canary and preview through the admin socket (no reload); no maintenance page yet
+    features = frozenset({"counters", "weights", "preview"})
     # one traffic host: `haproxy -c` and the switch go in one remote command
     tests_and_applies_at_once = True
 
@@ -355,14 +381,15 @@ class HaproxyRouter(Router):
     def backend(self) -> str:
         return self.scripts.backend
 
-    def render(self, slot: str, release: str, version: str, generation: int) -> str:
-        """The file with `slot` live; a template or value error is a render error, before
-        any host is touched."""
+    def render(self, slot: str, release: str, version: str, generation: int,
+               weight: int = 0) -> str:
+        """The file with `slot` live (and a canary's `weight` for the other slot); a
+        template or value error is a render error, before any host is touched."""
         del version, generation  # haproxy keeps the live slot in its own state, no generation
         template = (self.cfg.resolve(self.cfg.haproxy.template) if self.cfg.haproxy.template
                     else TEMPLATE)
         try:
-            return render_haproxy(site_of(self.cfg), slot, release, template)
+            return render_haproxy(site_of(self.cfg), slot, release, template, weight)
         except ValueError as exc:
             raise BluegreenError(f"cannot render {template}: {exc}", phase="render",
                                  hint="fix the value in bluegreen.toml; traffic was not "
@@ -371,12 +398,22 @@ class HaproxyRouter(Router):
     def error_log_size(self) -> int:
         return 0  # haproxy logs through syslog; its CLI answers say what failed
 
+    @property
+    def preview_map(self) -> str:
+        """"" when no preview is configured (preview.token_env empty)."""
+        return site_of(self.cfg).preview_map
+
     def install(self, text: str) -> HaproxyApplied:
         previous = self.host.read(self.target)
         # the state file's directory must exist before the first dump
         self.host.makedirs(self.cfg.haproxy_state_file.rpartition("/")[0] or "/")
+        # the file names the preview map: haproxy refuses a config whose map is missing.
+        # Mode 600 (it may hold the preview token's sha1); haproxy reads it as root.
+        if self.preview_map and not self.host.exists(self.preview_map):
+            self.host.write_atomic(self.preview_map, "", mode=0o600)
         self.host.write_atomic(self.target, text)
-        return HaproxyApplied(previous, text=text)
+        marker = parse_marker(text)
+        return HaproxyApplied(previous, text=text, weight=marker.weight if marker else 0)
 
     # ---------------------------------------------------------------- the change
     def _run(self, script: str, says: str, timeout: float) -> Result:
@@ -402,7 +439,11 @@ class HaproxyRouter(Router):
     def _as_haproxy(self, applied: Applied) -> HaproxyApplied:
         if isinstance(applied, HaproxyApplied):
             return applied
-        return HaproxyApplied(applied.previous, text=self.installed() or "")
+        return HaproxyApplied(applied.previous, text=self.installed() or "",
+                              weight=applied.weight)
+
+    def _route_commands(self, slot: str, weight: int) -> list[str]:
+        return api.route_commands(self.backend, self.scripts.servers, slot, weight)
 
     def _switch_script(self, applied: HaproxyApplied, slot: str, shape: str) -> tuple[str, str]:
         """(script, words) for making `slot` live. Flags what it may change before it runs:
@@ -411,9 +452,10 @@ class HaproxyRouter(Router):
         reload = "if-missing" if before is not None and before.shape == shape else "always"
         applied.flipped = True
         applied.reloaded = applied.reloaded or reload == "always"
-        commands = api.switch_commands(self.backend, self.scripts.servers, slot)
-        words = (f"switch haproxy to {slot}: set server ... state ready/drain on the admin "
-                 "socket, save the server state"
+        commands = self._route_commands(slot, applied.weight)
+        share = f" ({applied.weight}% of users to the other slot)" if applied.weight else ""
+        words = (f"switch haproxy to {slot}{share}: set server ... state ready/drain and "
+                 "weight on the admin socket, save the server state"
                  + (" (after a reload: the file's shape changed)" if reload == "always" else ""))
         return self.scripts.change(commands, reload=reload, before=True), words
 
@@ -437,7 +479,7 @@ class HaproxyRouter(Router):
                      f"{self.target} too (-f on its directory)")
         if not result.ok:
             raise self._failure(result, f"haproxy did not switch to {slot}")
-        commands = api.switch_commands(self.backend, self.scripts.servers, slot)
+        commands = self._route_commands(slot, applied.weight)
         try:
             change = read_change(result.stdout, commands, self.backend, before=True)
         except api.HaproxyError as exc:
@@ -445,12 +487,19 @@ class HaproxyRouter(Router):
                                  hint=exc.hint) from exc
         if change.before is not None:
             applied.before = {st.server: st.admin for st in change.before}
+            applied.weights = {st.server: st.user_weight for st in change.before}
         after = api.routed(change.after)
         if after.slot != slot:
             raise BluegreenError(f"after the switch haproxy routes to {after.slot or 'nothing'}"
                                  f", not {slot} ({describe(after)})", host=self.label,
                                  phase="switch", hint="check the servers' names in "
                                  f"{self.target} against `show servers state`")
+        share = api.share_of(change.after, slot)
+        if share != applied.weight:
+            raise BluegreenError(f"after the change haproxy gives the canary {share}% of "
+                                 f"users, not {applied.weight}%", host=self.label,
+                                 phase="switch", hint="`show servers state` on the admin "
+                                 "socket shows the weights; `fab switch --abort` ends a canary")
 
     def test(self, applied: Applied, *, and_apply: bool = False) -> None:
         """`haproxy -c` over the main config and ours; with `and_apply`, the switch in the
@@ -492,43 +541,31 @@ class HaproxyRouter(Router):
 
     def verify(self, applied: Applied, slot: str) -> float:
         """The front door answers from `slot` with the healthy status (X-Bluegreen-Slot is
-        the name of the server that answered, whose last field is its slot)."""
-        cfg = self.cfg
-        addr, port = front_door(cfg.haproxy.listen)
-        start = time.monotonic()
-        deadline = start + cfg.haproxy.verify_timeout
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            answered, last = self.probe_front_door()
-            if answered == slot and last.startswith(f"HTTP {cfg.health.status} "):
-                return time.monotonic() - start
-            time.sleep(0.01)
-        raise BluegreenError(
-            f"after the switch, {addr}:{port}{cfg.verify_path} did not answer from slot {slot} "
-            f"within {cfg.haproxy.verify_timeout:g}s (last: {last})", host=self.label,
-            phase="verify", hint="the template must keep the X-Bluegreen-Slot header; "
-                                 "`fab status` shows what haproxy routes to")
-
-    def probe_front_door(self) -> tuple[str, str]:
-        answer = self.front_door_request(self.cfg.verify_path)
-        if answer.error:
-            return "", answer.error
-        return answer.slot, (f"HTTP {answer.status} from slot "
-                             f"{answer.slot or '(no X-Bluegreen-Slot header)'}")
-
-    def front_door_request(self, path: str) -> Answer:
-        """One GET through haproxy's front door, as a user would send it."""
-        cfg = self.cfg
-        addr, port = front_door(cfg.haproxy.listen)
-        start = time.monotonic()
+        the name of the server that answered, whose last field is its slot). With a
+        canary, both sides: `slot` to a cohort outside the share, the canary to one inside
+        it (the cohorts the lua router would put there too: the same hash)."""
+        if not applied.weight:
+            return self.wait_front_door(slot)
+        took = 0.0
         try:
-            reply = self.host.http_get(port, path, timeout=2.0, address=addr,
-                                       host_header=cfg.health.host_header or "localhost")
-        except (OSError, ValueError, EOFError) as exc:
-            return Answer("", 0, (time.monotonic() - start) * 1000,
-                          f"{type(exc).__name__}: {exc}")
-        return Answer(reply.header(SLOT_HEADER) or "", reply.status,
-                      (time.monotonic() - start) * 1000)
+            for side, cohort in ((slot, cohort_in(applied.weight, canary=False)),
+                                 (other_slot(slot), cohort_in(applied.weight, canary=True))):
+                self.probe_headers = {"Cookie": f"{self.cfg.canary.cookie}={cohort}"}
+                took += self.wait_front_door(side)
+        finally:
+            self.probe_headers = None
+        return took
+
+    verify_hint = ("the template must keep the X-Bluegreen-Slot header; `fab status` shows "
+                   "what haproxy routes to")
+
+    @property
+    def verify_timeout(self) -> float:
+        return self.cfg.haproxy.verify_timeout
+
+    def door(self) -> FrontDoor:
+        addr, port = front_door(self.cfg.haproxy.listen)
+        return FrontDoor(addr, port, self.cfg.health.host_header or "localhost")
 
     def restore(self, applied: Applied) -> None:
         """The previous file back, and the servers back in the admin states they had (the
@@ -554,9 +591,9 @@ class HaproxyRouter(Router):
         if known:
             # exactly what haproxy did a moment ago, even where it differed from the file
             # (moved by hand): an undo must not move traffic somewhere it was not
-            commands = restore_commands(self.backend, known)
-        else:  # not known (a recovery after a crash): the previous file's slot
-            commands = api.switch_commands(self.backend, self.scripts.servers, before.slot)
+            commands = restore_commands(self.backend, known, getattr(applied, "weights", None))
+        else:  # not known (a recovery after a crash): the previous file's slot and share
+            commands = self._route_commands(before.slot, before.weight)
         script = self.scripts.change(commands, reload="always" if applied.reloaded else "never",
                                      before=False)
         result = self._run(script, f"put haproxy back on {before.slot}"
@@ -587,17 +624,30 @@ class HaproxyRouter(Router):
         return result.stdout
 
     def routed(self) -> Routed:
-        """What haproxy itself routes new requests to (its servers' admin states), beside
-        what the installed file says."""
+        """What haproxy itself routes new requests to (its servers' admin states and a
+        canary's weights, the preview map), beside what the installed file says."""
         marker = parse_marker(self.installed())
         if marker is None:
             return Routed("", "", "no bluegreen config installed")
-        text = self._ask([self.scripts.show_state], "ask haproxy which servers are ready")
+        asks = [self.scripts.show_state]
+        if self.preview_map:
+            asks.append(api.show_map_command(self.preview_map))
+        text = self._ask(asks, "ask haproxy which servers are ready")
         if text.startswith("Can't find backend"):
             return Routed("", marker.slot, f"haproxy has not loaded backend {self.backend} "
-                                           f"from {self.target}")
-        view = api.routed(api.parse_servers_state(text, self.backend))
-        return Routed(view.slot, marker.slot, describe(view))
+                                           f"from {self.target}", 0, marker.weight)
+        state_text, map_text = (api.split_answers(text, 2) if self.preview_map
+                                else (text, ""))
+        states = api.parse_servers_state(state_text, self.backend)
+        view = api.routed(states)
+        share = api.share_of(states, view.slot) if view.slot in api.SLOTS else 0
+        # a map haproxy does not know yet (a file from before previews): no preview route
+        previewed = set(api.parse_show_map(map_text).values()) & set(api.SLOTS)
+        preview = previewed.pop() if len(previewed) == 1 else ""
+        if preview and not any(st.slot == preview and st.admin != "maint" for st in states):
+            preview = ""  # the route is there, but haproxy cannot reach that slot
+        return Routed(view.slot, marker.slot, describe(view, share), share, marker.weight,
+                      preview=preview)
 
     def _stats(self) -> list[api.ServerStat]:
         text = self._ask([api.show_stat_command(self.backend)], "read haproxy's counters")
@@ -636,12 +686,61 @@ class HaproxyRouter(Router):
                                    upstream_errors=c.conn_errors + c.resp_errors)
                 for slot, c in api.slot_counters(self._stats()).items()}
 
-    def set_weights(self, weights: Mapping[str, int]) -> None:
-        # set_weight_commands exists, but a switch would have to undo weights too: that is
-        # the canary issue's design, not a line here
-        raise Unsupported("the haproxy router cannot split traffic by weight yet",
-                          host=self.label, phase="switch",
-                          hint="switch whole slots with `fab switch`; canaries are planned")
+    def _send(self, commands: Sequence[str], says: str, *, phase: str = "switch") -> None:
+        """Commands on the admin socket, then the state saved (no reload, no file): for a
+        change whose file follows through a traffic change, or that has no file."""
+        result = self._run(self.scripts.change(commands, reload="never", before=False), says,
+                           self._change_timeout)
+        if isinstance(self.host, DryRunHost):
+            return
+        if not result.ok:
+            raise self._failure(result, f"haproxy did not take: {says}")
+        try:
+            read_change(result.stdout, commands, self.backend, before=False)
+        except api.HaproxyError as exc:
+            raise BluegreenError(exc.what, host=self.label, phase=phase,
+                                 hint=exc.hint) from exc
+
+    def route_now(self, slot: str) -> bool:
+        """A breach: every new request to `slot` (no canary) in one admin-socket line,
+        before the file and its `haproxy -c` follow in the revert's traffic change."""
+        self._send(self._route_commands(slot, 0), f"every new request to {slot} at once")
+        return True
+
+    # ---------------------------------------------------------------- preview
+    def set_preview(self, slot: str | None, digest: str = "") -> None:
+        """Requests carrying the token whose sha1 is `digest` reach `slot` (None: no
+        preview route). The map gets the digest at runtime and in its file (mode 600: a
+        reload or restart keeps the route); the slot's servers leave `maint` for `drain`,
+        where only such requests (and health checks) reach them, never balanced traffic.
+        Removing the route puts a previewed slot back in `maint` unless it serves users
+        (live, or a canary's share)."""
+        if not self.preview_map:
+            if slot is None:
+                return  # no preview configured: no route to remove
+            raise Unsupported("the haproxy router has no preview route without a token",
+                              host=self.label, phase="switch",
+                              hint="set preview.token_env (the variable holding the token)")
+        states = api.parse_servers_state(
+            self._ask([self.scripts.show_state], "ask haproxy for its servers' states"),
+            self.backend)
+        if slot is not None:
+            commands = api.preview_map_commands(self.preview_map, digest, slot)
+            commands += [api.set_state_command(self.backend, st.server, "drain")
+                         for st in states if st.slot == slot and st.admin == "maint"]
+            self.host.write_atomic(self.preview_map, api.map_file_text(digest, slot),
+                                   mode=0o600)
+            self._send(commands, f"route preview requests to {slot} on haproxy")
+            return
+        previewed = set(api.parse_show_map(self._ask(
+            [api.show_map_command(self.preview_map)], "read haproxy's preview map")).values())
+        live = api.routed(states).slot
+        commands = api.preview_map_commands(self.preview_map, "", "")
+        commands += [api.set_state_command(self.backend, st.server, "maint") for st in states
+                     if st.slot in previewed and st.slot != live and st.admin == "drain"
+                     and st.user_weight <= api.SHARE_BASE]
+        self.host.write_atomic(self.preview_map, "", mode=0o600)
+        self._send(commands, "remove the preview route on haproxy")
 
 
 __all__ = ["HaproxyApplied", "HaproxyRouter", "Scripts", "bind_address", "config_files",

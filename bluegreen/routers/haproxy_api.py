@@ -54,6 +54,11 @@ from bluegreen.errors import BluegreenError
 q = shlex.quote
 SLOTS = ("blue", "green")
 POLL = 0.05  # seconds between checks in remote wait loops
+# A canary's share of users rides in its servers' weight: SHARE_BASE + percent (101..200),
+# so it is saved in the server-state file with the admin state. Weight 1 (haproxy's
+# default, every server outside a canary) is no share. See nginx_templates/haproxy.cfg.j2.
+SHARE_BASE = 100
+PLAIN_WEIGHT = 1
 # HAProxy names (proxies, servers) allow letters, digits, '-', '_', '.', ':'. We also keep
 # every name we put on a CLI line inside this set: the CLI splits on spaces and ';', so a
 # name outside it could smuggle a second command.
@@ -275,6 +280,47 @@ def switch_commands(backend: str, servers: Iterable[Server], slot: str) -> list[
     servers = list(servers)
     return ([set_state_command(backend, s.name, "ready") for s in servers if s.slot == slot]
             + [set_state_command(backend, s.name, "drain") for s in servers if s.slot != slot])
+
+
+def set_weight_command(backend: str, server: str, weight: int) -> str:
+    if not 0 <= weight <= 256:
+        raise ValueError(f"weight {weight}: haproxy takes 0-256")
+    return f"set server {_check_name('backend', backend)}/{_check_name('server', server)} " \
+           f"weight {int(weight)}"
+
+
+def route_commands(backend: str, servers: Iterable[Server], live: str,
+                   share: int = 0) -> list[str]:
+    """Every new request to `live`, except a canary's `share` percent of users (by cohort
+    cookie) to the other slot; share 0 is a plain switch (switch_commands, weights back
+    to plain).
+
+    Order, so that no moment routes to nothing or to the wrong side: the live slot ready
+    first; then the other slot leaves the balanced pool (drain) before its weight carries
+    a share, and a share shrinks before it ends (a lower weight while still in drain);
+    weights back to plain last. With a share the canary stays in `drain`: balanced traffic
+    never reaches it, `use-server` (the cohort rule) does.
+    """
+    if not 0 <= share <= 100:
+        raise ValueError(f"canary share {share}: expected 0-100")
+    servers = list(servers)
+    other = [s for s in servers if s.slot != live]
+    commands = switch_commands(backend, servers, live)
+    if share:
+        commands += [set_weight_command(backend, s.name, SHARE_BASE + share) for s in other]
+    else:
+        commands += [set_weight_command(backend, s.name, PLAIN_WEIGHT) for s in other]
+    return commands + [set_weight_command(backend, s.name, PLAIN_WEIGHT)
+                       for s in servers if s.slot == live]
+
+
+def share_of(states: Iterable[ServerState], live: str) -> int:
+    """The canary share haproxy applies now: the other slot's servers in drain whose
+    weight carries a share (the smallest, if they differ: a change cut off half-way)."""
+    shares = [min(100, st.user_weight - SHARE_BASE) for st in states
+              if st.slot and st.slot != live and st.admin == "drain"
+              and st.user_weight > SHARE_BASE]
+    return min(shares) if shares else 0
 
 
 def shutdown_sessions_command(backend: str, server: str) -> str:
@@ -556,6 +602,51 @@ def routed(states: Iterable[ServerState]) -> Routed:
 
 def routed_slot(states: Iterable[ServerState]) -> str:
     return routed(states).slot
+
+
+# ---------------------------------------------------------------- the preview map
+
+_DIGEST = re.compile(r"^[0-9a-f]{40}$")
+
+
+def preview_map_commands(map_file: str, digest: str, slot: str) -> list[str]:
+    """Empty the preview map, then (with a slot) route the token whose sha1 is `digest`
+    there. The map holds one entry at most: there is one ready slot to preview."""
+    commands = [f"clear map {_check_path(map_file)}"]
+    if slot:
+        if slot not in SLOTS:
+            raise ValueError(f"unknown slot {slot!r}")
+        if not _DIGEST.match(digest):
+            raise ValueError("the preview digest must be 40 lowercase hex digits (sha1)")
+        commands.append(f"add map {_check_path(map_file)} {digest} {slot}")
+    return commands
+
+
+def show_map_command(map_file: str) -> str:
+    return f"show map {_check_path(map_file)}"
+
+
+def parse_show_map(text: str) -> dict[str, str]:
+    """`show map FILE`: lines `0x55d...  key value`; key -> value."""
+    entries = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0].startswith("0x"):
+            entries[parts[1]] = parts[2]
+    return entries
+
+
+def map_file_text(digest: str, slot: str) -> str:
+    """What haproxy loads at start or reload (the runtime entries are lost then)."""
+    return f"{digest} {slot}\n" if slot else ""
+
+
+def _check_path(path: str) -> str:
+    # a CLI line splits on spaces and ';': keep the path to characters that cannot
+    if not re.match(r"^/[A-Za-z0-9._/-]+$", path):
+        raise ValueError(f"map file {path!r}: only an absolute path of letters, digits, "
+                         "'.', '_', '-' and '/' can be named on the haproxy CLI")
+    return path
 
 
 # ---------------------------------------------------------------- show info

@@ -19,7 +19,13 @@ from typing import Any
 import jinja2
 
 from bluegreen.errors import BluegreenError
-from bluegreen.routers.haproxy_api import SLOTS, backend_name, servers_for, tcp_address
+from bluegreen.routers.haproxy_api import (
+    SHARE_BASE,
+    SLOTS,
+    backend_name,
+    servers_for,
+    tcp_address,
+)
 
 # Beside the nginx templates; the lead makes that directory the package data.
 TEMPLATE = Path(__file__).resolve().parents[1] / "templates" / "haproxy.cfg.j2"  # package data
@@ -69,6 +75,19 @@ class HaproxySite:
     timeouts: Timeouts = field(default_factory=Timeouts)
     hard_stop_after: str = "60s"
     close_spread_time: str = "5s"  # must stay below hard_stop_after
+    # the canary's cohort cookie and the preview route: the names the lua router uses
+    cohort_cookie: str = "bluegreen_cohort"
+    preview_header: str = "X-Bluegreen-Preview"
+    preview_cookie: str = "bluegreen_preview"
+    # the map of preview token sha1 -> slot; "": no preview route (and no map file to
+    # create: haproxy 2.6 refuses a config whose map file is missing)
+    preview_map: str = ""
+
+
+def preview_map_for(state_file: str, app: str) -> str:
+    """The preview map lives beside the server-state file: a directory bluegreen already
+    writes, and readable by the haproxy that reads the state file."""
+    return f"{state_file.rpartition('/')[0]}/{app}-preview.map"
 
 
 def stats_socket_bind(admin_socket: str) -> str:
@@ -81,9 +100,11 @@ def stats_socket_bind(admin_socket: str) -> str:
 
 
 def template_context(site: HaproxySite, live_slot: str, release: str,
-                     shape: str = "") -> dict[str, Any]:
+                     shape: str = "", weight: int = 0) -> dict[str, Any]:
     if live_slot not in SLOTS:
         raise ValueError(f"unknown slot {live_slot!r}")
+    if not 0 <= weight <= 100:
+        raise ValueError(f"canary weight {weight}: expected a percent 0-100")
     for name, value in (("check_interval", site.check_interval),
                         ("hard_stop_after", site.hard_stop_after),
                         ("close_spread_time", site.close_spread_time),
@@ -114,8 +135,16 @@ def template_context(site: HaproxySite, live_slot: str, release: str,
         "hard_stop_after": site.hard_stop_after,
         "close_spread_time": site.close_spread_time,
         "release": release,
+        "weight": weight,
+        "share_base": SHARE_BASE,
+        "cohort_cookie": site.cohort_cookie,
+        "preview_header": site.preview_header,
+        "preview_cookie": site.preview_cookie,
+        "preview_map": site.preview_map,
+        # the weight after the shape, where render.MARKER_RE and WEIGHT_RE read it
         "marker": (f"bluegreen-live: slot={live_slot} port={live_port} release={release}"
-                   + (f" shape={shape}" if shape else "")),
+                   + (f" shape={shape}" if shape else "")
+                   + (f" weight={weight}" if weight else "")),
     }
 
 
@@ -138,11 +167,13 @@ def _render_raw(path: Path, ctx: dict[str, Any]) -> str:
 
 
 def render(site: HaproxySite, live_slot: str, release: str,
-           template: Path = TEMPLATE) -> str:
-    """The config with `live_slot` ready and the other slot disabled, marker included."""
+           template: Path = TEMPLATE, weight: int = 0) -> str:
+    """The config with `live_slot` ready and the other slot disabled (with a canary's
+    `weight`, its share in its servers' weight), marker included. The shape leaves the
+    live slot and the weight out: changing either is a runtime change, not a reload."""
     shape = hashlib.sha256(_render_raw(template, template_context(
         site, "blue", "")).encode()).hexdigest()[:12]
-    text = _render_raw(template, template_context(site, live_slot, release, shape))
+    text = _render_raw(template, template_context(site, live_slot, release, shape, weight))
     if not MARKER_RE.search(text):
         raise BluegreenError(f"haproxy template {template} does not render the marker line "
                              "(`# {{ marker }}`)", phase="render",

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import time
 from dataclasses import dataclass, field
-from typing import Any
 
 from bluegreen import hosts, httpwire, render
 from bluegreen.commands import POLL, q
 from bluegreen.errors import BluegreenError
 from bluegreen.hosts import Result
-from bluegreen.render import SLOT_HEADER, front_door, template_path
-from bluegreen.routers.base import Answer, Applied, ConfigRejected, Router
+from bluegreen.render import front_door, template_path
+from bluegreen.routers.base import Applied, ConfigRejected, FrontDoor, Router
 
 NGINX_LIB = r"""
 bg_accepting_workers() {  # $1=master pid: workers of this master not yet shutting down
@@ -162,58 +160,24 @@ class NginxRouter(Router):
         self.check_error_log(applied.log_offset)
         return took
 
-    def wait_front_door(self, slot: str) -> float:
-        """Wait until the front door answers from `slot` with a healthy status."""
-        cfg = self.cfg
-        addr, port = front_door(cfg.nginx.listen)
-        scheme = "https" if cfg.nginx.tls else "http"
-        start = time.monotonic()
-        deadline = start + cfg.nginx.verify_timeout
-        last = "no answer yet"
-        while time.monotonic() < deadline:
-            answered, last = self.probe_front_door()
-            if answered == slot and last.startswith(f"HTTP {cfg.health.status} "):
-                return time.monotonic() - start
-            time.sleep(0.01)
-        raise BluegreenError(
-            f"after the switch, {scheme}://{_bracket(addr)}:{port}{cfg.verify_path} did not "
-            f"answer from slot {slot} "
-            f"within {cfg.nginx.verify_timeout:g}s (last: {last})", host=self.label,
-            phase="verify",
-            hint="check the nginx error log; the template must keep the X-Bluegreen-Slot header")
+    verify_hint = "check the nginx error log; the template must keep the X-Bluegreen-Slot header"
 
-    def probe_front_door(self) -> tuple[str, str]:
-        """(slot that answered, or "", what happened) for one request through the front
-        door: the router's view as a client sees it."""
-        answer = self.front_door_request(self.cfg.verify_path)
-        if answer.error:
-            return "", answer.error
-        return answer.slot, (f"HTTP {answer.status} from slot "
-                             f"{answer.slot or '(no X-Bluegreen-Slot header)'}")
+    @property
+    def verify_timeout(self) -> float:
+        return self.cfg.nginx.verify_timeout
 
-    def front_door_request(self, path: str) -> Answer:
-        """One GET through this host's front door, as a user would send it."""
+    def door(self) -> FrontDoor:
         cfg = self.cfg
         addr, port = front_door(cfg.nginx.listen)
         server_name = cfg.nginx.server_name if cfg.nginx.server_name not in ("_", "") \
             else "localhost"
         name = server_name.split()[0]
-        extra: dict[str, Any] = {}
+        tls = None
         if cfg.nginx.tls:  # SNI and the certificate's name are the Host we ask for
-            extra["tls"] = httpwire.Tls(
+            tls = httpwire.Tls(
                 name, str(cfg.resolve(cfg.nginx.tls_ca_file)) if cfg.nginx.tls_ca_file else "",
                 cfg.nginx.tls_verify)
-        start = time.monotonic()
-        try:
-            if self.probe_headers:
-                extra["headers"] = dict(self.probe_headers)
-            reply = self.host.http_get(port, path, timeout=2.0, address=addr,
-                                       host_header=name, **extra)
-        except (OSError, ValueError, EOFError) as exc:
-            return Answer("", 0, (time.monotonic() - start) * 1000,
-                          f"{type(exc).__name__}: {exc}")
-        return Answer(reply.header(SLOT_HEADER) or "", reply.status,
-                      (time.monotonic() - start) * 1000)
+        return FrontDoor(addr, port, name, tls)
 
     def check_error_log(self, offset: int) -> None:
         """A master can reject a config that passed -t (a busy listen port): only the log
@@ -250,6 +214,3 @@ class NginxRouter(Router):
             else:
                 self.host.write_atomic(path, text)
 
-
-def _bracket(addr: str) -> str:
-    return f"[{addr}]" if ":" in addr else addr

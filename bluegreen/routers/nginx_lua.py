@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import urllib.parse
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -22,20 +21,8 @@ from bluegreen import interrupts
 from bluegreen.config import other_slot
 from bluegreen.errors import BluegreenError
 from bluegreen.render import control_host, is_lua_config, parse_marker
-from bluegreen.routers.base import Applied, Routed, SlotCounters, quantile
+from bluegreen.routers.base import Applied, Routed, SlotCounters, cohort_in, quantile
 from bluegreen.routers.nginx import NginxRouter
-
-
-def cohort_in(weight: int, canary: bool, start: int = 0) -> str:
-    """A cohort cookie value the lua routing puts on the canary side of `weight` (or, with
-    canary=False, on the live side): how bluegreen's own probes reach one side on purpose.
-    The lua side hashes with ngx.crc32_short, which is zlib's CRC-32."""
-    i = start
-    while True:
-        value = f"bluegreen-probe-{i}"
-        if (zlib.crc32(value.encode()) % 100 < weight) == canary:
-            return value
-        i += 1
 
 
 class NginxLuaRouter(NginxRouter):
@@ -166,16 +153,6 @@ class NginxLuaRouter(NginxRouter):
         self.check_error_log(applied.log_offset)
         return took
 
-    def set_weights(self, weights: Mapping[str, int]) -> None:
-        """{live slot: 100 - w, other slot: w} in the zone only (a traffic change renders
-        the file too: TrafficChange with a weight)."""
-        if sorted(weights) != ["blue", "green"] or sum(weights.values()) != 100:
-            raise BluegreenError(f"weights must give blue and green shares that add up to "
-                                 f"100, not {dict(weights)}", host=self.label, phase="switch")
-        live = self.routed().slot or "blue"
-        self.set_live_port(self.cfg.port_of(live), int(weights[other_slot(live)]))
-
-    # ---------------------------------------------------------------- what it counts
     def counters(self) -> dict[str, SlotCounters] | None:
         """Per slot, since nginx started (a reload keeps them): from the zone."""
         try:  # (no lua config loaded: the control listener does not answer)

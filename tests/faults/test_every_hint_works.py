@@ -12,6 +12,7 @@ health.timeout, fix the template, check the nginx error log, ...) are not in it.
 from __future__ import annotations
 
 import ast
+import io
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,8 +101,10 @@ HINTS: tuple[Hint, ...] = (
          "test_ssh_connection_lost_re_run_converges"),
     Hint("hosts.py", "check the connection, then re-run", "re-run",
          "test_ssh_connection_lost_re_run_converges"),
+    Hint("hosts.py", "wait until the host answers again, then re-run", "re-run",
+         "test_ssh_connection_lost_re_run_converges"),
     Hint("hosts.py", "check disk space and the connection", "re-run",
-         "test_upload_that_fails_on_a_full_disk_re_run_once_space_is_back"),
+         "test_upload_cut_mid_file_re_run_converges"),
     Hint("hosts.py", "verify the host's fingerprint, then: ssh-keyscan",
          "ssh-keyscan -p PORT ADDR >> KNOWN_HOSTS",
          "test_unknown_host_key_ssh_keyscan_as_printed_then_deploy"),
@@ -130,6 +134,12 @@ HINTS: tuple[Hint, ...] = (
          "test_bad_since_pass_it_again"),
     Hint("process.py", "journalctl -u", "journalctl -u UNIT",
          "untested: a `systemctl restart` that fails for another reason than a missing unit"),
+    Hint("process.py", "create it there (useradd --system ", "useradd --system USER",
+         "elsewhere: tests/integration/test_systemd_backend.py "
+         "test_app_user_or_group_missing_on_the_host_the_printed_command_fixes_it"),
+    Hint("process.py", "create it there (groupadd --system ", "groupadd --system GROUP",
+         "elsewhere: tests/integration/test_systemd_backend.py "
+         "test_app_user_or_group_missing_on_the_host_the_printed_command_fixes_it"),
     Hint("process.py", "link it once: ln -s ", "ln -s UNIT /etc/systemd/system/",
          "elsewhere: tests/integration/test_systemd_backend.py "
          "test_forgotten_unit_link_names_the_link_and_the_printed_command_fixes_it"),
@@ -140,7 +150,8 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/integration/test_fleet_batches.py "
          "test_rolling_deploy_switches_back_keeps_partial_and_resumes"),
     Hint("phases.py", "or put every host back: `fab switch --to", "fab switch --to OLD",
-         "untested: a partial rollout put back by `fab switch --to` (batches run)"),
+         "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_partial_rollout_refused_then_put_back_by_the_printed_switch"),
     Hint("phases.py", "this was the first deploy", "fab deploy (a fixed build)",
          "test_a_watch_breach_on_the_first_deploy_fix_the_build_and_deploy_again"),
     Hint("phases.py", "rollback never goes back to a bad release", "fab deploy [--force]",
@@ -149,14 +160,21 @@ HINTS: tuple[Hint, ...] = (
          "elsewhere: tests/integration/test_fleet_batches.py "
          "test_rolling_deploy_switches_back_keeps_partial_and_resumes"),
     Hint("batches.py", "a switch was interrupted or nginx was changed by hand",
-         "fab switch --to SLOT", "untested: inconsistent state found by a rolling deploy"),
+         "fab switch --to SLOT", "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_rolling_deploy_finds_a_host_flipped_by_hand_and_the_printed_switch_converges"),
     Hint("batches.py", "fix the failed hosts and run the same command again",
          "the same command / fab switch --to",
-         "untested: --keep-partial left after failed hosts, then resumed"),
+         "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_keep_partial_status_shows_it_and_the_same_command_resumes"),
     Hint("batches.py", "state still records the partial rollout", "fab switch --to",
-         "untested: a partial rollout whose switch-back failed"),
+         "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_switch_back_that_fails_then_the_printed_switch_puts_every_host_back"),
     Hint("views.py", "resume with the same `fab deploy --batch`", "fab deploy --batch",
-         "untested: status of a partial rollout, then its resume"),
+         "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_keep_partial_status_shows_it_and_the_same_command_resumes"),
+    Hint("batches.py", "the kept hosts serve the bad release", "fab switch --to OLD",
+         "elsewhere: tests/integration/test_fleet_batches.py "
+         "test_a_breach_in_a_later_batch_switches_the_earlier_batches_back_too[keep-partial]"),
     Hint("preflight.py", "; then re-run", "add the sudo rule; re-run",
          "test_a_missing_sudo_rule_add_the_printed_line_then_re_run"),
     Hint("preflight.py", "; then re-run when they answer", "re-run",
@@ -169,8 +187,8 @@ HINTS: tuple[Hint, ...] = (
          "test_a_disk_filled_during_the_unpack_free_space_then_re_run"),
     Hint("routers/haproxy.py", "`fab status` shows what haproxy routes to", "fab status",
          "test_haproxy_verify_failure_fab_status_shows_what_it_routes_to"),
-    Hint("routers/haproxy.py", "canaries are planned", "fab switch",
-         "untested: weights asked of the haproxy router"),
+    Hint("routers/haproxy.py", "`fab switch --abort` ends a canary", "fab switch --abort",
+         "untested: haproxy applied another canary share than asked, then --abort"),
     Hint("routers/haproxy.py", "(`fab status` says what it can see)", "fab status",
          "test_haproxy_admin_socket_unreachable_fab_status_says_what_it_can_see"),
     Hint("routers/haproxy.py", ") and re-run", "fix; re-run",
@@ -697,19 +715,43 @@ def test_ssh_connection_lost_re_run_converges(cell: Cell, rig: Rig, tmp_path: Pa
 @pytest.mark.parametrize("cell", [pytest.param(Cell("hint", "upload-enospc", "reload", "ssh",
                                                     tmpfs=True), id="reload-ssh-tmpfs",
                                                marks=FULL)])
-def test_upload_that_fails_on_a_full_disk_re_run_once_space_is_back(cell: Cell,
-                                                                    rig: Rig) -> None:
+@pytest.mark.parametrize("fault", ["drop", "fill"])
+def test_upload_cut_mid_file_re_run_converges(cell: Cell, rig: Rig, fault: str) -> None:
+    """The SFTP write fails half-way through the file, after the disk check passed: the
+    link cut (the generic upload hint), or the disk filled by something else meanwhile
+    (said as a full disk). Either way the partial file goes and the re-run converges."""
     from bluegreen.failpoints import BALLAST
 
     ok(rig.deploy("v1"))
     srv = rig.project.srv
-    ran = rig.deploy("v2", env=failpoint_env("before:upload", f"fill:{srv}"))
+    action = "drop" if fault == "drop" else f"fill:{srv}"
+    # a file of several SFTP blocks, so the cut lands inside it
+    big = rig.project.dir / "big-v2.tar.gz"
+    _pad_artifact(rig.project.artifacts["v2"], big, 600_000)
+    ran = rig.fab("deploy", "--artifact", str(big), "--version", "v2",
+                  env=failpoint_env("upload.writing", action))
     no_traceback(ran)
-    text = refused(ran, "upload of", "check disk space and the connection, then re-run")
-    (srv / BALLAST).unlink()
-    ok(rig.deploy("v2"), "the re-run")
+    if fault == "drop":
+        refused(ran, "upload of", "failed", "check disk space and the connection, then re-run")
+    else:
+        refused(ran, "disk full on", "ran out of space", "the partial upload was removed",
+                "then re-run")
+        (srv / BALLAST).unlink()
+    assert not list((srv / "demo" / "artifacts").glob(".upload-*")), "partial upload left"
+    ok(rig.fab("deploy", "--artifact", str(big), "--version", "v2"), "the re-run")
     check_status_is_true(rig, expect_version="v2")
-    assert text
+
+
+def _pad_artifact(source: Path, dest: Path, size: int) -> None:
+    """The same release with an incompressible file added, so its tarball is `size` bytes
+    or more (several 128 KiB SFTP writes)."""
+    with tarfile.open(source) as src, tarfile.open(dest, "w:gz") as out:
+        for member in src.getmembers():
+            out.addfile(member, src.extractfile(member) if member.isfile() else None)
+        pad = tarfile.TarInfo("padding.bin")
+        data = os.urandom(size)
+        pad.size = len(data)
+        out.addfile(pad, io.BytesIO(data))
 
 
 @pytest.mark.parametrize("cell", cells("host-key", ("reload", "ssh")))

@@ -6,11 +6,8 @@ operation ends with."""
 from __future__ import annotations
 
 import json
-import random
-import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,9 @@ import requests
 from bluegreen import config
 from bluegreen.hosts import LocalHost
 from bluegreen.routers.nginx_lua import NginxLuaRouter
+from testkit.cohorts import Users
 from testkit.fabout import PhaseReader
-from testkit.loadgen import LoadGen, error_kind, no_retry_session
+from testkit.loadgen import LoadGen
 from testkit.nginx import PrivateNginx
 from testkit.project import Project, ssh_toml
 
@@ -48,70 +46,6 @@ def reload_project(tmp_path: Path, private_nginx: PrivateNginx,
     proj = Project(tmp_path / "app", private_nginx, artifacts, mode="reload").write()
     yield proj
     proj.stop_everything()
-
-
-# ---------------------------------------------------------------- a load client of many users
-
-
-@dataclass(frozen=True)
-class Hit:
-    at: float  # when it was sent: a step's window holds requests sent inside it
-    user: str
-    status: int  # 0: no answer
-    slot: str
-    error: str
-
-
-@dataclass
-class Users:
-    """Keep-alive clients, each request as one of `users` distinct users (its cohort
-    cookie), round robin over a shuffled list: every window of a few thousand requests
-    sees each user about as often. Nothing is retried; every answer is recorded."""
-
-    url: str
-    cookie: str
-    users: int = 3000
-    workers: int = 4
-    hits: list[Hit] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.names = [f"user-{i}" for i in range(self.users)]
-        random.Random(7).shuffle(self.names)
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [threading.Thread(target=self._work, args=(i,), daemon=True)
-                         for i in range(self.workers)]
-
-    def __enter__(self) -> Users:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(15)
-
-    def _work(self, worker: int) -> None:
-        session = no_retry_session()
-        i = worker
-        while not self._stop.is_set():
-            user = self.names[i % len(self.names)]
-            i += self.workers
-            status, slot, error = 0, "", ""
-            sent = time.monotonic()
-            try:
-                r = session.get(self.url, headers={"Cookie": f"{self.cookie}={user}"},
-                                timeout=(2, 10))
-                status, slot = r.status_code, r.headers.get("X-Bluegreen-Slot", "")
-            except Exception as exc:
-                error = error_kind(exc)
-            with self._lock:
-                self.hits.append(Hit(sent, user, status, slot, error))
-
-    def between(self, start: float, end: float) -> list[Hit]:
-        with self._lock:
-            return [h for h in self.hits if start <= h.at <= end]
 
 
 def fab_reading(project: Project, *args: str, timeout: float = 180) -> PhaseReader:
@@ -190,7 +124,8 @@ def test_reload_mode_refuses_a_canary_clearly(reload_project: Project) -> None:
     proj.deploy("v2")
     proc = proj.fab("switch", "--weight", "10", check=False)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert "a canary needs nginx's lua module on every traffic host" in proc.stderr
+    assert "a canary needs a router that can route by request on every traffic host" \
+        in proc.stderr
     assert "(reload mode)" in proc.stderr
     assert proj.front_version() == "v2"
 

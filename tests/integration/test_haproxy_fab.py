@@ -216,5 +216,6 @@ def test_dry_run_plans_one_haproxy_command_for_the_switch(hproject: HaproxyProje
                 and not ln.strip().startswith("[all]")
                 and not ln.split("] ", 1)[1].startswith(files)]
     assert commands == ["haproxy -c, then switch haproxy to blue: set server ... state "
-                        "ready/drain on the admin socket, save the server state"], plan
+                        "ready/drain and weight on the admin socket, save the server "
+                        "state"], plan
     assert (p.target.read_text(), p.routed()) == before

@@ -6,6 +6,7 @@ it runs, then supervisord itself, by PID, and checks that none of them survive.
 
 from __future__ import annotations
 
+import pwd
 import shutil
 import subprocess
 import sys
@@ -118,10 +119,13 @@ def supervisord() -> Iterator[Supervisord]:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def supervisor_toml(sv: Supervisord, env: dict[str, str] | None = None) -> str:
+def supervisor_toml(sv: Supervisord, env: dict[str, str] | None = None,
+                    user: str = "") -> str:
     lines = ["[process]", 'backend = "supervisor"', f'supervisor_conf = "{sv.conf}"',
              f'supervisorctl = "{SUPERVISORCTL}"', f'supervisor_include_dir = "{sv.include_dir}"',
              "stop_timeout = 5"]
+    if user:
+        lines.append(f"user = {_toml_str(user)}")
     if env:
         lines.append("[env]")
         lines += [f"{k} = {_toml_str(v)}" for k, v in env.items()]
@@ -238,3 +242,31 @@ def test_supervisord_down_is_a_clear_error_not_a_health_timeout(
     assert time.monotonic() - began < 8  # not the 10 s health timeout
     st = p.status()
     assert st["live"] == "blue" and st["slots"]["blue"]["version"] == "v1"
+
+
+def test_process_user_runs_the_program_as_that_user(
+        private_nginx: PrivateNginx, artifacts: dict[str, Path],
+        supervisord: Supervisord) -> None:
+    """process.user = "nobody": supervisor's user= drops to it, and the slot's 0600 env
+    file and start script were handed to it (else it could read neither). The project
+    lives in a world-traversable directory: pytest's own tmp dirs are root-only."""
+    where = Path(tempfile.mkdtemp(prefix="bgsvu-", dir="/tmp"))
+    where.chmod(0o755)
+    p = Project(where / "app", private_nginx, artifacts, 'app = ["local"]',
+                extra_toml=supervisor_toml(supervisord, env={"SECRET": "s3"},
+                                           user="nobody")).write()
+    try:
+        p.deploy("v1")
+        assert p.front_version() == "v1"
+        pid = assert_running(supervisord, "demo-blue", p.blue)
+        status = Path(f"/proc/{pid}/status").read_text()
+        uid = next(line.split()[1:] for line in status.splitlines() if line.startswith("Uid:"))
+        assert uid == [str(pwd.getpwnam("nobody").pw_uid)] * 4, status
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        assert b"SECRET=s3" in environ  # it could read the 0600 env file
+        env_file = p.app_root / "slots" / "blue" / "env"
+        assert env_file.stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        assert env_file.stat().st_mode & 0o077 == 0  # still private: to nobody else
+    finally:
+        p.stop_everything()
+        shutil.rmtree(where, ignore_errors=True)

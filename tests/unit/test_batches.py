@@ -90,7 +90,9 @@ class Harness:
                     "health": {"timeout": 0.3, "interval": 0.01},
                     "nginx": {"target": "/etc/nginx/conf.d/demo.conf", "listen": "80",
                               "verify_timeout": 0.3, "drain_timeout": 0.1},
-                    "hooks": {"dir": str(tmp_path / "hooks")}}
+                    "hooks": {"dir": str(tmp_path / "hooks")},
+                    # off unless a test is about the gate: 10 s a batch otherwise
+                    "watch": {"seconds": 0}}
 
     def cfg(self, **fleet: object) -> Config:
         return config.from_dict({**self.raw, "fleet": fleet})
@@ -276,3 +278,64 @@ def test_an_interrupted_rollout_keeps_what_it_committed_and_resumes(h: Harness) 
     assert "/srv/demo/lock" not in h.world.files["a1"]  # released
     h.deploy("v2", batch="2")
     assert h.front() == dict.fromkeys(HOSTS, "green") and h.state()["rollout"] is None
+
+
+# ---------------------------------------------------------------- the watch gates each batch
+
+
+def release_of(h: Harness, version: str) -> str:
+    from bluegreen import layout, release
+    return layout.release_id(version, release.inspect(h.artifact(version)).checksum)
+
+
+GATE = {"seconds": 0.4, "interval": 0.05, "min_requests": 4}
+
+
+def test_each_batch_is_watched_and_reload_mode_says_once_it_counts_no_requests(
+        h: Harness) -> None:
+    h.raw["watch"] = GATE
+    out = h.deploy("v2", batch="2")
+    assert out.result == "ok" and h.front() == dict.fromkeys(HOSTS, "green")
+    text = h.out.getvalue()
+    assert "each batch watched 0.4s" in text
+    assert text.count("--> watch     batch ") == 2 and text.count("<-- watch") == 2, text
+    assert text.index("<-- verify") < text.index("--> watch     batch 1/2") < \
+        text.index("=== batch 2/2")
+    # the fake routers keep no counters (reload mode): said once, not per batch
+    assert text.count("keeps no per-request counters") == 1, text
+    assert out.watch is not None and out.watch["batch"] == 2 and out.watch["errors"] == 0
+
+
+def test_a_batch_whose_pages_fail_stops_the_rollout_and_goes_back(h: Harness) -> None:
+    h.raw["watch"] = GATE
+    h.world.broken.add(release_of(h, "v2"))  # /health says 200, every page says 500
+    with pytest.raises(BluegreenError) as err:
+        h.deploy("v2", batch="2")
+    what = err.value.what
+    assert err.value.phase == "watch" and err.value.host == "a1,a2"
+    assert what.startswith("rolling deploy stopped in batch 1/2: its watch on a1, a2 saw 5xx "
+                           "100.0% > 1.0%"), what
+    assert "switched 2 host(s) back to blue (a1, a2): every host serves blue" in what
+    assert "=== batch 2/2" not in h.out.getvalue()
+    assert h.front() == dict.fromkeys(HOSTS, "blue")
+    st = h.state()
+    assert st["rollout"] is None and st["hosts"] == {} and st["live"] == "blue"
+    assert st["slots"]["green"]["status"] == "bad"
+    assert [why[:10] for why in st["bad_releases"].values()] == ["5xx 100.0%"]
+    entry = h.history()[-1]
+    assert entry["result"] == "failed" and entry["phase"] == "watch"
+    assert entry["auto_reverted"] is True and entry["rollout"]["switched_back"] == ["a1", "a2"]
+    # the same artifact again is refused before anything moves
+    with pytest.raises(BluegreenError, match="was auto-reverted before"):
+        h.deploy("v2", batch="2")
+    assert h.front() == dict.fromkeys(HOSTS, "blue")
+
+
+def test_a_dry_run_plans_each_batch_watch_instead_of_watching(h: Harness) -> None:
+    h.raw["watch"] = GATE
+    h.deploy("v2", dry_run=True, batch="2")
+    plan = h.last.fleet.plan
+    assert plan is not None
+    text = "\n".join(plan.lines())
+    assert "watch on a1, a2" in text and "watch on a3, a4" in text, text
+    assert h.front() == dict.fromkeys(HOSTS, "blue")

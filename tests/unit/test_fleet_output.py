@@ -135,10 +135,13 @@ def test_sudo_rules_per_host_type() -> None:
     assert preflight.sudo_rules(cfg, "app") == []
     sd = config.from_dict({"app": "demo", "start": "x {port}", "sudo": {"app": ["systemctl"]},
                            "process": {"backend": "systemd"}})
+    # enable/disable: a started slot is enabled, a stopped one disabled (reboot survival)
     assert preflight.sudo_rules(sd, "app") == [
         "systemctl daemon-reload", "systemctl restart demo@blue.service",
-        "systemctl stop demo@blue.service", "systemctl restart demo@green.service",
-        "systemctl stop demo@green.service"]
+        "systemctl stop demo@blue.service", "systemctl enable demo@blue.service",
+        "systemctl disable demo@blue.service", "systemctl restart demo@green.service",
+        "systemctl stop demo@green.service", "systemctl enable demo@green.service",
+        "systemctl disable demo@green.service"]
     assert preflight.writable_dirs(cfg, HostSpec("t1"), "traffic") == ["/etc/nginx/bluegreen"]
 
 

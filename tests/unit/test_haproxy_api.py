@@ -303,3 +303,60 @@ def test_reload_with_a_command_of_its_own_skips_the_pid_file() -> None:
                                reload_command="systemctl reload haproxy")
     assert "systemctl reload haproxy || exit $?" in script
     assert "/unused.pid" not in script and "kill -USR2" not in script
+
+
+# ---------------------------------------------------------------- canary and preview
+
+
+def _servers() -> list[api.Server]:
+    return api.servers_for([("web1", "10.0.0.1"), ("web2", "10.0.0.2")],
+                           {"blue": 8081, "green": 8082})
+
+
+def test_a_canary_share_rides_in_the_weight_after_the_slot_left_the_pool() -> None:
+    commands = api.route_commands("shop", _servers(), "blue", 25)
+    assert commands == [
+        "set server shop/web1-8081-blue state ready", "set server shop/web2-8081-blue state ready",
+        "set server shop/web1-8082-green state drain",
+        "set server shop/web2-8082-green state drain",
+        "set server shop/web1-8082-green weight 125", "set server shop/web2-8082-green weight 125",
+        "set server shop/web1-8081-blue weight 1", "set server shop/web2-8081-blue weight 1"]
+    # no share: a plain switch, every weight back to plain
+    plain = api.route_commands("shop", _servers(), "green")
+    assert plain[:4] == api.switch_commands("shop", _servers(), "green")
+    assert all(c.endswith(" weight 1") for c in plain[4:]) and len(plain) == 8
+    with pytest.raises(ValueError, match="0-100"):
+        api.route_commands("shop", _servers(), "blue", 101)
+
+
+def _state(server: str, admin: int, weight: int) -> api.ServerState:
+    return api.ServerState("shop", server, api.slot_of(server), "10.0.0.1", 8081,
+                           api.OP_RUNNING, admin, weight, 1)
+
+
+def test_the_share_haproxy_applies_is_read_from_the_drained_canary_weights() -> None:
+    ready, drain, maint = 0, api.ADMF_FDRAIN, api.ADMF_FMAINT
+    canary = [_state("a-8081-blue", ready, 1), _state("a-8082-green", drain, 130),
+              _state("b-8082-green", drain, 110)]
+    assert api.share_of(canary, "blue") == 10  # cut off half-way: the smaller share
+    # a draining old slot (weight 1) or a canary weight in maint is no share
+    assert api.share_of([_state("a-8081-blue", ready, 1), _state("a-8082-green", drain, 1)],
+                        "blue") == 0
+    assert api.share_of([_state("a-8081-blue", ready, 1), _state("a-8082-green", maint, 130)],
+                        "blue") == 0
+
+
+def test_the_preview_map_holds_one_digest_and_refuses_anything_else() -> None:
+    digest = "a" * 40
+    assert api.preview_map_commands("/var/lib/haproxy/shop-preview.map", digest, "green") == [
+        "clear map /var/lib/haproxy/shop-preview.map",
+        f"add map /var/lib/haproxy/shop-preview.map {digest} green"]
+    assert api.preview_map_commands("/x/shop-preview.map", "", "") == [
+        "clear map /x/shop-preview.map"]
+    with pytest.raises(ValueError, match="40 lowercase hex"):
+        api.preview_map_commands("/x/m.map", "not-a-digest; shutdown", "green")
+    with pytest.raises(ValueError, match="map file"):
+        api.preview_map_commands("/x/a map;.map", digest, "green")
+    assert api.map_file_text(digest, "green") == f"{digest} green\n"
+    shown = f"0x55d0c8a1e2b0 {digest} green\n"
+    assert api.parse_show_map(shown) == {digest: "green"} and api.parse_show_map("") == {}

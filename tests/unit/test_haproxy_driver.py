@@ -26,7 +26,7 @@ from bluegreen.plan import Plan
 from bluegreen.render import parse_marker
 from bluegreen.routers import haproxy_api as api
 from bluegreen.routers import router_for
-from bluegreen.routers.base import Applied, ConfigRejected, Unsupported
+from bluegreen.routers.base import Applied, ConfigRejected
 from bluegreen.routers.haproxy import (
     MARK,
     NOT_SAVED,
@@ -81,9 +81,10 @@ BLUE_LIVE = fixture("show_servers_state_green_live.txt").replace(
 GREEN_LIVE_BLUE_DRAINING = fixture("show_servers_state_draining.txt")
 
 
-def switch_output(before: str | None, after: str, *, commands: int = 4,
+def switch_output(before: str | None, after: str, *, commands: int = 8,
                   reloaded: bool = False) -> str:
-    """What Scripts.change prints for a switch (with `before`)."""
+    """What Scripts.change prints for a switch (with `before`): 8 commands by default,
+    a state and a weight for each of the four servers."""
     first = MARK + " first\n" + answer(before or "Can't find backend.")
     if not reloaded:
         return first + SILENT * commands + answer(after)
@@ -279,8 +280,8 @@ def test_restore_readies_before_it_drains_or_retires() -> None:
 
 def test_read_change_gives_before_after_and_refusals() -> None:
     commands = api.switch_commands("shop", Scripts.of(make_cfg()).servers, "green")
-    change = read_change(switch_output(BLUE_LIVE, GREEN_LIVE_BLUE_DRAINING), commands, "shop",
-                         before=True)
+    change = read_change(switch_output(BLUE_LIVE, GREEN_LIVE_BLUE_DRAINING, commands=4),
+                         commands, "shop", before=True)
     assert change.before is not None and api.routed(change.before).slot == "blue"
     assert api.routed(change.after).slot == "green" and not change.reloaded
     refused = (MARK + " first\n" + answer(BLUE_LIVE) + SILENT + answer("No such server.")
@@ -292,8 +293,8 @@ def test_read_change_gives_before_after_and_refusals() -> None:
 
 def test_after_a_reload_only_the_second_line_counts() -> None:
     commands = api.switch_commands("shop", Scripts.of(make_cfg()).servers, "blue")
-    change = read_change(switch_output(None, BLUE_LIVE, reloaded=True), commands, "shop",
-                         before=True)
+    change = read_change(switch_output(None, BLUE_LIVE, commands=4, reloaded=True), commands,
+                         "shop", before=True)
     assert change.before is None and change.reloaded
     assert api.routed(change.after).slot == "blue"
 
@@ -405,15 +406,16 @@ def test_undo_puts_back_the_file_and_each_servers_state() -> None:
     change.apply()
     with pytest.raises(BluegreenError, match="did not answer from slot green"):
         change.verify()
-    host.queue("change", MARK + " first\n" + SILENT * 4 + answer(BLUE_LIVE))
+    host.queue("change", MARK + " first\n" + SILENT * 8 + answer(BLUE_LIVE))
     said = change.undo()
     assert "restored on lb1" in said
     assert host.files[TARGET].decode() == before
     kind, says, script = host.ran[-1]
     assert kind == "change" and "put haproxy back on blue" in says and "USR2" not in script
-    # readies first: blue was ready, green maint
+    # readies first: blue was ready, green maint; then the weights they had
     assert script.index(f"shop/{NAMES['b1']} state ready") < \
-        script.index(f"shop/{NAMES['g1']} state maint")
+        script.index(f"shop/{NAMES['g1']} state maint") < \
+        script.index(f"shop/{NAMES['g1']} weight 1")
 
 
 def test_recovery_without_the_states_reloads_and_routes_to_the_previous_file() -> None:
@@ -450,6 +452,7 @@ def test_routed_is_what_haproxy_itself_routes_to() -> None:
     routed = r.routed()
     assert (routed.slot, routed.file_slot) == ("green", "blue")  # haproxy wins over the file
     assert routed.detail == ("haproxy's server states: blue draining, green ready (2 of 2 up)")
+    assert (routed.weight, routed.preview) == (0, "")
     host.queue("read", "", rc=1, stderr="connect: No such file or directory")
     with pytest.raises(BluegreenError, match=r"did not answer on /run/haproxy/admin\.sock"):
         r.routed()
@@ -499,10 +502,13 @@ def test_drain_is_one_remote_loop_that_retires_the_slot() -> None:
     assert drain([r], 18181, 7.0) == {"lb1": 2}
 
 
-def test_weights_are_not_supported_yet() -> None:
+def test_a_canary_share_is_in_the_canary_servers_weight_after_they_leave_the_pool() -> None:
     r, _ = router()
-    with pytest.raises(Unsupported, match="haproxy router cannot split traffic by weight"):
-        r.set_weights({"blue": 90, "green": 10})
+    commands = r._route_commands("blue", 10)
+    # the canary leaves the balanced pool (drain) before its weight carries the share
+    assert commands.index(f"set server shop/{NAMES['g1']} state drain") < \
+        commands.index(f"set server shop/{NAMES['g1']} weight 110")
+    assert f"set server shop/{NAMES['b1']} weight 1" in commands
 
 
 def test_a_dry_run_plans_the_switch_in_words_and_changes_nothing() -> None:
@@ -524,9 +530,30 @@ def test_undo_with_states_of_servers_the_previous_file_lacks_goes_to_its_slot() 
     previous = installed(r, host, "blue")
     applied = HaproxyApplied(previous, flipped=True, text="",
                              before={"gone-1-blue": "ready", "gone-2-green": "maint"})
-    host.queue("change", MARK + " first\n" + SILENT * 4 + answer(BLUE_LIVE))
+    host.queue("change", MARK + " first\n" + SILENT * 8 + answer(BLUE_LIVE))
     r.restore(applied)
     script = host.ran[-1][2]
     assert "gone-" not in script  # a server haproxy would not know after the undo
     assert f"shop/{NAMES['b1']} state ready" in script and \
         f"shop/{NAMES['g2']} state drain" in script
+
+
+def test_a_preview_route_is_rendered_and_asked_for_only_where_one_is_configured() -> None:
+    r, host = router()
+    assert "map_str(" not in r.render("blue", "r1", "v1", 0)  # no map file to need
+    installed(r, host, "blue")
+    host.queue("read", BLUE_LIVE)
+    r.set_preview(None)  # nothing configured: nothing to remove, nothing sent
+    assert host.mutating() == []
+    with pytest.raises(BluegreenError, match="no preview route without a token"):
+        r.set_preview("green", "a" * 40)
+    cfg = make_cfg()
+    cfg = dataclasses.replace(cfg, preview=dataclasses.replace(cfg.preview,
+                                                               token_env="BG_PREVIEW"))
+    r, host = router(cfg)
+    text = r.render("blue", "r1", "v1", 0)
+    assert f"map_str({r.preview_map})" in text and r.preview_map.endswith("/shop-preview.map")
+    r.install(text)
+    assert host.files[r.preview_map] == b""  # created empty: haproxy -c needs it
+    host.queue("read", answer(BLUE_LIVE) + answer(f"0x55d0 {'a' * 40} green"))
+    assert r.routed().preview == ""  # green is in maint: the route leads nowhere yet

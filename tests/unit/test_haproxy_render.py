@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import replace
 from pathlib import Path
 
@@ -111,3 +112,18 @@ def test_template_error_names_the_variables(tmp_path: Path) -> None:
     with pytest.raises(BluegreenError) as err:
         render(SITE, "blue", "r1", template=tmp_path / "h.cfg.j2")
     assert "servers" in err.value.hint
+
+
+def test_a_canary_is_rendered_in_the_marker_and_the_canary_servers_weight() -> None:
+    site = dataclasses.replace(SITE, preview_map="/var/lib/bluegreen/shop-preview.map")
+    text = render(site, "blue", "r2", weight=25)
+    assert "bluegreen-live: slot=blue " in text and text.split("\n")[1].endswith(" weight=25")
+    green = [ln for ln in text.splitlines() if ln.strip().startswith("server ")
+             and ln.split()[1].endswith("-green")]
+    assert green and all(ln.endswith(" disabled weight 125") for ln in green)
+    # the weight is not the shape: changing it needs no reload
+    shape = [w for w in text.split("\n")[1].split() if w.startswith("shape=")]
+    assert shape and shape[0] in render(site, "green", "r3")
+    # the cohort cookie and the preview names the lua router uses
+    assert "req.cook(bluegreen_cohort)" in text and "req.hdr(X-Bluegreen-Preview)" in text
+    assert "map_str(/var/lib/bluegreen/shop-preview.map)" in text

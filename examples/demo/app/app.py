@@ -3,6 +3,8 @@
 Stdlib only, so the tarball runs on any host with python3. Endpoints:
   GET  /           -> "hello from <version> (<slot>:<port>)"
   GET  /health     -> 200 "ok" once warmed up (503 before, 500 if built unhealthy)
+  (a version containing "lying" passes /health and answers 500 on every other page: the
+  build a health check cannot catch, for the after-switch watch)
   GET  /version    -> the version string
   GET  /slow?s=1.5 -> answers after s seconds (long requests in flight during a switch)
   POST /echo       -> echoes the body (keep-alive POST traffic in the benchmark)
@@ -43,6 +45,7 @@ STARTED = time.monotonic()
 WARMUP = float(os.environ.get("WARMUP_SECONDS", "0"))
 UNHEALTHY = os.environ.get("UNHEALTHY", "0") == "1" or "unhealthy" in VERSION
 GRACEFUL = os.environ.get("GRACEFUL", "1") != "0"
+LYING = "lying" in VERSION  # healthy by /health, broken on real pages
 SLOT = os.environ.get("BLUEGREEN_SLOT", "?")
 
 
@@ -97,6 +100,8 @@ class Handler(BaseHTTPRequestHandler):
                 self._send(503, "warming up\n")
             else:
                 self._send(200, "ok\n")
+        elif LYING:
+            self._send(500, f"internal error in {VERSION}\n")
         elif url.path == "/version":
             self._send(200, VERSION + "\n")
         elif url.path == "/ws":

@@ -146,8 +146,8 @@ def test_preview_in_reload_mode_is_refused_before_anything_changes(
     h.deploy("v1")
     with pytest.raises(BluegreenError) as err:
         deploy.deploy(h.run("deploy"), artifact(tmp_path, "v2"), "v2", no_switch=True)
-    assert "a preview route (preview.token_env is set) needs nginx's lua module" in \
-        err.value.what and "local (reload mode)" in err.value.what
+    assert "a preview route (preview.token_env is set) needs a router that can route by " \
+        "request" in err.value.what and "local (reload mode)" in err.value.what
     assert not any(c.startswith("upload") for c in h.changes())
 
 
@@ -225,8 +225,8 @@ def test_weights_in_reload_mode_are_refused_naming_the_host(tmp_path: Path) -> N
     before = dict(h.world.files["local"])
     with pytest.raises(BluegreenError) as err:
         deploy.switch(h.run("switch"), weight=10)
-    assert "a canary needs nginx's lua module on every traffic host, and local (reload " \
-           "mode) has none" in err.value.what
+    assert "a canary needs a router that can route by request on every traffic host (nginx " \
+           "with its lua module, or haproxy), and local (reload mode) cannot" in err.value.what
     assert h.world.files["local"][TARGET] == before[TARGET] and h.state()["weight"] == 0
 
 
