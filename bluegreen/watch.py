@@ -126,8 +126,11 @@ def watch(cfg: Watch, slot: str, routers: list[Router], *,
             return WatchReport(elapsed, tally, f"slot {slot} exited on {', '.join(down)} "
                                                 f"{elapsed:.1f} s after the switch")
         for router in routers:
+            counts = baseline[router.label] is not None
             for path in cfg.probe_paths:
                 answer = router.front_door_request(path)
+                if counts and answer.status:
+                    continue  # it reached the router, which counts it below: once, not twice
                 tally.add(failed=answer.failed, ms=answer.ms)
         seen = Tally(tally.requests, tally.errors, list(tally.latencies_ms), tally.source)
         for router in routers:

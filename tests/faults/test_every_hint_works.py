@@ -133,7 +133,8 @@ HINTS: tuple[Hint, ...] = (
     Hint("errors.py", "again with a valid value", "the flag again, valid",
          "test_bad_since_pass_it_again"),
     Hint("process.py", "journalctl -u", "journalctl -u UNIT",
-         "untested: a `systemctl restart` that fails for another reason than a missing unit"),
+         "elsewhere: tests/integration/test_systemd_backend.py "
+         "test_a_start_that_systemd_refuses_journalctl_as_printed_says_why"),
     Hint("process.py", "create it there (useradd --system ", "useradd --system USER",
          "elsewhere: tests/integration/test_systemd_backend.py "
          "test_app_user_or_group_missing_on_the_host_the_printed_command_fixes_it"),

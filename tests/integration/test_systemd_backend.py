@@ -19,6 +19,7 @@ runs boot it in 1-2 s.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -356,3 +357,33 @@ def test_app_user_or_group_missing_on_the_host_the_printed_command_fixes_it(
     finally:
         h.sh(f"systemctl stop {BLUE}; userdel {names[0]} 2>/dev/null; "
              f"groupdel {names[1]} 2>/dev/null; true")
+
+
+def test_a_start_that_systemd_refuses_journalctl_as_printed_says_why(
+        sd_project: Project, systemd_host: SystemdHost) -> None:
+    """`systemctl restart` fails for a reason of the host's own: the app's user (`nobody`
+    here) may not enter the release (the app's directory is 0700), so systemd cannot set
+    WorkingDirectory=. The start phase points at `journalctl -u UNIT`; run as printed, the
+    journal says why; once the directory is fixed the same deploy converges, and traffic
+    never left blue."""
+    p, h = sd_project, systemd_host
+    p.deploy("v1")
+    app_dir = shlex.quote(f"{APP_ROOT}/{APP}")
+    h.sh(f"chmod 700 {app_dir}")
+    try:
+        proc = p.deploy("v2", "--set", 'process.user="nobody"', check=False)
+    finally:
+        h.sh(f"chmod 755 {app_dir}")
+    err = proc.stderr
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout + err, err
+    assert "phase=start" in err and "host=sd1" in err, err
+    hint = re.search(r"see `(journalctl -u (\S+))` on the host", err)
+    assert hint and hint.group(2) == GREEN, err
+    journal = h.sh(hint.group(1) + " --no-pager -n 30").stdout  # as printed, on the host
+    assert "working directory" in journal.lower() and "Permission denied" in journal, journal
+    assert p.front_version() == "v1"
+    assert_serving(h, BLUE, p.blue, "v1")
+    proc = p.deploy("v2", "--set", 'process.user="nobody"')  # fixed: the same deploy
+    assert p.front_version() == "v2"
+    assert_serving(h, GREEN, p.green, "v2", user="nobody")
+    assert p.status()["exit_code"] == 0

@@ -1,4 +1,5 @@
 import subprocess
+import time
 from pathlib import Path
 
 from bluegreen import commands, layout
@@ -148,8 +149,13 @@ def test_plain_stop_kills_after_timeout_when_term_is_ignored(tmp_path: Path) -> 
     layout = Layout(str(tmp_path))
     (tmp_path / "slots" / "blue").mkdir(parents=True)
     Path(f"{layout.slot_dir('blue')}/env").write_text("")
+    ready = tmp_path / "trap-set"
     run(commands.plain_start(layout, "blue", str(tmp_path),
-                             "trap '' TERM; while :; do sleep 0.1; done"))
+                             f"trap '' TERM; touch {ready}; while :; do sleep 0.1; done"))
+    # TERM must find the trap in place: on a busy machine the shell may not have got there
+    deadline = time.monotonic() + 10
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     res = run(commands.plain_stop(layout, "blue", 0.3))
     assert res.stdout.strip() == "killed"
 
