@@ -237,6 +237,8 @@ class Project:
         return "\n".join(lines).rstrip("\n") + "\n"
 
     def write(self) -> Project:
+        if self not in _WRITTEN:
+            _WRITTEN.append(self)  # its apps are stopped when its test ends (testkit.fixtures)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "fabfile.py").write_text(FABFILE)
         (self.dir / "bluegreen.toml").write_text(self.render_toml())
@@ -314,6 +316,25 @@ class Project:
                 os.killpg(pid, signal.SIGTERM)
         if everything:
             stop_pids(everything, timeout=5.0)
+
+
+# Every project written in this process: the apps `fab` starts are not our children (setsid,
+# supervisord, systemd), so nothing else stops them when a test forgets to.
+_WRITTEN: list[Project] = []
+
+
+def stop_projects(under: Path | None = None) -> int:
+    """Stop the slot processes of every written project whose directory is below `under`
+    (None: all of them); how many projects had something running."""
+    stopped = 0
+    for proj in list(_WRITTEN):
+        if under is not None and not proj.dir.resolve().is_relative_to(under.resolve()):
+            continue
+        _WRITTEN.remove(proj)
+        if proj.slot_pids():
+            stopped += 1
+            proj.stop_everything()
+    return stopped
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0,

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from testkit.fixtures import stop_leftover_processes  # noqa: F401  (autouse, session)
+from testkit.fixtures import (  # noqa: F401  (autouse)
+    stop_leftover_processes,
+    stop_this_tests_apps,
+)
 from testkit.netns import NetnsSshCluster, NetnsSshHost, cleanup_stale, netns_available
 from testkit.nginx import PrivateNginx
 from testkit.sshd import TestSshd

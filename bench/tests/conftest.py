@@ -1,1 +1,4 @@
-from testkit.fixtures import stop_leftover_processes  # noqa: F401  (autouse, session)
+from testkit.fixtures import (  # noqa: F401  (autouse)
+    stop_leftover_processes,
+    stop_this_tests_apps,
+)
