@@ -19,6 +19,7 @@ from bluegreen.routers.nginx_lua import NginxLuaRouter
 from testkit.cohorts import Users
 from testkit.fabout import PhaseReader
 from testkit.loadgen import LoadGen
+from testkit.lying import build_lying
 from testkit.nginx import PrivateNginx
 from testkit.project import Project, ssh_toml
 
@@ -255,3 +256,69 @@ def test_over_ssh_the_control_listener_takes_a_preview_a_share_and_maintenance(
         assert "0 failed of" in out and proj.front_version() == "v2"
     finally:
         proj.stop_everything()
+
+
+# ---------------------------------------------------------------- the watch window
+
+
+@pytest.fixture
+def watched(lua_project: Project, tmp_path: Path) -> Project:
+    """The lua project with both lying builds beside the demo's, and a 10 s window."""
+    for crash in (False, True):
+        built = build_lying(tmp_path, crash)
+        lua_project.artifacts[built.name.removesuffix(".tar.gz")] = built
+    lua_project.watch_toml = "seconds = 10\ninterval = 0.2\nmax_error_rate = 0.01"
+    return lua_project.write()
+
+
+@pytest.mark.parametrize("build", ["lying-500", "lying-crash"])
+def test_a_lying_build_is_reverted_inside_the_watch_window(watched: Project, build: str
+                                                           ) -> None:
+    """nginx's own counters of the new slot (lua mode) see the 500s, or the watch sees
+    the slot's process gone: back to the warm slot inside the window, marked bad."""
+    p = watched
+    p.deploy("v1")
+    gen = LoadGen(p.nginx.url("/"), label=build).start()
+    try:
+        gen.wait(1.0)
+        reader = PhaseReader()
+        proc = p.fab("deploy", "--artifact", str(p.artifacts[build]), "--version", build,
+                     on_line=lambda line, now: reader.feed(line, now), check=False)
+        gen.wait(1.0)
+    finally:
+        result = gen.stop()
+    out, err = proc.stdout, proc.stderr
+    watch = next((ph for ph in reader.phases if ph.name == "watch"), None)
+    assert proc.returncode == 1 and watch is not None and not watch.ok, out + err
+    assert watch.end - watch.start < 10, out + err  # inside the window
+    assert "auto-reverted" in err and "Traceback" not in out + err
+    assert p.front_version() == "v1"
+    st = p.status()
+    assert st["live"] == "blue" and st["consistent"], st
+    assert st["slots"]["green"]["status"] == "bad", st
+    entry = json.loads(p.history.read_text().splitlines()[-1])
+    assert entry["auto_reverted"] is True
+    # users: only the lying build's own answers failed, and every request after the load
+    # client's last failure was answered by v1 again
+    assert result.failed < result.total, result.summary()
+    assert {"v1"} <= set(result.versions()), result.versions()
+    print(f"{build}: reverted {watch.end - watch.start:.2f} s into the window; users saw "
+          f"{result.failed} failed of {result.total}")
+
+
+def test_a_good_build_passes_the_window_with_no_failed_request(watched: Project) -> None:
+    p = watched
+    p.watch_toml = "seconds = 3\ninterval = 0.2"
+    p.write()
+    p.deploy("v1")
+    gen = LoadGen(p.nginx.url("/"), label="good").start()
+    try:
+        gen.wait(1.0)
+        reader = fab_reading(p, "deploy", "--artifact", str(p.artifacts["v2"]),
+                             "--version", "v2")
+        gen.wait(1.0)
+    finally:
+        result = gen.stop()
+    watch = next(ph for ph in reader.phases if ph.name == "watch")
+    assert watch.ok and p.front_version() == "v2"
+    assert result.failed == 0 and result.total > 100, result.summary()
