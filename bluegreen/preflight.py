@@ -141,7 +141,7 @@ def unreachable_error(errors: Sequence[BluegreenError], total: int) -> Bluegreen
         f"{len(errors)} of {total} host(s) cannot be reached; nothing was changed "
         "anywhere:\n    " + "\n    ".join(lines),
         host=",".join(e.host for e in errors), phase="connect",
-        # every connect error carries its own hint (hosts.py); one wording either way
+        # every connect error carries its own hint (hosts/ssh.py); one wording either way
         hint=f"{errors[0].hint or 'check those hosts'}; then re-run when they answer")
 
 

@@ -253,9 +253,15 @@ def test_a_slow_fan_out_prints_progress_naming_the_hosts_it_waits_for() -> None:
 
 def test_bench_cost_takes_the_worst_host_of_each_role() -> None:
     from bench.fleet import cost
-    rows = [{"role": "app", "commands": 3, "connections": 1},
-            {"role": "app", "commands": 4, "connections": 1},
-            {"role": "traffic", "commands": 2, "connections": 1},
-            {"role": "app+traffic", "commands": 5, "connections": 2}]
-    assert cost({"hosts": rows}) == {"rt_app": 5, "rt_traffic": 5, "connections": 2}
-    assert cost({"hosts": rows[:3]}) == {"rt_app": 4, "rt_traffic": 2, "connections": 1}
+    def row(role: str, commands: int, connections: int, files: int, tunnels: int
+            ) -> dict[str, object]:
+        return {"role": role, "commands": commands, "connections": connections,
+                "file_ops": files, "tunnels": tunnels}
+    rows = [row("app", 3, 1, 14, 13), row("app", 4, 1, 16, 12), row("traffic", 2, 1, 85, 9),
+            row("app+traffic", 5, 2, 20, 14)]
+    assert cost({"hosts": rows}) == {"rt_app": 5, "rt_traffic": 5, "connections": 2,
+                                     "files_app": 20, "files_traffic": 85,
+                                     "tunnels_app": 14, "tunnels_traffic": 14}
+    assert cost({"hosts": rows[:3]}) == {"rt_app": 4, "rt_traffic": 2, "connections": 1,
+                                         "files_app": 16, "files_traffic": 85,
+                                         "tunnels_app": 13, "tunnels_traffic": 9}
