@@ -30,13 +30,10 @@ The last line is the result line; exit 1 when a goal was missed.
 from __future__ import annotations
 
 import argparse
-import gzip
-import io
 import json
 import re
 import statistics
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -44,56 +41,11 @@ from typing import Any
 from testkit.demo import build_artifacts
 from testkit.fabout import PhaseReader
 from testkit.loadgen import ClassConfig, LoadGen, LoadResult
+from testkit.lying import build_lying
 from testkit.nginx import PrivateNginx
 from testkit.project import Project
 
 GOAL_SECONDS = 1.0
-LYING_APP = r'''#!/usr/bin/env python3
-"""A lying build: /health answers 200, every real page answers 500."""
-import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status, body):
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("X-App-Version", "lying")
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        self._send(200, "ok\n") if self.path == "/health" else self._send(500, "broken\n")
-
-    do_POST = do_GET
-
-
-ThreadingHTTPServer.daemon_threads = True
-ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
-'''
-
-
-def build_lying(out_dir: Path) -> Path:
-    """A release tarball (bin/runner PORT) of the lying app; the same bytes every time."""
-    target = out_dir / "lying.tar.gz"
-    raw = io.BytesIO()
-    with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w") as tar:
-        data = LYING_APP.encode()
-        info = tarfile.TarInfo("bin/runner")
-        info.size, info.mode, info.mtime = len(data), 0o755, 0
-        tar.addfile(info, io.BytesIO(data))
-    target.write_bytes(raw.getvalue())
-    return target
-
-
 def one_run(project: Project, how: str) -> dict[str, Any]:
     """v1 live, load on, a lying deploy; what the revert took and what users lost."""
     project.deploy("v1")
@@ -148,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-revert-") as tmp:
         work = Path(tmp)
         artifacts = build_artifacts(work / "dist", ("v1",))
-        artifacts["lying"] = build_lying(work / "dist")
+        artifacts["lying"] = build_lying(work / "dist", crash=False)
         for how in ("switch", "canary"):
             for i in range(runs):
                 nginx = PrivateNginx(work / f"nginx-{how}-{i}", lua=True, worker_processes=2,
